@@ -1,0 +1,68 @@
+"""``lm-eval-calib``: small helpers around ``lm_eval`` (the evaluation itself is lm_eval's own CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _model_args(args: argparse.Namespace) -> int:
+    from lm_eval_calib.bundled_models import get_bundled_model
+
+    print(get_bundled_model(args.name).model_args())
+    return 0
+
+
+def _tasks_dir(_args: argparse.Namespace) -> int:
+    from lm_eval_calib.registration import task_dir
+
+    print(task_dir())
+    return 0
+
+
+def metrics_markdown() -> str:
+    """The README's metric table, generated from the metric registry so docs never drift from code."""
+    from lm_eval_calib.metrics import METRICS
+
+    lines = ["| result key | name | better | range | what it measures |", "|---|---|---|---|---|"]
+    for info in METRICS.values():
+        low, high = info.range
+        better = "higher" if info.higher_is_better else "lower"
+        meaning = info.description.replace("|", "\\|")  # a literal | would split the Markdown cell
+        lines.append(f"| `{info.key}` | {info.display_name} | {better} | [{low:g}, {high:g}] | {meaning} |")
+    return "\n".join(lines)
+
+
+def _metrics(_args: argparse.Namespace) -> int:
+    print(metrics_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lm-eval-calib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    model_args = commands.add_parser(
+        "model-args", help="print lm_eval --model_args for a model installed from the package registry"
+    )
+    model_args.add_argument("name", choices=["smollm2"])
+    model_args.set_defaults(run=_model_args)
+    tasks_dir = commands.add_parser(
+        "tasks-dir", help="print the task folder, for `lm_eval --include_path` when the start-up hook is off"
+    )
+    tasks_dir.set_defaults(run=_tasks_dir)
+    metrics = commands.add_parser("metrics", help="print the metric table (key, direction, range, meaning)")
+    metrics.set_defaults(run=_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (FileNotFoundError, KeyError) as exc:
+        print(f"lm-eval-calib: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin glue between the metric core and lm-evaluation-harness (tasks, aggregations, stderr)."""

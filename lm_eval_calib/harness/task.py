@@ -1,0 +1,102 @@
+"""The lm-eval task class behind every calibration task.
+
+It is an ordinary ``ConfigurableTask`` for a multiple-choice config (prompt, choices, few-shot and data all
+come from YAML) with three changes: each document yields a calibration record instead of lm-eval's
+``acc``/``acc_norm`` values, the corpus-level aggregations are the calibration metrics with bootstrap
+stderrs, and few-shot examples can be drawn per category (MMLU's 5-shot uses the dev questions of the
+question's own subject, which lm-eval's samplers cannot do for a pooled task). Nothing here is
+MMLU-specific, so any multiple-choice config can be wrapped the same way.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, ClassVar
+
+from lm_eval.api.metrics import mean
+from lm_eval.api.samplers import FirstNSampler
+from lm_eval.api.task import ConfigurableTask
+
+from lm_eval_calib.harness import stderr
+from lm_eval_calib.harness.aggregation import make_aggregation
+from lm_eval_calib.harness.options import CalibrationOptions
+from lm_eval_calib.harness.records import make_record, option_logliks
+from lm_eval_calib.metrics import METRICS
+
+# ``acc`` keeps lm-eval's own per-document 0/1 value and mean aggregation, so it is bit-for-bit the
+# accuracy lm-eval reports for the same prompts; every other metric aggregates the records.
+CALIBRATION_KEYS: tuple[str, ...] = tuple(key for key in METRICS if key != "acc")
+
+stderr.install()
+
+
+class CalibrationTask(ConfigurableTask):
+    """A multiple-choice task scored for calibration (confidence = softmax over option log-likelihoods)."""
+
+    fewshot_group_field: ClassVar[str | None] = None
+    """Document field whose value selects the few-shot pool (first-n within that group); None = lm-eval's
+    configured sampler over the whole few-shot split."""
+    category_field: ClassVar[str | None] = None
+    """Document field copied into each record for per-category breakdowns in reports."""
+
+    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        # Checked before super().__init__ downloads anything, so a typo fails in seconds.
+        self.calibration = CalibrationOptions.from_metadata((config or {}).get("metadata"))
+        # The YAML's `class:` key chose this class; TaskConfig itself has no such field.
+        config = {key: value for key, value in (config or {}).items() if key != "class"}
+        super().__init__(config=config, **kwargs)
+        if self.OUTPUT_TYPE != "multiple_choice":
+            raise ValueError(
+                f"{self.config.task}: calibration tasks need output_type multiple_choice, "
+                f"got {self.OUTPUT_TYPE!r}"
+            )
+        name = self.config.task or type(self).__name__
+        self._aggregations = {"acc": mean} | {
+            key: make_aggregation(key, self.calibration, name) for key in CALIBRATION_KEYS
+        }
+        self._group_samplers = self._build_group_samplers()
+
+    def _build_group_samplers(self) -> dict[Any, FirstNSampler]:
+        if self.fewshot_group_field is None or self.fewshot_docs() is None:
+            return {}
+        pools: dict[Any, list] = defaultdict(list)
+        for doc in self.fewshot_docs():
+            pools[doc[self.fewshot_group_field]].append(doc)
+        return {group: FirstNSampler(docs, rnd=None) for group, docs in pools.items()}
+
+    def fewshot_context(self, doc: dict, num_fewshot: int, **kwargs: Any):
+        if self._group_samplers and num_fewshot > 0:
+            group = doc[self.fewshot_group_field]
+            if group not in self._group_samplers:
+                raise ValueError(
+                    f"{self.config.task}: no few-shot examples with {self.fewshot_group_field}={group!r} in "
+                    f"the {self.fewshot_cfg.split!r} split; use --num_fewshot 0 or supply that split"
+                )
+            self.sampler = self._group_samplers[group]
+        return super().fewshot_context(doc, num_fewshot=num_fewshot, **kwargs)
+
+    def _target_index(self, doc: dict, choices: list[str]) -> int:
+        target = self.doc_to_target(doc)
+        if isinstance(target, str):
+            if target not in choices:
+                raise ValueError(f"{self.config.task}: target {target!r} is not one of the choices {choices}")
+            return choices.index(target)
+        if isinstance(target, list):
+            raise ValueError(
+                f"{self.config.task}: calibration needs one gold option per document, got {target}"
+            )
+        return int(target)
+
+    def process_results(self, doc: dict, results: list) -> dict[str, Any]:
+        choices = self.doc_to_choice(doc)
+        where = repr(self.doc_to_text(doc)[:60])
+        logliks = option_logliks(results, len(choices), self.config.task, where)
+        category = doc.get(self.category_field) if self.category_field else None
+        record = make_record(logliks, self._target_index(doc, choices), category)
+        return {"acc": float(record["correct"])} | {key: record for key in CALIBRATION_KEYS}
+
+    def aggregation(self) -> dict:
+        return self._aggregations
+
+    def higher_is_better(self) -> dict:
+        return {key: METRICS[key].higher_is_better for key in self._aggregations}

@@ -1,0 +1,62 @@
+"""Pure-numpy calibration metrics for language-model evaluation (after Zhu et al. 2023).
+
+Start from :class:`CalibrationData` (per-item confidence, correctness, Brier and NLL terms), then use
+:func:`compute_metric` / :data:`METRICS` for point estimates and :func:`bootstrap_stderr` for error bars.  The
+individual metric functions take plain arrays for use outside the harness.
+"""
+
+from .binning import BinStats, bin_statistics
+from .bootstrap import bootstrap_interval, bootstrap_stderr, bootstrap_values, resample_multiplicities
+from .calibration_error import (
+    debiased_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    rms_calibration_error,
+    smooth_calibration_error,
+)
+from .data import CalibrationData
+from .errors import CalibrationInputError
+from .prepared import PreparedData
+from .ranking import aurc, auroc, selective_accuracy
+from .registry import (
+    METRICS,
+    SMALL_SAMPLE_THRESHOLD,
+    MetricInfo,
+    compute_metric,
+    known_metrics,
+    small_sample_warning,
+)
+from .scoring import accuracy, brier_score, negative_log_likelihood
+from .validation import check_confidence_correct, check_option_logprobs, check_option_probs
+
+__all__ = [
+    "METRICS",
+    "SMALL_SAMPLE_THRESHOLD",
+    "BinStats",
+    "CalibrationData",
+    "CalibrationInputError",
+    "MetricInfo",
+    "PreparedData",
+    "accuracy",
+    "aurc",
+    "auroc",
+    "bin_statistics",
+    "bootstrap_interval",
+    "bootstrap_stderr",
+    "bootstrap_values",
+    "brier_score",
+    "check_confidence_correct",
+    "check_option_logprobs",
+    "check_option_probs",
+    "compute_metric",
+    "debiased_calibration_error",
+    "expected_calibration_error",
+    "known_metrics",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
+    "resample_multiplicities",
+    "rms_calibration_error",
+    "selective_accuracy",
+    "small_sample_warning",
+    "smooth_calibration_error",
+]

@@ -1,0 +1,106 @@
+"""Vectorised nonparametric bootstrap of any registered metric.
+
+A resample draws n items with replacement.  It is represented by its multiplicity row (how often each item
+was drawn), built with one ``bincount`` over per-resample offset indices, and all metrics are evaluated for a
+whole chunk of resamples at once through their batched form.  Indices are generated in chunks of at most
+``MAX_CHUNK_ELEMENTS`` so memory stays bounded for large n.  Draws are of positions in the
+confidence-sorted order (the same resampling distribution, and no per-resample gather is needed).
+
+Results are deterministic for a given (seed, n, n_resamples).  Resamples on which a metric is undefined
+(``nan``, e.g. AUROC when a resample has a single class) are dropped.  With fewer than two defined values the
+standard error is ``nan``.  A 1-item sample gives identical resamples, hence a standard error of 0.0 for
+metrics defined on one item (``nan`` for AUROC).
+
+smECE has no batched form (``relplot``): it is bootstrapped with a Python loop over at most
+``SMECE_MAX_RESAMPLES`` resamples, the first ones of the same stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .calibration_error import smooth_calibration_error
+from .data import CalibrationData
+from .errors import CalibrationInputError
+from .prepared import PreparedData
+from .registry import get_metric
+from .validation import check_n_bins
+
+MAX_CHUNK_ELEMENTS = 2**20  # small chunks keep bincount's output in cache: faster, not just leaner
+SMECE_MAX_RESAMPLES = 100
+
+
+def resample_multiplicities(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield ``(b, n)`` int64 multiplicity chunks, ``n_resamples`` rows in total, each row summing to n."""
+    rng = np.random.default_rng(seed)
+    rows_per_chunk = max(1, MAX_CHUNK_ELEMENTS // n)
+    done = 0
+    while done < n_resamples:
+        rows = min(rows_per_chunk, n_resamples - done)
+        draws = rng.integers(
+            0, n, size=(rows, n), dtype=np.int64
+        )  # int64: bincount would convert int32 anyway
+        draws += (np.arange(rows, dtype=np.int64) * n)[:, None]
+        yield np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n)
+        done += rows
+
+
+def _check_n_resamples(n_resamples: object) -> int:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer) or n_resamples < 1:
+        raise CalibrationInputError(
+            f"n_resamples must be an integer >= 1, got {n_resamples!r}; 1000 is usual"
+        )
+    return int(n_resamples)
+
+
+def bootstrap_values(
+    key: str, data: CalibrationData, n_resamples: int = 1000, seed: int = 1234, n_bins: int = 10
+) -> np.ndarray:
+    """The metric on each resample (``nan`` where undefined); smECE returns at most 100 values."""
+    info = get_metric(key)
+    n_resamples, n_bins = _check_n_resamples(n_resamples), check_n_bins(n_bins)
+    prepared = PreparedData.build(data)
+    if info.batched is None:
+        n_resamples = min(n_resamples, SMECE_MAX_RESAMPLES)
+    values = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for chunk in resample_multiplicities(len(prepared), n_resamples, seed):
+            if info.batched is not None:
+                values.append(info.batched(prepared, chunk, n_bins))
+                continue
+            for row in chunk:
+                conf = np.repeat(prepared.data.confidence, row)
+                correct = np.repeat(prepared.data.correct, row)
+                values.append(np.array([smooth_calibration_error(conf, correct)]))
+    return np.concatenate(values)
+
+
+def bootstrap_stderr(
+    key: str, data: CalibrationData, n_resamples: int = 1000, seed: int = 1234, n_bins: int = 10
+) -> float:
+    """Bootstrap standard error: sample std (ddof=1) of the metric over resamples."""
+    values = bootstrap_values(key, data, n_resamples, seed, n_bins)
+    values = values[~np.isnan(values)]
+    return float(np.std(values, ddof=1)) if values.shape[0] >= 2 else float("nan")
+
+
+def bootstrap_interval(
+    key: str,
+    data: CalibrationData,
+    n_resamples: int = 1000,
+    seed: int = 1234,
+    n_bins: int = 10,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval at the given coverage level."""
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
+        raise CalibrationInputError(f"level must be in (0, 1), got {level!r}; e.g. 0.95")
+    values = bootstrap_values(key, data, n_resamples, seed, n_bins)
+    values = values[~np.isnan(values)]
+    if values.shape[0] == 0:
+        return float("nan"), float("nan")
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)

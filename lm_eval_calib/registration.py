@@ -1,0 +1,102 @@
+"""Make this package's tasks visible to lm-eval without ``--include_path``.
+
+lm-eval 0.4.13 has no plugin entry points, so the start-up finder (``_lm_eval_calib_startup``) calls
+:func:`find_spec` when ``lm_eval.tasks.manager`` is imported; we load the real module and, right after it
+executes, wrap ``TaskManager.__init__`` so that our task folder joins its ``include_path``. Every failure
+here becomes one warning: a broken plugin must never break ``lm_eval`` itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import warnings
+from pathlib import Path
+
+_PATCHED_FLAG = "_lm_eval_calib_patched"
+
+
+def task_dir() -> Path:
+    """The folder holding this package's task YAMLs.
+
+    Installed from a wheel, the repository's ``tasks/`` lives at ``lm_eval_calib/tasks``; in an editable
+    install (``pip install -e .``) it is the ``tasks/`` folder beside the package in the source tree.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "tasks", here.parent / "tasks"):
+        if (candidate / "mmlu").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"lm-eval-calib's task folder is missing (looked in {here / 'tasks'} and {here.parent / 'tasks'}); "
+        "reinstall the package with `pip install lm-eval-calib`."
+    )
+
+
+def _add_task_dir(include_path):
+    """Return ``include_path`` with our task folder appended, keeping the caller's type and entries."""
+    ours = str(task_dir())
+    if include_path is None:
+        return [ours]
+    paths = list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+    if ours not in {str(p) for p in paths}:
+        paths.append(ours)
+    return paths
+
+
+def patch_task_manager(module) -> None:
+    """Wrap ``module.TaskManager.__init__`` so every TaskManager also indexes our tasks."""
+    cls = module.TaskManager
+    original = cls.__init__
+    if getattr(original, _PATCHED_FLAG, False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        if len(args) >= 2:  # include_path given positionally (verbosity, include_path, ...)
+            args = (args[0], _add_task_dir(args[1]), *args[2:])
+        else:
+            kwargs["include_path"] = _add_task_dir(kwargs.get("include_path"))
+        original(self, *args, **kwargs)
+
+    setattr(__init__, _PATCHED_FLAG, True)
+    cls.__init__ = __init__
+
+
+_PATCHERS = {"lm_eval.tasks.manager": patch_task_manager}
+
+
+class _PatchingLoader:
+    """Delegates to the real loader, then applies our patch to the freshly executed module."""
+
+    def __init__(self, loader, patch):
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        try:
+            self._patch(module)
+        except Exception as exc:  # lm_eval changed shape: degrade to the manual --include_path route
+            warnings.warn(
+                f"lm-eval-calib: could not register with {module.__name__} ({exc!r}); "
+                f"pass `--include_path {task_dir()}` to lm_eval instead",
+                stacklevel=2,
+            )
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+def find_spec(fullname: str, path=None):
+    """Find ``fullname`` on the normal path and return its spec with a patching loader, or None."""
+    patch = _PATCHERS.get(fullname)
+    if patch is None:
+        return None
+    spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+    if spec is None or spec.loader is None:
+        return None
+    spec.loader = _PatchingLoader(spec.loader, patch)
+    return spec
