@@ -106,3 +106,14 @@ def test_nan_weights_give_a_clear_error_not_nan_metrics(tiny_model_dir, data_roo
     manager = TaskManager(metadata={"data_dir": str(data_root)})
     with pytest.raises(ModelOutputError, match="non-finite scores: check its weights and dtype"):
         lm_eval.simple_evaluate(model=lm, tasks=["calib_mmlu_anatomy"], limit=2, task_manager=manager)
+
+
+def test_record_reference_pickles_and_unwraps():
+    import pickle
+
+    from lm_eval_calib.harness.records import RecordRef, record_of
+
+    record = make_record([-0.5, -1.5], 1)
+    ref = pickle.loads(pickle.dumps(RecordRef(record)))  # lm-eval gathers metrics across ranks by pickling
+    assert record_of(ref) == record and str(ref) == "see 'ece'"
+    assert records_to_data([ref]).confidence.tolist() == records_to_data([record]).confidence.tolist()

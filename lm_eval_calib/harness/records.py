@@ -65,11 +65,43 @@ def make_record(logliks: Sequence[float], target: int, category: str | None = No
     }
 
 
-def records_to_data(records: Sequence[dict[str, Any]]) -> CalibrationData:
+RECORD_KEY = "ece"
+"""The metric key whose logged value is the full record; every other calibration key logs a reference."""
+
+
+class RecordRef:
+    """Stands in for a document's record under every calibration metric key but :data:`RECORD_KEY`.
+
+    lm-eval logs each metric's per-document value into ``--log_samples``; without this the same record would
+    be written once per metric (11 times). lm-eval serialises unknown objects with ``str()``, so the log shows
+    ``"see 'ece'"`` while the aggregation still gets the record itself (also across processes: it pickles).
+    """
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def __str__(self) -> str:
+        return f"see {RECORD_KEY!r}"
+
+    __repr__ = __str__
+
+    def __reduce__(self):
+        return (RecordRef, (self.record,))
+
+
+def record_of(value: dict[str, Any] | RecordRef) -> dict[str, Any]:
+    """The record behind a per-document metric value (a record, or a reference to one)."""
+    return value.record if isinstance(value, RecordRef) else value
+
+
+def records_to_data(records: Sequence[dict[str, Any] | RecordRef]) -> CalibrationData:
     """Pool records into the metric core's input. A record may hold one item (a question) or many (the
     tokens of a document): values are flattened so every item weighs the same."""
     if not records:
         raise ValueError("no documents were scored; nothing to aggregate")
+    records = [record_of(value) for value in records]
 
     def column(name: str) -> np.ndarray:
         return np.concatenate([np.atleast_1d(np.asarray(r[name], dtype=np.float64)) for r in records])

@@ -20,7 +20,7 @@ from lm_eval.api.task import ConfigurableTask
 from lm_eval_calib.harness import stderr
 from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.records import make_record, option_logliks
+from lm_eval_calib.harness.records import RECORD_KEY, RecordRef, make_record, option_logliks
 from lm_eval_calib.metrics import METRICS
 
 # ``acc`` keeps lm-eval's own per-document 0/1 value and mean aggregation, so it is bit-for-bit the
@@ -93,7 +93,10 @@ class CalibrationTask(ConfigurableTask):
         logliks = option_logliks(results, len(choices), self.config.task, where)
         category = doc.get(self.category_field) if self.category_field else None
         record = make_record(logliks, self._target_index(doc, choices), category)
-        return {"acc": float(record["correct"])} | {key: record for key in CALIBRATION_KEYS}
+        reference = RecordRef(record)
+        return {"acc": float(record["correct"])} | {
+            key: record if key == RECORD_KEY else reference for key in CALIBRATION_KEYS
+        }
 
     def aggregation(self) -> dict:
         return self._aggregations
