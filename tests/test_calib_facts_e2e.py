@@ -34,7 +34,8 @@ def facts_run(tiny_model_dir, data_root, sample_ids, tmp_path_factory):
     out = tmp_path_factory.mktemp("facts")
     run_lm_eval(
         ["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
-         "--tasks", "calib_facts", "--samples", json.dumps({"calib_facts": sample_ids}), "--device", "cpu", "--batch_size", "16",
+         "--tasks", "calib_facts", "--samples", json.dumps({"calib_facts": sample_ids}),
+         "--device", "cpu", "--batch_size", "16",
          "--output_path", str(out), "--log_samples", "--metadata", json.dumps({"data_dir": str(data_root)})],
     )  # fmt: skip
     return read_run(out)
