@@ -1,8 +1,9 @@
-"""Make this package's tasks visible to lm-eval without ``--include_path``.
+"""Make this package's tasks and models visible to lm-eval without ``--include_path``.
 
 lm-eval 0.4.13 has no plugin entry points, so the start-up finder (``_lm_eval_calib_startup``) calls
 :func:`find_spec` when ``lm_eval.tasks.manager`` is imported; we load the real module and, right after it
-executes, wrap ``TaskManager.__init__`` so that our task folder joins its ``include_path``. Every failure
+executes, wrap ``TaskManager.__init__`` so that our task folder joins its ``include_path``; likewise, when
+``lm_eval.models`` is imported, our models are registered by lazy ``"module:Class"`` strings. Every failure
 here becomes one warning: a broken plugin must never break ``lm_eval`` itself.
 """
 
@@ -62,7 +63,24 @@ def patch_task_manager(module) -> None:
     cls.__init__ = __init__
 
 
-_PATCHERS = {"lm_eval.tasks.manager": patch_task_manager}
+# lm-eval model name -> lazy "module:Class" target; imported only when a run asks for that model.
+MODELS = {"hf-calib": "lm_eval_calib.models.hf_calib:HFCalibLM"}
+
+
+def register_models(module) -> None:
+    """Add our models to lm-eval's registry as lazy placeholders, right after ``lm_eval.models`` loads.
+
+    Registering earlier (when ``lm_eval.api.registry`` loads) would make the registry non-empty and stop
+    lm-eval from importing its own models on first use.
+    """
+    from lm_eval.api.registry import model_registry
+
+    for name, target in MODELS.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)
+
+
+_PATCHERS = {"lm_eval.tasks.manager": patch_task_manager, "lm_eval.models": register_models}
 
 
 class _PatchingLoader:

@@ -13,7 +13,7 @@ import sys
 
 # Modules after whose execution lm_eval_calib.registration patches something (keep in step with
 # registration._PATCHERS).
-_TARGETS = frozenset(("lm_eval.tasks.manager",))
+_TARGETS = frozenset(("lm_eval.tasks.manager", "lm_eval.models"))
 
 
 class LmEvalCalibFinder:

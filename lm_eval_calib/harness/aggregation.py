@@ -14,9 +14,15 @@ from lm_eval_calib.metrics import bootstrap_stderr, compute_metric, small_sample
 logger = logging.getLogger("lm_eval_calib")
 
 
-def make_aggregation(key: str, options: CalibrationOptions, task_name: str) -> Callable[[Sequence], float]:
-    """An lm-eval aggregation for metric ``key`` that also knows its own bootstrap stderr."""
-    warned: set[int] = set()
+def make_aggregation(
+    key: str, options: CalibrationOptions, task_name: str, warned: set[int] | None = None
+) -> Callable[[Sequence], float]:
+    """An lm-eval aggregation for metric ``key`` that also knows its own bootstrap stderr.
+
+    ``warned`` is shared by a task's aggregations so the small-sample warning is logged once per task and
+    sample size, not once per binned metric.
+    """
+    warned = set() if warned is None else warned
 
     def aggregate(records: Sequence[dict[str, Any]]) -> float:
         data = records_to_data(records)

@@ -51,8 +51,9 @@ class CalibrationTask(ConfigurableTask):
                 f"got {self.OUTPUT_TYPE!r}"
             )
         name = self.config.task or type(self).__name__
+        warned: set[int] = set()
         self._aggregations = {"acc": mean} | {
-            key: make_aggregation(key, self.calibration, name) for key in CALIBRATION_KEYS
+            key: make_aggregation(key, self.calibration, name, warned) for key in CALIBRATION_KEYS
         }
         self._group_samplers = self._build_group_samplers()
 

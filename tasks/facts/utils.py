@@ -2,6 +2,7 @@
 
 from lm_eval_calib.data.lama import load_lama
 from lm_eval_calib.harness.task import CalibrationTask
+from lm_eval_calib.harness.token_task import TokenCalibrationTask
 
 # Per-run overrides: --metadata '{"facts": {"n_distractors": 20, "seed": 0, "relations": ["P19"]}}'
 _FACTS_OPTIONS = ("n_distractors", "seed", "relations")
@@ -10,6 +11,13 @@ _FACTS_OPTIONS = ("n_distractors", "seed", "relations")
 class CalibFacts(CalibrationTask):
     """LAMA T-REx fact completion as multiple choice; records carry the relation for breakdowns."""
 
+    category_field = "relation"
+
+
+class CalibFactsOpen(TokenCalibrationTask):
+    """Open vocabulary: is the model's top-1 next token after the prompt the gold object's first token?"""
+
+    first_token_only = True
     category_field = "relation"
 
 

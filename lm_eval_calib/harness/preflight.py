@@ -1,0 +1,62 @@
+"""Fail before inference when a task needs token statistics and the model does not provide them.
+
+Only the evaluator sees the model and the tasks together, so we wrap ``lm_eval.evaluator.evaluate`` (which
+``simple_evaluate`` and the CLI call by module-global lookup). The wrapper only looks; everything else passes
+through untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+from lm_eval_calib.models.token_stats import model_provides_token_stats
+
+REQUIRES_TOKEN_STATS = "requires_token_stats"
+_PATCHED_FLAG = "_lm_eval_calib_patched"
+
+
+class MissingTokenStatsError(ValueError):
+    """A task needs per-token statistics that the chosen model does not return."""
+
+
+def _tasks(task_dict: Any) -> Iterator[Any]:
+    if isinstance(task_dict, dict):
+        for value in task_dict.values():
+            yield from _tasks(value)
+    elif task_dict is not None:
+        yield task_dict
+
+
+def check_token_stats(lm: Any, task_dict: Any) -> None:
+    needing = sorted(
+        getattr(task, "task_name", type(task).__name__)
+        for task in _tasks(task_dict)
+        if getattr(task, REQUIRES_TOKEN_STATS, False)
+    )
+    if needing and not model_provides_token_stats(lm):
+        raise MissingTokenStatsError(
+            f"task(s) {', '.join(needing)} need per-token statistics (top-1 token and its probability at "
+            f"every position), which model {type(lm).__name__} does not return. Run them with "
+            "`--model hf-calib` (same --model_args as `hf`)."
+        )
+
+
+def install() -> None:
+    """Wrap ``lm_eval.evaluator.evaluate`` with :func:`check_token_stats` (idempotent)."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.evaluate
+    if getattr(original, _PATCHED_FLAG, False):
+        return
+
+    @functools.wraps(original)
+    def evaluate(*args, **kwargs):
+        lm = kwargs.get("lm", args[0] if args else None)
+        task_dict = kwargs.get("task_dict", args[1] if len(args) > 1 else None)
+        check_token_stats(lm, task_dict)
+        return original(*args, **kwargs)
+
+    setattr(evaluate, _PATCHED_FLAG, True)
+    evaluator.evaluate = evaluate

@@ -1,0 +1,540 @@
+"""``hf-calib``: lm-eval's ``hf`` that also returns per-token statistics and scores shared prompts once.
+
+:class:`HFCalibLM` subclasses :class:`lm_eval.models.huggingface.HFLM` (same constructor arguments, same
+``generate_until``). ``loglikelihood`` returns :class:`~lm_eval_calib.models.token_stats.LoglikelihoodResult`:
+the plain ``(loglikelihood, is_greedy)`` tuple plus ``.token_stats`` for the continuation tokens.
+``loglikelihood_rolling`` returns :class:`~lm_eval_calib.models.token_stats.RollingLoglikelihoodResult`: the
+plain float plus ``.token_stats`` for every token of the document.
+
+How ``loglikelihood`` scores (causal models):
+
+1. Every request's context is truncated from the left exactly as ``hf`` does (the model sees at most
+   ``max_length`` tokens), then requests are grouped by that effective context; duplicates are scored once.
+2. Phase A: the distinct contexts are run in batches of ``batch_size`` (right-padded, as ``hf``), with the KV
+   cache kept only when some continuation of the batch has more than one token. The logits of each context's
+   last position give the distribution of every continuation's first token; one-token continuations (MMLU's
+   " A".." D") are finished here, so a question costs one forward of its prompt.
+3. Phase B: the longer continuations are scored ``batch_size`` rows at a time against their context's KV
+   cache, selected (and repeated) along the batch dimension, with an attention mask over context and
+   continuation and explicit position ids. The shared prompt of a 10-option question runs once, not 10 times.
+
+Results come back in request order and do not depend on the order or on the batch size beyond float rounding
+(measured: about 1e-6 in float32). Models that cannot take a KV cache with explicit positions (or when
+``share_context=False``) are scored like ``hf``, one full sequence per request.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
+
+__all__ = ["HFCalibLM"]
+
+eval_logger = logging.getLogger(__name__)
+
+#: Positions per log-softmax call: bounds the full-vocabulary float tensor materialised at once.
+_SOFTMAX_CHUNK = 1024
+#: Largest batch x width x width mask of a packed forward; larger batches take the KV-cache route.
+_PACKED_MASK_BUDGET = 2**26
+
+_Request = tuple[tuple[str, str] | None, list[int], list[int]]
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class HFCalibLM(HFLM):
+    """lm-eval's ``hf`` plus per-token statistics (model name ``hf-calib``).
+
+    Args:
+        share_context: score continuations against their context's KV cache (default ``True``); ``False``
+            runs one full forward per request like ``hf`` (still with token statistics).
+        All other arguments are :class:`lm_eval.models.huggingface.HFLM`'s.
+    """
+
+    #: Tasks check it before inference (:func:`lm_eval_calib.models.token_stats.model_provides_token_stats`).
+    provides_token_stats = True
+
+    def __init__(
+        self,
+        pretrained,
+        *args,
+        share_context: bool | str = True,
+        pack_continuations: bool | str = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(pretrained, *args, **kwargs)
+        self._check_causal_lm_head()
+        self.share_context = _as_bool(share_context) and self._supports_kv_sharing()
+        text_config = (
+            self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        )
+        # Sliding-window layers keep only the last window of the cache: never pad contexts in front of them.
+        self._pad_contexts = getattr(text_config, "sliding_window", None) is None
+        self._attn_implementation = getattr(self._base_model().config, "_attn_implementation", None)
+        # one forward per batch with a custom 4-D mask: needs an attention that takes one (sdpa, eager) and
+        # the same mask on every layer (no sliding windows); otherwise the KV-cache route below
+        self._pack_continuations = (
+            _as_bool(pack_continuations)
+            and self.share_context
+            and self._pad_contexts
+            and self._attn_implementation in ("sdpa", "eager")
+        )
+
+    # -- set-up checks --------------------------------------------------------------------------------------
+    def _get_backend(self, config, backend="default", trust_remote_code=False) -> None:
+        super()._get_backend(config=config, backend=backend, trust_remote_code=trust_remote_code)
+        if self.backend != "causal":
+            raise ValueError(
+                f"hf-calib scores decoder-only (causal) language models; this model was detected as "
+                f"{self.backend!r} (model_type={getattr(config, 'model_type', None)!r}). Use `--model hf` "
+                "for encoder-decoder models (no token statistics), or pass backend=causal if it is causal."
+            )
+
+    def _base_model(self):
+        model = self.model
+        if hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
+        return model
+
+    def _check_causal_lm_head(self) -> None:
+        base = self._base_model()
+        get_head = getattr(base, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if head is None:
+            raise ValueError(
+                f"hf-calib needs a causal language model with an LM head (an AutoModelForCausalLM such as "
+                f"LlamaForCausalLM); got {type(base).__name__}, which has no output embeddings and returns "
+                "no logits. Load the checkpoint with its causal-LM class, or pass a model id/folder instead."
+            )
+
+    def _supports_kv_sharing(self) -> bool:
+        model = self.model
+        peft_config = getattr(model, "peft_config", None)
+        if isinstance(peft_config, dict) and any(
+            getattr(c, "is_prompt_learning", False) for c in peft_config.values()
+        ):
+            return False  # virtual prompt tokens: score full sequences like hf
+        params = inspect.signature(self._base_model().forward).parameters
+        # transformers 5 calls the cache argument `cache` (`past_key_values` before, deprecated until 5.40)
+        self._cache_kwarg = next((n for n in ("cache", "past_key_values") if n in params), None)
+        ok = self._cache_kwarg is not None and all(
+            name in params for name in ("position_ids", "attention_mask", "use_cache")
+        )
+        if not ok:
+            eval_logger.info("hf-calib: model forward takes no KV cache/positions; scoring full sequences")
+        return ok
+
+    def _accepts_logits_to_keep(self) -> bool:
+        if not hasattr(self, "_logits_to_keep_ok"):
+            params = inspect.signature(self._base_model().forward).parameters
+            self._logits_to_keep_ok = "logits_to_keep" in params and not isinstance(
+                getattr(self.model, "peft_config", None), dict
+            )
+        return self._logits_to_keep_ok
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _forward(self, input_ids: torch.Tensor, **kwargs):
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ),
+        ):
+            return self.model(input_ids=input_ids, **kwargs)
+
+    def _resolve_batch_size(self, override_bs: int | None) -> int:
+        if override_bs is not None:
+            return max(1, int(override_bs))
+        if self.batch_size == "auto":
+            if "calib" not in self.batch_sizes:
+                eval_logger.info("hf-calib: detecting the largest batch size for max_length sequences")
+                self.batch_sizes["calib"] = self._detect_batch_size()
+            return max(1, int(self.batch_sizes["calib"]))
+        return max(1, int(self.batch_size))
+
+    def _stats(self, logits: torch.Tensor, targets: torch.Tensor):
+        """Log-prob of ``targets`` and the top-1 id / log-prob at every row of ``logits`` ([n, V])."""
+        token_lp, top_lp, top_id = [], [], []
+        for start in range(0, logits.shape[0], _SOFTMAX_CHUNK):
+            lp = F.log_softmax(logits[start : start + _SOFTMAX_CHUNK], dim=-1, dtype=self.softmax_dtype)
+            values, ids = lp.max(dim=-1)
+            token_lp.append(lp.gather(-1, targets[start : start + _SOFTMAX_CHUNK, None]).squeeze(-1))
+            top_lp.append(values)
+            top_id.append(ids)
+            del lp
+        return torch.cat(token_lp), torch.cat(top_id), torch.cat(top_lp)
+
+    @staticmethod
+    def _pack(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cont: Sequence[int]):
+        """(loglikelihood as hf computes it, is_greedy, TokenStats) from per-position stats pieces."""
+        token_lp = torch.cat([p[0] for p in parts])
+        top_id = torch.cat([p[1] for p in parts])
+        top_lp = torch.cat([p[2] for p in parts])
+        cont_t = torch.tensor(list(cont), dtype=torch.long)
+        top_id = top_id.cpu()
+        greedy = bool((top_id == cont_t).all())
+        loglikelihood = float(token_lp.sum())  # same float32 reduction as hf's `logits.sum()`
+        stats = TokenStats(
+            token_ids=cont_t.numpy(),
+            token_logprobs=token_lp.double().cpu().numpy(),
+            top1_ids=top_id.numpy(),
+            top1_logprobs=top_lp.double().cpu().numpy(),
+        )
+        return loglikelihood, greedy, stats
+
+    def _pad(self, rows: list[list[int]], length: int) -> torch.Tensor:
+        out = torch.zeros((len(rows), length), dtype=torch.long)  # hf pads with 0 too
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out.to(self.device)
+
+    # -- loglikelihood --------------------------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[LoglikelihoodResult]:
+        for req in requests:
+            context, continuation = req.args
+            if not continuation:
+                raise ValueError(
+                    f"hf-calib: empty continuation in a loglikelihood request (task {req.task_name!r}, doc "
+                    f"{req.doc_id}, context ...{context[-60:]!r}); there is no token to score"
+                )
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def _loglikelihood_tokens(
+        self,
+        requests: list[_Request],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+    ) -> list[LoglikelihoodResult]:
+        max_len = self.max_length
+        batch_size = self._resolve_batch_size(override_bs)
+
+        # 1. effective (truncated) context per request, as hf: input = (ctx + cont)[-(max_len + 1):][:-1]
+        unique: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+        n_truncated, longest = 0, 0
+        for i, (request_str, ctx, cont) in enumerate(requests):
+            if len(cont) == 0:
+                raise ValueError(
+                    f"hf-calib: continuation {request_str[1] if request_str else ''!r} encodes to no tokens "
+                    f"(context ...{request_str[0][-60:] if request_str else ''!r}); there is nothing to score"
+                )
+            if len(ctx) == 0:
+                raise ValueError("hf-calib: empty context tokens (lm-eval passes the prefix token for '')")
+            if len(cont) > max_len:
+                raise ValueError(
+                    f"hf-calib: a continuation of {len(cont)} tokens does not fit the model's maximum length "
+                    f"({max_len}); shorten it or raise max_length"
+                )
+            keep = max_len + 1 - len(cont)
+            if len(ctx) > keep:
+                n_truncated += 1
+                longest = max(longest, len(ctx) + len(cont))
+                ctx = ctx[-keep:]
+            unique.setdefault((tuple(ctx), tuple(cont)), []).append(i)
+        if n_truncated:
+            eval_logger.warning(
+                f"hf-calib: {n_truncated} of {len(requests)} requests exceed the model's maximum length "
+                f"({max_len} tokens; longest context+continuation {longest}); truncating their contexts from "
+                "the left, as `hf` does"
+            )
+
+        if self.share_context:
+            scored = self._score_shared(list(unique), batch_size, disable_tqdm)
+        else:
+            items = [(list(ctx + cont)[:-1], list(cont)) for ctx, cont in unique]
+            scored = dict(zip(unique, self._score_full(items, batch_size, disable_tqdm), strict=True))
+
+        results: list[LoglikelihoodResult | None] = [None] * len(requests)
+        for key, indices in unique.items():
+            loglikelihood, greedy, stats = scored[key]
+            for i in indices:
+                result = LoglikelihoodResult(loglikelihood, greedy, stats)
+                results[i] = result
+                request_str = requests[i][0]
+                if request_str is not None:
+                    self.cache_hook.add_partial("loglikelihood", request_str, result)
+        return results  # type: ignore[return-value]
+
+    def _score_shared(self, pairs, batch_size: int, disable_tqdm: bool):
+        """Score (context, continuation) token pairs, running each distinct context once."""
+        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for ctx, cont in pairs:
+            groups.setdefault(ctx, []).append(cont)
+
+        def row_width(ctx) -> int:  # a packed row holds the context and every continuation but its last token
+            return len(ctx) + sum(len(c) - 1 for c in groups[ctx]) if self._pack_continuations else len(ctx)
+
+        # widest first (the least padding per batch); the order does not depend on the request order
+        order = sorted(groups, key=lambda c: (-row_width(c), -len(c), c))
+        for ctx in order:
+            groups[ctx].sort(key=lambda c: (-len(c), c))
+
+        # batches of contexts: at most batch_size; equal lengths only where padding is not allowed
+        batches: list[list[tuple[int, ...]]] = []
+        for ctx in order:
+            if (
+                batches
+                and len(batches[-1]) < batch_size
+                and (self._pad_contexts or len(batches[-1][0]) == len(ctx))
+            ):
+                batches[-1].append(ctx)
+            else:
+                batches.append([ctx])
+
+        out = {}
+        pbar = tqdm(total=len(pairs), disable=(disable_tqdm or self.rank != 0), desc="hf-calib loglikelihood")
+        for batch in batches:
+            if self._pack_continuations and self._packed_size(batch, groups) <= _PACKED_MASK_BUDGET:
+                self._score_packed(batch, groups, out, pbar)
+                continue
+            lengths = [len(c) for c in batch]
+            width = max(lengths)
+            inputs = self._pad([list(c) for c in batch], width)
+            need_cache = any(len(cont) > 1 for ctx in batch for cont in groups[ctx])
+            kwargs = {"use_cache": need_cache}
+            rows = torch.arange(len(batch), device=self.device)
+            last = torch.tensor([n - 1 for n in lengths], device=self.device)
+            if self._accepts_logits_to_keep():
+                # only the last real position of each context goes through the LM head
+                same = len(set(lengths)) == 1
+                kwargs["logits_to_keep"] = 1 if same else last[:, None]
+            output = self._forward(inputs, **kwargs)
+            logits = output.logits
+            if "logits_to_keep" in kwargs and logits.ndim == 3 and logits.shape[1] == 1:
+                first_logits = logits[:, 0]
+            elif logits.ndim == 4:  # an older model head indexing [:, positions, :] with the 2-D positions
+                first_logits = logits[rows, rows, 0]
+            else:
+                first_logits = logits[rows, last]
+            cache = self._output_cache(output) if need_cache else None
+            del output, logits
+
+            # first continuation token of every continuation: one log-softmax per context
+            first_lp = F.log_softmax(first_logits, dim=-1, dtype=self.softmax_dtype)  # [b, V]
+            first_top_lp, first_top_id = first_lp.max(dim=-1)
+            first: dict[tuple, tuple] = {}
+            for b, ctx in enumerate(batch):
+                for cont in groups[ctx]:
+                    first[(ctx, cont)] = (
+                        first_lp[b, cont[0]].reshape(1),
+                        first_top_id[b].reshape(1),
+                        first_top_lp[b].reshape(1),
+                    )
+                    if len(cont) == 1:
+                        out[(ctx, cont)] = self._pack([first[(ctx, cont)]], cont)
+                        pbar.update(1)
+            del first_logits, first_lp
+
+            # the remaining tokens of longer continuations, against the context's KV cache
+            rows_b = [(b, ctx, cont) for b, ctx in enumerate(batch) for cont in groups[ctx] if len(cont) > 1]
+            ctx_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, n in enumerate(lengths):
+                ctx_mask[b, :n] = 1
+            for start in range(0, len(rows_b), batch_size):
+                chunk = rows_b[start : start + batch_size]
+                index = torch.tensor([b for b, _, _ in chunk], dtype=torch.long)
+                tails = [list(cont[:-1]) for _, _, cont in chunk]
+                tail_len = max(len(t) for t in tails)
+                tail_ids = self._pad(tails, tail_len)
+                tail_mask = torch.zeros((len(chunk), tail_len), dtype=torch.long)
+                for r, t in enumerate(tails):
+                    tail_mask[r, : len(t)] = 1
+                attention_mask = torch.cat([ctx_mask[index], tail_mask], dim=1).to(self.device)
+                ctx_len = torch.tensor([lengths[b] for b, _, _ in chunk], dtype=torch.long)
+                position_ids = (ctx_len[:, None] + torch.arange(tail_len)[None, :]).to(self.device)
+                logits = self._forward(
+                    tail_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=True,
+                    **{self._cache_kwarg: self._select_cache(cache, index.to(self.device))},
+                ).logits
+                for r, (_, ctx, cont) in enumerate(chunk):
+                    n = len(cont) - 1
+                    targets = torch.tensor(cont[1:], device=self.device)
+                    rest = self._stats(logits[r, :n], targets)
+                    out[(ctx, cont)] = self._pack([first[(ctx, cont)], rest], cont)
+                    pbar.update(1)
+                del logits
+            del cache
+        pbar.close()
+        return out
+
+    @staticmethod
+    def _packed_size(batch, groups) -> int:
+        """Elements of the 4-D mask a packed forward of ``batch`` needs (0: nothing to pack, use phase A)."""
+        widths = [len(ctx) + sum(len(c) - 1 for c in groups[ctx]) for ctx in batch]
+        if all(w == len(ctx) for w, ctx in zip(widths, batch, strict=True)):
+            return _PACKED_MASK_BUDGET + 1  # one-token continuations only: phase A alone is cheaper
+        return len(batch) * max(widths) ** 2
+
+    def _score_packed(self, batch, groups, out, pbar) -> None:
+        """Score a batch of contexts and ALL their continuations in one forward, without a KV cache.
+
+        Each row holds a context followed by every continuation's tokens but the last ("tails"); a 4-D mask
+        lets the context attend causally to itself and each tail to the context and to its own earlier tokens
+        only, and the position ids restart after the context for every tail. So every continuation token sees
+        exactly what it sees in ``hf``'s separate sequence, the shared prompt runs once, and there is no
+        phase B.
+        """
+        rows, positions, segments, columns, plans = [], [], [], [], []
+        for ctx in batch:
+            n = len(ctx)
+            tokens, pos, seg, cols, plan = list(ctx), list(range(n)), [0] * n, [n - 1], []
+            for j, cont in enumerate(groups[ctx]):
+                preds = [0]  # column 0: the context's last position predicts every first token
+                tail = cont[:-1]
+                for t, token in enumerate(tail):
+                    preds.append(len(cols))
+                    cols.append(len(tokens))
+                    tokens.append(token)
+                    pos.append(n + t)
+                    seg.append(j + 1)
+                plan.append((cont, preds))
+            rows.append(tokens)
+            positions.append(pos)
+            segments.append(seg)
+            columns.append(cols)
+            plans.append(plan)
+        width = max(len(r) for r in rows)
+        n_cols = max(len(c) for c in columns)
+        input_ids = self._pad(rows, width)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        seg_ids = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding
+        keep = torch.zeros((len(rows), n_cols), dtype=torch.long)
+        for b in range(len(rows)):
+            position_ids[b, : len(positions[b])] = torch.tensor(positions[b])
+            seg_ids[b, : len(segments[b])] = torch.tensor(segments[b])
+            keep[b] = torch.tensor(columns[b] + [columns[b][-1]] * (n_cols - len(columns[b])))
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        key_seg, query_seg = seg_ids[:, None, :], seg_ids[:, :, None]
+        allowed = causal[None] & ((key_seg == 0) | (key_seg == query_seg))  # [b, q, k]; pads see the context
+        mask = allowed[:, None].to(self.device)
+        if self._attn_implementation == "eager":  # eager adds the mask to the scores
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(
+                ~mask, torch.finfo(dtype).min
+            )
+        kwargs = {"attention_mask": mask, "position_ids": position_ids.to(self.device), "use_cache": False}
+        keep = keep.to(self.device)
+        if self._accepts_logits_to_keep():
+            kwargs["logits_to_keep"] = keep
+        logits = self._forward(input_ids, **kwargs).logits
+        if logits.shape[:2] != keep.shape:  # the model kept every position
+            logits = torch.take_along_dim(logits, keep[..., None], dim=1)
+        for b, plan in enumerate(plans):
+            lp = F.log_softmax(logits[b, : len(columns[b])], dim=-1, dtype=self.softmax_dtype)
+            top_lp, top_id = lp.max(dim=-1)
+            for cont, preds in plan:
+                idx = torch.tensor(preds, device=self.device)
+                target = torch.tensor(cont, device=self.device)
+                out[(batch[b], cont)] = self._pack([(lp[idx, target], top_id[idx], top_lp[idx])], cont)
+                pbar.update(1)
+            del lp
+        del logits
+
+    @staticmethod
+    def _output_cache(output):
+        cache = getattr(output, "cache", None)
+        if cache is None:
+            cache = getattr(output, "past_key_values", None)
+        if cache is None:
+            raise RuntimeError("hf-calib: the model returned no KV cache although use_cache=True was passed")
+        return cache
+
+    @staticmethod
+    def _select_cache(cache, index: torch.Tensor):
+        """A new cache holding rows ``index`` (with repeats) of ``cache``; ``cache`` itself is left intact."""
+        if hasattr(cache, "layers"):
+            selected = copy.copy(cache)
+            selected.layers = [copy.copy(layer) for layer in cache.layers]
+        else:
+            selected = copy.deepcopy(cache)
+        selected.batch_select_indices(index)
+        return selected
+
+    def _score_full(self, items: list[tuple[list[int], list[int]]], batch_size: int, disable_tqdm: bool):
+        """Score ``targets`` at the last ``len(targets)`` positions of each ``input``: one forward per item.
+
+        Items are ``(input_tokens, targets)`` with ``input_tokens[-len(targets)+1:] == targets[:-1]`` (the
+        input is context + continuation[:-1], or a rolling window). Batched longest first, right-padded,
+        without KV cache; the full-vocabulary log-softmax is taken ``_SOFTMAX_CHUNK`` positions at a time.
+        """
+        order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), tuple(items[i][0])))
+        out: list = [None] * len(items)
+        pbar = tqdm(total=len(items), disable=(disable_tqdm or self.rank != 0), desc="hf-calib scoring")
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(items[i][0]) for i in chunk)
+            inputs = self._pad([items[i][0] for i in chunk], width)
+            logits = self._forward(inputs, use_cache=False).logits
+            virtual = logits.shape[1] - width  # prompt-learning adapters prepend virtual tokens
+            for r, i in enumerate(chunk):
+                inp, targets = items[i]
+                end = virtual + len(inp)
+                rows = logits[r, end - len(targets) : end]
+                part = self._stats(rows, torch.tensor(targets, device=self.device))
+                out[i] = self._pack([part], targets)
+                pbar.update(1)
+            del logits
+        pbar.close()
+        return out
+
+    # -- loglikelihood_rolling ------------------------------------------------------------------------------
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[RollingLoglikelihoodResult]:
+        batch_size = self._resolve_batch_size(None)
+        items: list[tuple[list[int], list[int]]] = []
+        owners: list[int] = []
+        for doc, (string,) in enumerate(req.args for req in requests):
+            windows = map(
+                lm_utils.make_disjoint_window,
+                lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            )
+            for ctx, cont in windows:
+                items.append(((ctx + cont)[-(self.max_length + 1) :][:-1], cont))
+                owners.append(doc)
+
+        scored = self._score_full(items, batch_size, disable_tqdm)
+        per_doc: list[list] = [[] for _ in requests]
+        for doc, window in zip(owners, scored, strict=True):
+            per_doc[doc].append(window)
+
+        results = []
+        for req, windows in zip(requests, per_doc, strict=True):
+            total = sum(w[0] for w in windows)  # hf sums the windows' float log-likelihoods
+            result = RollingLoglikelihoodResult(total, TokenStats.concatenate(w[2] for w in windows))
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, result)
+            results.append(result)
+        return results
+
+
+def _register() -> None:
+    """Register under ``hf-calib`` (upgrading the package's lazy placeholder when it is there)."""
+    try:
+        register_model("hf-calib")(HFCalibLM)
+    except ValueError as exc:  # another object already holds the name: leave it, say so
+        eval_logger.warning(f"hf-calib: not registered in lm-eval's model registry ({exc})")
+
+
+_register()
