@@ -1,7 +1,7 @@
 """P2 benchmark: 10-option fact completion scored by lm-eval's ``hf`` vs ``hf-calib`` (shared prompt once).
 
-Builds N questions from the real LAMA T-REx facts (prompt = relation template cut at ``[Y]`` with ``[X]`` =
-subject; options = the gold object plus 9 other objects of the same relation, chosen with a seeded RNG), runs
+Builds N questions from the real LAMA T-REx facts as calib_facts loads them (prompt = relation template cut
+at ``[Y]`` with ``[X]`` = subject; options = the gold object plus 9 other objects of the same relation), runs
 the SAME ``Instance`` requests through ``HFLM.loglikelihood`` and ``HFCalibLM.loglikelihood`` on the real
 SmolLM2-135M-Instruct (float32, CPU, same batch size), and prints a Markdown table plus the largest
 |difference| of the log-likelihoods. Model loading is not timed. Run by hand::
@@ -12,9 +12,7 @@ SmolLM2-135M-Instruct (float32, CPU, same batch size), and prints a Markdown tab
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,38 +21,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FACTS = REPO.parent / "shared" / "data" / "lama_trex" / "lama_trex_facts.jsonl"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
-def build_questions(facts_path: Path, n_questions: int, n_options: int = 10, seed: int = 0, keep=None):
-    """[(context, [continuations], gold_index)], spread round-robin over the relations.
+def build_questions(data_dir: str, n_questions: int, n_options: int = 10, keep=None):
+    """[(context, [continuations], gold_index)] from calib_facts' own data, round-robin over the relations.
 
-    ``keep(object_label) -> bool`` restricts golds and distractors (e.g. to multi-token objects).
+    Uses :func:`lm_eval_calib.data.lama.load_lama` with every object of the relation as a candidate, then
+    keeps the first ``n_options - 1`` distractors in its deterministic order; ``keep(object) -> bool``
+    restricts golds and distractors (e.g. to multi-token objects).
     """
-    by_relation: dict[str, list[dict]] = defaultdict(list)
-    with open(facts_path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                fact = json.loads(line)
-                if not fact["template"].startswith("[Y]") and (keep is None or keep(fact["obj_label"])):
-                    by_relation[fact["relation"]].append(fact)
+    from lm_eval_calib.data.lama import load_lama
+
+    facts = load_lama(data_dir, n_distractors="all")["test"]
+    by_relation: dict[str, list[int]] = defaultdict(list)
+    for index, relation in enumerate(facts["relation"]):
+        by_relation[relation].append(index)
     relations = sorted(by_relation)
-    objects = {r: sorted({f["obj_label"] for f in by_relation[r]}) for r in relations}
-    questions = []
-    k = 0
-    while len(questions) < n_questions:
-        relation = relations[k % len(relations)]
-        facts = by_relation[relation]
-        fact = facts[(k // len(relations)) % len(facts)]
+    questions, k = [], 0
+    while len(questions) < n_questions and k < len(facts):
+        rows = by_relation[relations[k % len(relations)]]
+        fact = facts[rows[(k // len(relations)) % len(rows)]]
         k += 1
-        others = [o for o in objects[relation] if o != fact["obj_label"]]
-        if len(others) < n_options - 1:
+        gold = fact["object"]
+        others = [o for o in fact["options"] if o != gold and (keep is None or keep(o))]
+        if (keep is not None and not keep(gold)) or len(others) < n_options - 1:
             continue
-        rng = random.Random(f"{seed}:{fact['uuid']}")
-        options = [fact["obj_label"], *rng.sample(others, n_options - 1)]
-        rng.shuffle(options)
-        context = fact["template"].split("[Y]")[0].replace("[X]", fact["sub_label"]).rstrip()
-        questions.append((context, [" " + o for o in options], options.index(fact["obj_label"])))
+        options = sorted([gold, *others[: n_options - 1]], key=fact["options"].index)
+        questions.append((fact["prompt"], [" " + o + fact["suffix"] for o in options], options.index(gold)))
     return questions
 
 
@@ -63,7 +57,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--options", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--facts", type=Path, default=DEFAULT_FACTS)
+    parser.add_argument("--data-dir", default=os.environ.get("LM_EVAL_CALIB_DATA", str(DEFAULT_DATA)))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--multi-token-only",
@@ -94,7 +88,7 @@ def main() -> None:
         return len(hf.tok_encode(" " + obj, add_special_tokens=False)) > 1
 
     keep = multi_token if args.multi_token_only else None
-    questions = build_questions(args.facts, args.questions, args.options, keep=keep)
+    questions = build_questions(args.data_dir, args.questions, args.options, keep=keep)
     requests = [
         Instance("loglikelihood", {}, (context, option), i, metadata=("calib_facts_bench", q, 1))
         for q, (context, options, _) in enumerate(questions)

@@ -42,6 +42,8 @@ def test_lm_eval_ls_tasks_lists_calib_tasks_without_include_path():
     assert "calib_mmlu " in listing or "calib_mmlu\n" in listing or "| calib_mmlu " in listing
     assert "calib_mmlu_anatomy" in listing
     assert "calib_mmlu_high_school_government_and_politics" in listing
+    for task in ("calib_facts", "calib_facts_all", "calib_facts_open", "calib_clm"):
+        assert task in listing, task
 
 
 def test_hook_can_be_switched_off_and_include_path_is_the_fallback():
@@ -63,6 +65,23 @@ def test_startup_hook_imports_nothing_at_interpreter_start():
     assert "_lm_eval_calib_startup" in with_hook  # the hook really runs at start-up
     assert with_hook - without_hook == set()  # ... and imports nothing the interpreter did not already
     assert not any(name.startswith(("lm_eval", "importlib.abc", "warnings")) for name in with_hook)
+
+
+def test_models_are_registered_lazily():
+    code = textwrap.dedent(
+        """
+        import sys
+        from lm_eval.api.registry import get_model
+        print("lm_eval_calib.models.hf_calib" in sys.modules)
+        cls = get_model("hf-calib")
+        print(cls.__module__, cls.__name__, get_model("hf").__name__)
+        """
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["False", "lm_eval_calib.models.hf_calib HFCalibLM HFLM"]
+    off = _python(code, env={"LM_EVAL_CALIB_NO_HOOK": "1"})
+    assert off.returncode != 0 and "hf-calib" in off.stderr
 
 
 def test_hook_installs_a_finder_and_can_be_switched_off():
