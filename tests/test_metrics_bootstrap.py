@@ -15,6 +15,9 @@ from lm_eval_calib.metrics import (
     compute_metric,
     resample_multiplicities,
 )
+from lm_eval_calib.metrics import bootstrap as bootstrap_module
+from lm_eval_calib.metrics.cells import Cells
+from lm_eval_calib.metrics.ranking import aurc_batched, risk_coverage_curve
 
 
 def make_data(seed: int, n: int, ties: bool = False) -> CalibrationData:
@@ -105,3 +108,84 @@ def test_single_item_does_not_crash() -> None:
     assert np.isnan(bootstrap_stderr("auroc", data, n_resamples=50))  # undefined with one class
     assert bootstrap_stderr("smece", data, n_resamples=5) == 0.0
     assert np.isnan(bootstrap_stderr("ece", data, n_resamples=1))
+
+
+def make_tokens(seed: int, n: int) -> CalibrationData:
+    """Next-token-like items: float32 top-1 probabilities piled up near 1, overconfident, heavy-tailed NLL."""
+    rng = np.random.default_rng(seed)
+    conf = np.clip(1 - rng.beta(0.3, 3.0, n) * 0.9, 0.05, 1.0).astype(np.float32).astype(np.float64)
+    correct = rng.random(n) < conf**1.3
+    nll = np.where(correct, -np.log(conf), -np.log(conf) + rng.exponential(3.0, n))
+    return CalibrationData.from_top_label(conf, correct, nll=nll)
+
+
+BATCHED = [k for k, info in METRICS.items() if info.batched is not None]
+
+
+def test_cell_bootstrap_matches_item_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both are bootstrap estimates from 400 resamples: each standard error has a Monte-Carlo relative error
+    # of about 1/sqrt(2 * 400) = 3.5%, so their ratio has about 5%; 15% is three of those.
+    data = make_tokens(0, 200_000)
+    assert len(data) > bootstrap_module.CELL_BOOTSTRAP_MIN_ITEMS
+    cells = {key: bootstrap_values(key, data, 400, seed=1) for key in BATCHED}
+    monkeypatch.setattr(bootstrap_module, "CELL_BOOTSTRAP_MIN_ITEMS", 10**9)
+    for key in BATCHED:
+        items = bootstrap_values(key, data, 400, seed=2)
+        assert np.std(cells[key], ddof=1) == pytest.approx(np.std(items, ddof=1), rel=0.15), key
+        # Same centre too: the means of both bootstrap distributions agree within a standard error.
+        assert abs(cells[key].mean() - items.mean()) < np.std(items, ddof=1), key
+
+
+@pytest.mark.parametrize("key", ["acc", "brier", "nll"])
+def test_cell_bootstrap_of_a_mean_matches_its_ideal_stderr(key: str) -> None:
+    # The ideal bootstrap standard error of a mean is the population std / sqrt(n); with 1000 resamples the
+    # estimate has a 2.2% Monte-Carlo error, 10% is 4.5 of those.
+    data = make_tokens(1, 150_000)
+    ideal = getattr(data, key if key != "acc" else "correct").std() / np.sqrt(len(data))
+    assert bootstrap_stderr(key, data, 1000, seed=5) == pytest.approx(ideal, rel=0.10)
+
+
+def test_cell_bootstrap_is_deterministic_per_seed() -> None:
+    data = make_tokens(2, 120_000)
+    for key in BATCHED:
+        first = bootstrap_values(key, data, 50, seed=3)
+        assert first.shape == (50,)
+        assert np.array_equal(first, bootstrap_values(key, data, 50, seed=3))
+        assert not np.array_equal(first, bootstrap_values(key, data, 50, seed=4))
+
+
+def test_cells_reproduce_the_point_estimate() -> None:
+    # At their own frequencies, cells give the exact per-bin totals of equal-width bins; with few distinct
+    # confidences (exact cells) every confidence metric is reproduced.
+    rng = np.random.default_rng(6)
+    conf = rng.uniform(0.25, 1.0, 150_000)
+    for rounded in (False, True):
+        c = np.round(conf, 3) if rounded else conf
+        data = CalibrationData.from_top_label(c, rng.random(c.shape[0]) < c)
+        cells = Cells.of_confidence(PreparedData.build(data), 10)
+        assert cells.exact == rounded and cells.frequency.sum() == len(data)
+        for key in BATCHED:
+            if METRICS[key].mean_of is not None:
+                continue
+            value = METRICS[key].batched(cells.prepared, cells.frequency[None, :], 10)[0]
+            exact = rounded or key in ("ece", "mce", "rmsce")
+            assert value == pytest.approx(compute_metric(key, data), abs=1e-12 if exact else 1e-3), key
+
+
+@pytest.mark.parametrize("key", BATCHED)
+def test_item_bootstrap_unchanged_up_to_the_threshold(key: str) -> None:
+    n = bootstrap_module.CELL_BOOTSTRAP_MIN_ITEMS
+    data = make_tokens(3, n)
+    prepared = PreparedData.build(data)
+    expected = np.concatenate(
+        [METRICS[key].batched(prepared, chunk, 10) for chunk in resample_multiplicities(n, 3, seed=8)]
+    )
+    assert np.array_equal(bootstrap_values(key, data, 3, seed=8), expected, equal_nan=True)
+
+
+def test_aurc_closed_form_equals_mean_of_risk_coverage_curve() -> None:
+    data = make_data(7, 300, ties=True)
+    sample = PreparedData.build(data).sample
+    weights = np.concatenate([np.ones((1, 300), dtype=np.int64), next(resample_multiplicities(300, 20, 1))])
+    curve = risk_coverage_curve(sample, weights).mean(axis=1)
+    assert np.allclose(aurc_batched(sample, weights), curve, rtol=0, atol=1e-13)

@@ -47,6 +47,7 @@ class MetricInfo:
     compute: Callable[[CalibrationData, int], float]
     batched: BatchedFn | None = None
     binned: bool = False
+    mean_of: str | None = None  # the per-item field this metric is the mean of (its bootstrap cells differ)
 
 
 def _binned(totals_metric, scheme: str) -> BatchedFn:
@@ -57,6 +58,8 @@ def _binned(totals_metric, scheme: str) -> BatchedFn:
 
 
 def _mean_of(field: str) -> BatchedFn:
+    """Batched mean of a per-item field; pair it with ``mean_of=field``."""
+
     def batched(prepared: PreparedData, multiplicity: np.ndarray | None, n_bins: int) -> np.ndarray:
         return weighted_mean(getattr(prepared.data, field), multiplicity)
 
@@ -72,6 +75,7 @@ _METRIC_LIST = [
         (0.0, 1.0),
         lambda d, n_bins: accuracy(d.correct),
         _mean_of("correct"),
+        mean_of="correct",
     ),
     MetricInfo(
         "ece",
@@ -139,6 +143,7 @@ _METRIC_LIST = [
         (0.0, 2.0),
         lambda d, n_bins: float(weighted_mean(d.brier, None)[0]),
         _mean_of("brier"),
+        mean_of="brier",
     ),
     MetricInfo(
         "nll",
@@ -148,6 +153,7 @@ _METRIC_LIST = [
         (0.0, float("inf")),
         lambda d, n_bins: float(weighted_mean(d.nll, None)[0]),
         _mean_of("nll"),
+        mean_of="nll",
     ),
     MetricInfo(
         "auroc",
