@@ -70,3 +70,31 @@ def test_zero_shot_accuracy_equals_lm_eval_mmlu(smollm2, data_root, tmp_path):
             out["results"][f"calib_mmlu_{subject}"]["acc,none"]
             == out["results"][f"ref_mmlu_{subject}"]["acc,none"]
         )
+
+
+@pytest.fixture(scope="module")
+def smollm2_calib(smollm2_model_args):
+    from lm_eval_calib.models.hf_calib import HFCalibLM
+
+    args = dict(part.split("=", 1) for part in smollm2_model_args.split(","))
+    return HFCalibLM(**args, device="cpu", batch_size=8)
+
+
+def test_facts_and_clm_on_the_real_model(smollm2_calib, data_root):
+    out = _evaluate(smollm2_calib, ["calib_facts", "calib_facts_open"], None, data_root, limit=20)
+    clm_out = _evaluate(smollm2_calib, ["calib_clm"], None, data_root, limit=1)  # one article, ~4k tokens
+    out["results"] |= clm_out["results"]
+    out["samples"] |= clm_out["samples"]
+    facts, open_vocab, clm = (out["results"][t] for t in ("calib_facts", "calib_facts_open", "calib_clm"))
+    for metrics in (facts, open_vocab, clm):
+        for key in ("acc", "ece", "brier", "nll"):
+            assert math.isfinite(metrics[f"{key},none"])
+            # lm-eval reports "N/A" for any stderr over a single document (calib_clm here)
+            assert isinstance(metrics[f"{key}_stderr,none"], float) or metrics is clm
+    # a trained model knows some places of birth among 10 options, far above the 1-in-10 of chance
+    assert facts["acc,none"] > 0.2
+    # next-token accuracy of a trained LM on Wikipedia text is far above chance and below 1
+    assert 0.2 < clm["acc,none"] < 0.8 and 1.0 < clm["word_perplexity,none"] < 1000
+    for task in ("calib_facts_open", "calib_clm"):
+        data = records_to_data([row["ece"] for row in out["samples"][task]])
+        assert out["results"][task]["ece,none"] == pytest.approx(compute_metric("ece", data), abs=1e-12)
