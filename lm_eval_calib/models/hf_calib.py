@@ -14,9 +14,14 @@ How ``loglikelihood`` scores (causal models):
    cache kept only when some continuation of the batch has more than one token. The logits of each context's
    last position give the distribution of every continuation's first token; one-token continuations (MMLU's
    " A".." D") are finished here, so a question costs one forward of its prompt.
-3. Phase B: the longer continuations are scored ``batch_size`` rows at a time against their context's KV
-   cache, selected (and repeated) along the batch dimension, with an attention mask over context and
-   continuation and explicit position ids. The shared prompt of a 10-option question runs once, not 10 times.
+3. Phase B, multi-token continuations. Default (sdpa or eager attention, no sliding window): each row packs
+   a context followed by all its continuations (each without its last token), with a 4-D mask and restarted
+   position ids that give every continuation token exactly the attention it has in its own ``hf`` sequence:
+   one forward per batch. Otherwise (``pack_continuations=False``, other attention implementations, sliding
+   windows, or a mask over budget) the continuations are scored ``batch_size`` rows at a time against their
+   context's KV cache, selected (and repeated) along the batch dimension, with an attention mask over context
+   and continuation and explicit position ids. Either way the shared prompt of a 10-option question runs
+   once, not 10 times.
 
 Results come back in request order and do not depend on the order or on the batch size beyond float rounding
 (measured: about 1e-6 in float32). Models that cannot take a KV cache with explicit positions (or when
