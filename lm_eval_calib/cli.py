@@ -38,6 +38,21 @@ def _metrics(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lm_eval_calib.report.build import build_report
+    from lm_eval_calib.report.runs import ReportInputError
+
+    try:
+        build_report([Path(p) for p in args.run_dirs], Path(args.out))
+    except ReportInputError as exc:
+        print(f"lm-eval-calib: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm-eval-calib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     tasks_dir.set_defaults(run=_tasks_dir)
     metrics = commands.add_parser("metrics", help="print the metric table (key, direction, range, meaning)")
     metrics.set_defaults(run=_metrics)
+    report = commands.add_parser(
+        "report", help="leaderboard (Markdown, CSV) and reliability diagrams from lm_eval output folders"
+    )
+    report.add_argument("run_dirs", nargs="+", help="lm_eval --output_path folders (run with --log_samples)")
+    report.add_argument("--out", required=True, help="folder for the report")
+    report.set_defaults(run=_report)
     return parser
 
 

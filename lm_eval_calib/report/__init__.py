@@ -1,0 +1,1 @@
+"""Reports from lm-eval output folders: leaderboard tables and reliability diagrams (first step)."""
