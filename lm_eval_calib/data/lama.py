@@ -48,7 +48,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from lm_eval_calib.data.root import DATA_ENV, DataNotFoundError, resolve_data_root
+from lm_eval_calib.data.root import DATA_ENV, DataNotFoundError, describe_missing, resolve_data_root
 
 CACHE_ENV = "LM_EVAL_CALIB_CACHE"
 FOLDER = "lama_trex"
@@ -189,10 +189,9 @@ def load_folder(
     k = _check_n_distractors(n_distractors)
     missing = [p for p in _expected_files(base, wanted) if not p.is_file()]
     if missing:
-        shown = ", ".join(str(p.relative_to(base)) for p in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DataNotFoundError(
-            f"LAMA T-REx data under {base} is incomplete: missing {shown}{more}. Expected "
+            f"LAMA T-REx data under {base} is incomplete: missing {describe_missing(missing, base)}. "
+            "Expected "
             f"{FOLDER}/{RELATIONS_FILE} (LAMA templates) and {FOLDER}/{FACTS_FOLDER}/P<id>.jsonl for the 41 "
             "relations, as described in SOURCE.md."
         )

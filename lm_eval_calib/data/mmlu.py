@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 
-from lm_eval_calib.data.root import DataNotFoundError, resolve_data_root
+from lm_eval_calib.data.root import DataNotFoundError, describe_missing, resolve_data_root
 
 HUB_PATH = "cais/mmlu"
 
@@ -75,13 +75,12 @@ def load_local(root: Path, subject: str | None = None) -> datasets.DatasetDict:
     expected = [base / folder / f"{s}_{folder}.csv" for folder in _SPLITS.values() for s in subjects]
     missing = [p for p in expected if not p.is_file()]
     if missing:
-        shown = ", ".join(str(p.relative_to(root)) for p in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         scope = (
             "the pooled calib_mmlu task needs all 57 subjects" if subject is None else f"subject {subject}"
         )
         raise DataNotFoundError(
-            f"MMLU data under {root} is incomplete ({scope}): missing {shown}{more}. Expected "
+            f"MMLU data under {root} is incomplete ({scope}): missing {describe_missing(missing, root)}. "
+            "Expected "
             "ROOT/mmlu/{test,dev,val}/<subject>_{test,dev,val}.csv as in the authors' data.tar."
         )
     splits = {}

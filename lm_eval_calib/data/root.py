@@ -34,3 +34,9 @@ def resolve_data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
             "ROOT/mmlu/{test,dev,val}/<subject>_<split>.csv, or unset it to download the hub copy."
         )
     return root
+
+
+def describe_missing(missing: list[Path], root: Path, shown: int = 5) -> str:
+    """``a, b, c and N more``: the first missing files relative to ``root``, for error messages."""
+    names = ", ".join(str(path.relative_to(root)) for path in missing[:shown])
+    return names + (f" and {len(missing) - shown} more" if len(missing) > shown else "")

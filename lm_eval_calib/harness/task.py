@@ -15,46 +15,27 @@ from typing import Any, ClassVar
 
 from lm_eval.api.metrics import mean
 from lm_eval.api.samplers import FirstNSampler
-from lm_eval.api.task import ConfigurableTask
 
-from lm_eval_calib.harness import stderr
-from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.records import RECORD_KEY, RecordRef, make_record, option_logliks
-from lm_eval_calib.metrics import METRICS
+from lm_eval_calib.harness.base import CalibrationTaskBase, metric_keys
+from lm_eval_calib.harness.records import make_record, option_logliks
 
 # ``acc`` keeps lm-eval's own per-document 0/1 value and mean aggregation, so it is bit-for-bit the
 # accuracy lm-eval reports for the same prompts; every other metric aggregates the records.
-CALIBRATION_KEYS: tuple[str, ...] = tuple(key for key in METRICS if key != "acc")
-
-stderr.install()
+CALIBRATION_KEYS: tuple[str, ...] = metric_keys(excluded=["acc"])
 
 
-class CalibrationTask(ConfigurableTask):
+class CalibrationTask(CalibrationTaskBase):
     """A multiple-choice task scored for calibration (confidence = softmax over option log-likelihoods)."""
 
+    output_types = ("multiple_choice",)
+    record_keys = CALIBRATION_KEYS
     fewshot_group_field: ClassVar[str | None] = None
     """Document field whose value selects the few-shot pool (first-n within that group); None = lm-eval's
     configured sampler over the whole few-shot split."""
-    category_field: ClassVar[str | None] = None
-    """Document field copied into each record for per-category breakdowns in reports."""
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        # Checked before super().__init__ downloads anything, so a typo fails in seconds.
-        self.calibration = CalibrationOptions.from_metadata((config or {}).get("metadata"))
-        # The YAML's `class:` key chose this class; TaskConfig itself has no such field.
-        config = {key: value for key, value in (config or {}).items() if key != "class"}
         super().__init__(config=config, **kwargs)
-        if self.OUTPUT_TYPE != "multiple_choice":
-            raise ValueError(
-                f"{self.config.task}: calibration tasks need output_type multiple_choice, "
-                f"got {self.OUTPUT_TYPE!r}"
-            )
-        name = self.config.task or type(self).__name__
-        warned: set[int] = set()
-        self._aggregations = {"acc": mean} | {
-            key: make_aggregation(key, self.calibration, name, warned) for key in CALIBRATION_KEYS
-        }
+        self._aggregations = {"acc": mean} | self._aggregations
         self._group_samplers = self._build_group_samplers()
 
     def _build_group_samplers(self) -> dict[Any, FirstNSampler]:
@@ -92,15 +73,5 @@ class CalibrationTask(ConfigurableTask):
         choices = self.doc_to_choice(doc)
         where = repr(self.doc_to_text(doc)[:60])
         logliks = option_logliks(results, len(choices), self.config.task, where)
-        category = doc.get(self.category_field) if self.category_field else None
-        record = make_record(logliks, self._target_index(doc, choices), category)
-        reference = RecordRef(record)
-        return {"acc": float(record["correct"])} | {
-            key: record if key == RECORD_KEY else reference for key in CALIBRATION_KEYS
-        }
-
-    def aggregation(self) -> dict:
-        return self._aggregations
-
-    def higher_is_better(self) -> dict:
-        return {key: METRICS[key].higher_is_better for key in self._aggregations}
+        record = make_record(logliks, self._target_index(doc, choices), self.category(doc))
+        return {"acc": float(record["correct"])} | self.record_values(record)

@@ -16,16 +16,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from lm_eval.api.task import ConfigurableTask
 
-from lm_eval_calib.harness import preflight, stderr
-from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.records import RECORD_KEY, ModelOutputError, RecordRef
-from lm_eval_calib.metrics import METRICS
+from lm_eval_calib.harness import preflight
+from lm_eval_calib.harness.base import CalibrationTaskBase
+from lm_eval_calib.harness.records import ModelOutputError
 from lm_eval_calib.models.token_stats import token_stats_of
 
-stderr.install()
 preflight.install()
 
 
@@ -40,26 +36,13 @@ def token_record(confidence: np.ndarray, correct: np.ndarray, nll: np.ndarray, c
     }
 
 
-class TokenCalibrationTask(ConfigurableTask):
+class TokenCalibrationTask(CalibrationTaskBase):
     """Calibration of top-1 next-token predictions; see the module docstring."""
 
+    output_types = ("loglikelihood", "loglikelihood_rolling")
     requires_token_stats: ClassVar[bool] = True
     first_token_only: ClassVar[bool] = False
     """Score only the first continuation token (open-vocabulary facts) instead of every token."""
-    category_field: ClassVar[str | None] = None
-
-    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        self.calibration = CalibrationOptions.from_metadata((config or {}).get("metadata"))
-        config = {key: value for key, value in (config or {}).items() if key != "class"}
-        super().__init__(config=config, **kwargs)
-        if self.OUTPUT_TYPE not in ("loglikelihood", "loglikelihood_rolling"):
-            raise ValueError(
-                f"{self.config.task}: token calibration needs output_type loglikelihood or "
-                f"loglikelihood_rolling, got {self.OUTPUT_TYPE!r}"
-            )
-        name = self.config.task or type(self).__name__
-        warned: set[int] = set()
-        self._aggregations = {key: make_aggregation(key, self.calibration, name, warned) for key in METRICS}
 
     def token_record(self, doc: dict, results: list) -> dict:
         stats = token_stats_of(results[0]) if results else None
@@ -70,16 +53,7 @@ class TokenCalibrationTask(ConfigurableTask):
             )
         if self.first_token_only:
             stats = stats[:1]
-        category = doc.get(self.category_field) if self.category_field else None
-        return token_record(stats.confidence, stats.correct, -stats.token_logprobs, category)
+        return token_record(stats.confidence, stats.correct, -stats.token_logprobs, self.category(doc))
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
-        record = self.token_record(doc, results)
-        reference = RecordRef(record)
-        return {key: record if key == RECORD_KEY else reference for key in METRICS}
-
-    def aggregation(self) -> dict:
-        return self._aggregations
-
-    def higher_is_better(self) -> dict:
-        return {key: METRICS[key].higher_is_better for key in self._aggregations}
+        return self.record_values(self.token_record(doc, results))
