@@ -1,0 +1,108 @@
+"""Paired document-level bootstrap of metric differences, checked against an explicit resampling loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lm_eval_calib.metrics import CalibrationData, CalibrationInputError, compute_metric
+from lm_eval_calib.metrics.bootstrap import resample_multiplicities
+from lm_eval_calib.metrics.paired import PairedDifference, paired_difference
+
+
+def _sample(rng, n, bias):
+    """Items whose accuracy is confidence - bias: bias > 0 is over-confident."""
+    confidence = rng.uniform(0.3, 1.0, n)
+    correct = (rng.uniform(size=n) < np.clip(confidence - bias, 0, 1)).astype(float)
+    return CalibrationData.from_top_label(confidence, correct)
+
+
+def _subset(data: CalibrationData, index: np.ndarray) -> CalibrationData:
+    return CalibrationData(
+        confidence=data.confidence[index],
+        correct=data.correct[index],
+        brier=data.brier[index],
+        nll=data.nll[index],
+    )
+
+
+def _loop_differences(key, a, b, groups_a, groups_b, n_docs, n_resamples, seed):
+    """The same resamples, built item by item and scored with the plain (unbatched) metric."""
+    out = []
+    for chunk in resample_multiplicities(n_docs, n_resamples, seed):
+        for doc_counts in chunk:
+            index_a = np.repeat(np.arange(len(a)), doc_counts[groups_a])
+            index_b = np.repeat(np.arange(len(b)), doc_counts[groups_b])
+            out.append(compute_metric(key, _subset(b, index_b)) - compute_metric(key, _subset(a, index_a)))
+    values = np.array(out)
+    return values[~np.isnan(values)]
+
+
+@pytest.mark.parametrize("key", ["ece", "ece_em", "brier", "auroc", "aurc", "smece"])
+def test_interval_equals_an_explicit_resampling_loop(key):
+    rng = np.random.default_rng(0)
+    a, b = _sample(rng, 120, 0.2), _sample(rng, 120, 0.0)
+    result = paired_difference(key, a, b, n_resamples=200, seed=7)
+    loop = _loop_differences(key, a, b, np.arange(120), np.arange(120), 120, min(200, result.n_resamples), 7)
+    assert result.difference == pytest.approx(compute_metric(key, b) - compute_metric(key, a), abs=1e-12)
+    assert result.n_resamples == loop.size
+    assert (result.low, result.high) == pytest.approx(tuple(np.percentile(loop, [2.5, 97.5])), abs=1e-10)
+
+
+def test_documents_with_many_items_are_drawn_whole_even_when_item_counts_differ():
+    """Two tokenizers: 30 documents cut into different numbers of tokens per model."""
+    rng = np.random.default_rng(1)
+    groups_a = np.repeat(np.arange(30), rng.integers(1, 6, 30))
+    groups_b = np.repeat(np.arange(30), rng.integers(1, 6, 30))
+    a, b = _sample(rng, groups_a.size, 0.1), _sample(rng, groups_b.size, 0.0)
+    result = paired_difference("ece", a, b, groups_a, groups_b, n_resamples=150, seed=3)
+    loop = _loop_differences("ece", a, b, groups_a, groups_b, 30, 150, 3)
+    assert result.n_documents == 30
+    assert (result.low, result.high) == pytest.approx(tuple(np.percentile(loop, [2.5, 97.5])), abs=1e-10)
+
+
+def test_a_model_compared_with_itself_differs_by_exactly_zero():
+    data = _sample(np.random.default_rng(2), 200, 0.1)
+    result = paired_difference("ece", data, data, n_resamples=100)
+    assert (result.difference, result.low, result.high) == (0.0, 0.0, 0.0)
+    assert result.verdict("higher") == "inconclusive"
+
+
+def test_a_clear_difference_is_supported_and_its_opposite_contradicted():
+    rng = np.random.default_rng(3)
+    over, calibrated = _sample(rng, 3000, 0.25), _sample(rng, 3000, 0.0)
+    result = paired_difference("ece", calibrated, over, n_resamples=300)
+    assert result.low > 0.15
+    assert result.verdict("higher") == "supported"
+    assert result.verdict("lower") == "contradicted"
+
+
+def test_verdict_boundaries():
+    base = dict(key="ece", value_a=0.1, value_b=0.2, difference=0.1, level=0.95, n_documents=5, n_resamples=9)
+    assert PairedDifference(low=-0.01, high=0.2, **base).verdict("higher") == "inconclusive"
+    assert PairedDifference(low=-0.3, high=-0.1, **base).verdict("lower") == "supported"
+    with pytest.raises(CalibrationInputError, match="expect"):
+        PairedDifference(low=0.0, high=0.1, **base).verdict("up")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(groups_a=np.array([0, 1, 2]), groups_b=np.array([0, 1, 1])), "only one of the two samples"),
+        (dict(groups_a=np.array([0, 1, 2])), "both groups_a and groups_b"),
+        (dict(groups_a=np.array([0, 1]), groups_b=np.array([0, 1, 2])), "one document index per item"),
+        (dict(level=1.5), "level"),
+        (dict(n_resamples=1), "n_resamples"),
+    ],
+)
+def test_bad_arguments_name_the_problem(kwargs, message):
+    data = CalibrationData.from_top_label([0.5, 0.7, 0.9], [1, 0, 1])
+    with pytest.raises(CalibrationInputError, match=message):
+        paired_difference("ece", data, data, **kwargs)
+
+
+def test_unequal_samples_without_documents_are_refused():
+    a = CalibrationData.from_top_label([0.5, 0.7, 0.9], [1, 0, 1])
+    b = CalibrationData.from_top_label([0.5, 0.7], [1, 0])
+    with pytest.raises(CalibrationInputError, match="3 and 2 items"):
+        paired_difference("ece", a, b)
