@@ -64,7 +64,10 @@ def patch_task_manager(module) -> None:
 
 
 # lm-eval model name -> lazy "module:Class" target; imported only when a run asks for that model.
-MODELS = {"hf-calib": "lm_eval_calib.models.hf_calib:HFCalibLM"}
+MODELS = {
+    "hf-calib": "lm_eval_calib.models.hf_calib:HFCalibLM",
+    "vllm-calib": "lm_eval_calib.models.vllm_calib:VLLMCalibLM",
+}
 
 
 def register_models(module) -> None:

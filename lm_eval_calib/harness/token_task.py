@@ -49,7 +49,7 @@ class TokenCalibrationTask(CalibrationTaskBase):
         if stats is None:
             raise ModelOutputError(
                 f"{self.config.task}: the model returned no token statistics; run this task with "
-                "`--model hf-calib`"
+                "`--model hf-calib` or `--model vllm-calib`"
             )
         if self.first_token_only:
             stats = stats[:1]

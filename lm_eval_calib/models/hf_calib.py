@@ -441,6 +441,9 @@ class HFCalibLM(HFLM):
         if self._accepts_logits_to_keep():
             kwargs["logits_to_keep"] = keep
         logits = self._forward(input_ids, **kwargs).logits
+        if logits.ndim == 4:  # an older head (transformers < 5.20) indexes [:, keep, :] with the 2-D keep
+            rows_index = torch.arange(len(rows), device=self.device)
+            logits = logits[rows_index, rows_index]
         if logits.shape[:2] != keep.shape:  # the model kept every position
             logits = torch.take_along_dim(logits, keep[..., None], dim=1)
         for b, plan in enumerate(plans):

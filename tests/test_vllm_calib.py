@@ -1,0 +1,492 @@
+"""``vllm-calib`` on the real vLLM engine: the results of ``hf-calib``, one prefill per question.
+
+Runs where vLLM is installed (``.ci/run_vllm`` builds such an environment with ``vllm-cpu``, vLLM's CPU build)
+and is skipped elsewhere. Models: a tiny random Llama (head size 32, which vLLM's CPU attention supports) with
+SmolLM2's tokenizer for the fast tests, and the real SmolLM2-135M-Instruct exported from its GGUF file to a
+float32 folder for the parity run on calib_mmlu / calib_facts / calib_clm. The reference is this package's
+``hf-calib`` in the same environment, on the same folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# vLLM reads these when an engine starts: 1 GiB of KV cache (its CPU default takes 14 GiB) and the engine in
+# this process (starts in seconds instead of tens of seconds).
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+pytest.importorskip(
+    "vllm", reason="vLLM is not installed here; .ci/run_vllm runs these tests in an environment with vllm-cpu"
+)
+
+from conftest import read_run, run_lm_eval  # noqa: E402
+
+from lm_eval_calib.models.token_stats import (  # noqa: E402
+    LoglikelihoodResult,
+    RollingLoglikelihoodResult,
+    model_provides_token_stats,
+)
+
+pytestmark = pytest.mark.vllm
+
+LL_ATOL = 1e-3  # the issue's bar for |vllm-calib - hf-calib| per request in float32
+SAME_ENGINE_ATOL = 1e-5  # two scoring paths of the same vLLM engine
+MMLU_TASKS = ["calib_mmlu_anatomy", "calib_mmlu_high_school_geography"]
+
+
+# -- models and requests ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def vllm_tiny_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama (head size 32) with SmolLM2's real tokenizer, as a float32 folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lm_eval_calib.bundled_models import get_bundled_model
+
+    smol = get_bundled_model("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(str(smol.folder()), gguf_file=smol.gguf_file)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    folder = tmp_path_factory.mktemp("vllm-tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct, de-quantised from its GGUF file into a float32 folder vLLM loads."""
+    from lm_eval_calib.models.vllm_export import export_bundled_model
+
+    return export_bundled_model(tmp_path_factory.mktemp("smollm2-hf") / "model")
+
+
+#: Every engine the tests start, kept until the session ends: in-process vLLM engines share global
+#: parallel-state groups, and tearing one down mid-session breaks the others.
+_ENGINES: list = []
+
+
+def _vllm(folder: Path, **kwargs):
+    """vllm-calib in float32; a 64 MiB KV cache for the tiny model (an engine argument passed through)."""
+    from lm_eval_calib.models.vllm_calib import VLLMCalibLM
+
+    defaults = {"dtype": "float32", "kv_cache_memory_bytes": 2**26}
+    lm = VLLMCalibLM(pretrained=str(folder), **{**defaults, **kwargs})
+    _ENGINES.append(lm)
+    return lm
+
+
+def _hf_calib(folder: Path, **kwargs):
+    from lm_eval_calib.models.hf_calib import HFCalibLM
+
+    args = {"dtype": "float32", "device": "cpu", "batch_size": 8, **kwargs}
+    return HFCalibLM(pretrained=str(folder), **args)
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm(vllm_tiny_dir):
+    return _vllm(vllm_tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(vllm_tiny_dir):
+    return _hf_calib(vllm_tiny_dir)
+
+
+def _task_requests(data_root: Path, limits: dict[str, int]) -> dict[str, list]:
+    """The real requests of this package's tasks (lm-eval builds them from ../shared/data)."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    manager = TaskManager(metadata={"data_dir": str(data_root)})
+    tasks = get_task_dict(list(limits), manager)
+    out = {}
+    for name, limit in limits.items():
+        tasks[name].build_all_requests(limit=limit, rank=0, world_size=1)
+        out[name] = list(tasks[name].instances)
+    return out
+
+
+@pytest.fixture(scope="module")
+def requests(data_root):
+    limits = {**dict.fromkeys(MMLU_TASKS, 3), "calib_facts": 4, "calib_facts_open": 4, "calib_clm": 1}
+    return _task_requests(data_root, limits)
+
+
+def _loglikelihood_requests(requests) -> list:
+    return [r for name in (*MMLU_TASKS, "calib_facts", "calib_facts_open") for r in requests[name]]
+
+
+class CountingEngine:
+    """Passes every call to the real engine and keeps what went in and came out (to count prefills)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.info = engine.info
+        self.calls: list[tuple[list, list, list]] = []
+
+    def generate(self, prompts, params):
+        outputs = self.engine.generate(prompts, params)
+        self.calls.append((prompts, params, outputs))
+        return outputs
+
+    def prompts(self) -> list[list[int]]:
+        return [p for prompts, _, _ in self.calls for p in prompts]
+
+
+def _counting(lm) -> CountingEngine:
+    lm.engine = CountingEngine(lm.engine)
+    return lm.engine
+
+
+def _value(result) -> float:
+    return float(result) if isinstance(result, float) else float(result[0])
+
+
+def assert_same_results(got, expected, atol: float, what: str) -> float:
+    """Equal log-likelihoods, is_greedy and token statistics; returns the largest log-likelihood difference.
+
+    Per token: within ``atol``. Sums: within ``atol`` plus float32 rounding of the sum (``hf`` sums a document
+    of 1,400 tokens, about -15,000 nats, in float32: its last digit is worth 1e-3).
+    """
+    assert len(got) == len(expected)
+    worst = 0.0
+    for a, b in zip(got, expected, strict=True):
+        diff = abs(_value(a) - _value(b))
+        worst = max(worst, diff)
+        assert diff <= atol + 1e-6 * abs(_value(b)), (what, _value(a), _value(b))
+        sa, sb = a.token_stats, b.token_stats
+        assert sa.token_ids.tolist() == sb.token_ids.tolist()
+        assert sa.top1_ids.tolist() == sb.top1_ids.tolist()
+        np.testing.assert_allclose(sa.token_logprobs, sb.token_logprobs, atol=atol)
+        np.testing.assert_allclose(sa.top1_logprobs, sb.top1_logprobs, atol=atol)
+        if not isinstance(a, float):
+            assert a[1] == b[1] == sa.is_greedy
+    print(f"{what}: max |difference| of log-likelihoods over {len(got)} results: {worst:.3g}")
+    return worst
+
+
+# -- parity with hf-calib ---------------------------------------------------------------------------------
+def test_loglikelihood_and_token_stats_equal_hf_calib(tiny_vllm, tiny_hf, requests):
+    reqs = _loglikelihood_requests(requests)
+    got = tiny_vllm.loglikelihood(reqs, disable_tqdm=True)
+    assert all(type(r) is LoglikelihoodResult for r in got)
+    assert_same_results(
+        got, tiny_hf.loglikelihood(reqs, disable_tqdm=True), LL_ATOL, "tiny, vllm vs hf-calib"
+    )
+    assert model_provides_token_stats(tiny_vllm)
+
+
+def test_rolling_windows_equal_hf_calib(tiny_vllm, tiny_hf, requests):
+    from lm_eval.api.instance import Instance
+
+    reqs = requests["calib_clm"] + [Instance("loglikelihood_rolling", {}, ("",), 9)]
+    got = tiny_vllm.loglikelihood_rolling(reqs, disable_tqdm=True)
+    expected = tiny_hf.loglikelihood_rolling(reqs, disable_tqdm=True)
+    assert all(type(r) is RollingLoglikelihoodResult for r in got)
+    assert len(got[0].token_stats) > 1000  # a real article (several windows: the truncation test)
+    assert len(got[0].token_stats) == len(tiny_vllm.tok_encode(reqs[0].args[0]))
+    assert float(got[-1]) == 0.0 and len(got[-1].token_stats) == 0
+    assert_same_results(got, expected, 1e-3, "tiny rolling, vllm vs hf-calib")
+
+
+# -- one prefill per question -----------------------------------------------------------------------------
+def _single_token_options(lm, context: str, n: int) -> list[str]:
+    """``n`` words that are each one token after ``context`` (more ids than one request may ask for)."""
+    ctx_ids = lm.tok_encode(context)
+    words = []
+    for token_id in range(1000, len(lm.tokenizer)):
+        word = lm.tokenizer.decode([token_id])
+        if (
+            word.startswith(" ")
+            and word[1:].isalpha()
+            and lm.tok_encode(context + word) == [*ctx_ids, token_id]
+        ):
+            words.append(word)
+            if len(words) == n:
+                return words
+    raise AssertionError("not enough single-token words")
+
+
+def test_one_prefill_per_context_equals_one_request_per_option(vllm_tiny_dir, tiny_vllm, requests):
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_calib.models.vllm_engine import MAX_LOGPROB_TOKEN_IDS
+
+    words = _single_token_options(tiny_vllm, "The word of the day is", MAX_LOGPROB_TOKEN_IDS + 5)
+    wide = [Instance("loglikelihood", {}, ("The word of the day is", w), i) for i, w in enumerate(words)]
+    reqs = _loglikelihood_requests(requests) + wide
+    per_option = _vllm(vllm_tiny_dir, single_prefill=False)
+    assert tiny_vllm.single_prefill is True and per_option.single_prefill is False
+    tiny_vllm.engine.llm.reset_prefix_cache()  # what earlier tests left there must not count below
+    one, many = _counting(tiny_vllm), _counting(per_option)
+    try:
+        fast = tiny_vllm.loglikelihood(reqs, disable_tqdm=True)
+        slow = per_option.loglikelihood(reqs, disable_tqdm=True)
+    finally:
+        tiny_vllm.engine = one.engine
+    assert_same_results(fast, slow, SAME_ENGINE_ATOL, "one prefill vs one request per option")
+
+    mmlu = [r for name in MMLU_TASKS for r in requests[name]]
+    contexts = {r.args[0] for r in mmlu}
+    assert len(mmlu) == 4 * len(contexts)
+    sent = [tuple(p) for p in one.prompts()]
+    for ctx in contexts:  # each MMLU question: its prompt was prefilled once, never with an option appended
+        ctx_ids = tuple(tiny_vllm.tok_encode(ctx))
+        assert sent.count(ctx_ids) == 1
+        assert not any(len(p) > len(ctx_ids) and p[: len(ctx_ids)] == ctx_ids for p in sent)
+    # questions of a subject share their 5-shot examples: the later ones read them from the prefix cache
+    cached = [
+        o.num_cached_tokens
+        for prompts, _, outputs in one.calls
+        for p, o in zip(prompts, outputs, strict=True)
+        if tuple(p) in {tuple(tiny_vllm.tok_encode(c)) for c in contexts}
+    ]
+    assert sum(n >= tiny_vllm.info.block_size for n in cached) >= len(contexts) - len(MMLU_TASKS), cached
+    # 133 one-token options of one context: two requests (128 ids at most per request)
+    wide_ctx = tuple(tiny_vllm.tok_encode("The word of the day is"))
+    assert sent.count(wide_ctx) == 2
+    assert len(many.prompts()) == len({(r.args[0], r.args[1]) for r in reqs})
+
+
+def test_results_do_not_depend_on_order_or_batch_size(tiny_vllm, requests):
+    reqs = _loglikelihood_requests(requests)
+    reference = tiny_vllm.loglikelihood(reqs, disable_tqdm=True)
+    order = list(range(len(reqs)))
+    random.Random(3).shuffle(order)
+    try:
+        for batch_size in (1, 7, "auto"):
+            tiny_vllm.batch_size = batch_size
+            got = tiny_vllm.loglikelihood([reqs[i] for i in order], disable_tqdm=True)
+            assert_same_results(
+                got, [reference[i] for i in order], SAME_ENGINE_ATOL, f"shuffled, batch_size={batch_size}"
+            )
+    finally:
+        tiny_vllm.batch_size = "auto"
+
+
+def test_prefix_caching_gives_the_same_results(vllm_tiny_dir, tiny_vllm, requests):
+    """Options as whole answer texts (multi-token) after 5-shot prompts of several 128-token cache blocks."""
+    from lm_eval.api.instance import Instance
+
+    reqs = []
+    for name in MMLU_TASKS:
+        for r in requests[name][::4]:  # one per question
+            doc = r.doc
+            reqs += [Instance("loglikelihood", doc, (r.args[0], " " + c), 0) for c in doc["choices"]]
+    cached = _vllm(vllm_tiny_dir, prefix_caching=True)
+    spy = _counting(cached)
+    first = cached.loglikelihood(reqs, disable_tqdm=True)
+    hits = [
+        o.num_cached_tokens
+        for _, params, outputs in spy.calls
+        for p, o in zip(params, outputs, strict=True)
+        if p.prompt_logprobs
+    ]
+    assert any(h >= 128 for h in hits), hits  # the options really read the context's cached blocks
+    assert_same_results(
+        first, tiny_vllm.loglikelihood(reqs, disable_tqdm=True), SAME_ENGINE_ATOL, "prefix cache"
+    )
+
+    # the same requests again: now the cache holds whole options, beyond the context, so those rows are not
+    # real log-probs; they must be scored again without the cache and give the same numbers
+    n_calls = len(spy.calls)
+    again = cached.loglikelihood(reqs, disable_tqdm=True)
+    retried = [
+        p
+        for _, params, _ in spy.calls[n_calls:]
+        for p in params
+        if p.prompt_logprobs and p.skip_reading_prefix_cache
+    ]
+    assert retried, "expected options scored again without the cache"
+    assert_same_results(again, first, SAME_ENGINE_ATOL, "prefix cache, second pass")
+
+
+def test_prompt_statistics_read_the_same_from_both_logprob_formats(tiny_vllm):
+    """vLLM returns prompt log-probs as a FlatLogprobs container (asked for) or a list of dicts (older
+    releases, and the default); both must give the same statistics."""
+    from vllm import SamplingParams
+
+    from lm_eval_calib.models.vllm_engine import prompt_rows
+
+    prompt = tiny_vllm.tok_encode("The quick brown fox jumps over the lazy dog. It was not amused.")
+    rows = []
+    for flat in (True, False):
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, flat_logprobs=flat)
+        (output,) = tiny_vllm.engine.generate([prompt], [params])
+        assert hasattr(output.prompt_logprobs, "start_indices") is flat
+        rows.append(prompt_rows(output, prompt, 1))
+    for a, b in zip(*(vars(r).values() for r in rows), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(rows[0].token_logprobs) == len(prompt) - 1
+
+
+def test_data_parallel_dealing_round_trips():
+    """The request dealing of data_parallel_size > 1 (Ray itself cannot run here)."""
+    from lm_eval_calib.models.vllm_engine import merge_parts, split_interleaved
+
+    parts = split_interleaved(7, 3)
+    assert parts == [[0, 3, 6], [1, 4], [2, 5]]
+    outputs = [[f"out{i}" for i in idx] for idx in parts]
+    assert merge_parts(7, parts, outputs) == [f"out{i}" for i in range(7)]
+    with pytest.raises(ValueError):  # a replica that answered fewer requests than it got
+        merge_parts(7, parts, [outputs[0], outputs[1], outputs[2][:1]])
+
+
+# -- limits and bad input ---------------------------------------------------------------------------------
+def test_truncation_matches_hf_calib_and_warns_once(vllm_tiny_dir, requests, caplog):
+    from lm_eval.api.instance import Instance
+
+    short = _vllm(vllm_tiny_dir, max_model_len=130)
+    assert short.max_length == 128  # room for the scored last token and one generated token
+    hf = _hf_calib(vllm_tiny_dir, max_length=128)
+    long_ctx = requests[MMLU_TASKS[0]][0].args[0]  # a 5-shot prompt of ~700 tokens
+    pairs = [
+        (long_ctx, " A"),
+        (long_ctx, " Rome, Italy"),
+        (long_ctx, " the city of Paris, France"),
+        ("Hi", " there"),
+    ]
+    reqs = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
+    with caplog.at_level(logging.WARNING):
+        got = short.loglikelihood(reqs, disable_tqdm=True)
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if "vllm-calib" in r.getMessage() and "truncat" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "3 of 4 requests" in warnings[0]
+    assert_same_results(
+        got, hf.loglikelihood(reqs, disable_tqdm=True), LL_ATOL, "truncated, vllm vs hf-calib"
+    )
+
+    rolling = [Instance("loglikelihood_rolling", {}, (requests["calib_clm"][0].args[0][:3000],), 0)]
+    got = short.loglikelihood_rolling(rolling, disable_tqdm=True)
+    assert len(got[0].token_stats) > 3 * 128  # several windows of 128 tokens
+    assert_same_results(got, hf.loglikelihood_rolling(rolling, disable_tqdm=True), 1e-3, "128-token windows")
+
+    with pytest.raises(ValueError, match="maximum length"):
+        short.loglikelihood([Instance("loglikelihood", {}, ("Hi", " word" * 140), 0)], disable_tqdm=True)
+
+
+def test_bad_input_gives_clear_errors(vllm_tiny_dir, tiny_vllm, tmp_path):
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_calib.bundled_models import get_bundled_model
+
+    with pytest.raises(ValueError, match="empty continuation"):
+        tiny_vllm.loglikelihood([Instance("loglikelihood", {}, ("Question:", ""), 0)], disable_tqdm=True)
+    with pytest.raises(ValueError, match="encodes to no tokens"):
+        tiny_vllm._loglikelihood_tokens([(("Question:", "?"), [1, 2], [])])
+
+    smol = get_bundled_model("smollm2")  # a folder holding only a GGUF file
+    with pytest.raises(ValueError, match="vllm_export"):
+        _vllm(smol.folder())
+    with pytest.raises(ValueError, match="GGUF"):
+        _vllm(smol.folder(), gguf_file=smol.gguf_file)
+    with pytest.raises(ValueError, match="not both"):
+        _vllm(vllm_tiny_dir, max_length=100, max_model_len=200)
+
+    unknown = tmp_path / "unknown-architecture"
+    shutil.copytree(vllm_tiny_dir, unknown)
+    config = json.loads((vllm_tiny_dir / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchModelForCausalLM"]}))
+    with pytest.raises(RuntimeError, match="vLLM could not load"):
+        _vllm(unknown)
+
+    with pytest.raises(RuntimeError, match=r"max_model_len \(5002\)"):
+        _vllm(vllm_tiny_dir, max_length=5000)  # needs a 5002-token window; the model's is 2048
+
+
+def test_bfloat16_warns_once_about_parity(vllm_tiny_dir, caplog):
+    from lm_eval_calib.models import vllm_calib
+
+    vllm_calib._WARNED.discard("dtype-bfloat16")
+    with caplog.at_level(logging.WARNING):
+        lm = _vllm(vllm_tiny_dir, dtype="bfloat16")
+        vllm_calib._warn_once("dtype-bfloat16", "a second bfloat16 model says nothing")
+    messages = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("vllm-calib: the model runs")
+    ]
+    assert len(messages) == 1 and "0.5 nats" in messages[0] and "dtype=float32" in messages[0]
+    assert lm.info.dtype == "bfloat16"
+
+
+# -- the lm_eval CLI ----------------------------------------------------------------------------------------
+def test_lm_eval_cli_runs_the_calibration_tasks(vllm_tiny_dir, tiny_hf, data_root, tmp_path):
+    """`lm_eval --model vllm-calib`: calib_mmlu, calib_facts and calib_clm, with hf-calib's numbers."""
+    from lm_eval.api.instance import Instance
+
+    docs = {"calib_mmlu": [0, 100, 235], "calib_facts": [0, 1000, 5000], "calib_clm": [0]}
+    run_lm_eval(
+        ["--model", "vllm-calib", "--model_args", f"pretrained={vllm_tiny_dir},dtype=float32",
+         "--tasks", "calib_mmlu,calib_facts,calib_clm", "--batch_size", "auto", "--samples", json.dumps(docs),
+         "--metadata", json.dumps({"data_dir": str(data_root)}), "--output_path", str(tmp_path),
+         "--log_samples"],
+    )  # fmt: skip
+    results, samples = read_run(tmp_path)
+    assert results["config"]["model"] == "vllm-calib"
+    for task in ("calib_mmlu", "calib_facts", "calib_clm"):
+        assert np.isfinite(results["results"][task]["ece,none"]), task
+    for task in ("calib_mmlu", "calib_facts"):
+        for row in samples[task]:
+            pairs = [(a["arg_0"], a["arg_1"]) for a in row["arguments"].values()]
+            expected = tiny_hf.loglikelihood(
+                [Instance("loglikelihood", {}, p, 0) for p in pairs], disable_tqdm=True
+            )
+            got = [float(r[0][0]) for r in row["resps"]]  # lm-eval logs [[ll, is_greedy]] per option
+            np.testing.assert_allclose(got, [e[0] for e in expected], atol=LL_ATOL)
+    (clm,) = samples["calib_clm"]
+    text = clm["arguments"]["gen_args_0"]["arg_0"]
+    (expected,) = tiny_hf.loglikelihood_rolling(
+        [Instance("loglikelihood_rolling", {}, (text,), 0)], disable_tqdm=True
+    )
+    np.testing.assert_allclose(clm["ece"]["confidence"], expected.token_stats.confidence, atol=1e-4)
+    assert clm["ece"]["correct"] == expected.token_stats.correct.astype(int).tolist()
+
+
+# -- the real model ---------------------------------------------------------------------------------------
+def test_smollm2_equals_hf_calib_on_the_calibration_tasks(smollm2_dir, requests):
+    """SmolLM2 on the requests of calib_mmlu (5-shot), calib_facts, calib_facts_open and calib_clm."""
+    from lm_eval.api.instance import Instance
+
+    vllm_lm = _vllm(smollm2_dir, kv_cache_memory_bytes=2**30)
+    hf_lm = _hf_calib(smollm2_dir)
+    reqs = _loglikelihood_requests(requests)
+    got = vllm_lm.loglikelihood(reqs, disable_tqdm=True)
+    assert_same_results(got, hf_lm.loglikelihood(reqs, disable_tqdm=True), LL_ATOL, "SmolLM2 loglikelihood")
+    rolling = requests["calib_clm"]
+    got_rolling = vllm_lm.loglikelihood_rolling(rolling, disable_tqdm=True)
+    expected = hf_lm.loglikelihood_rolling(rolling, disable_tqdm=True)
+    assert_same_results(got_rolling, expected, LL_ATOL, "SmolLM2 calib_clm")
+    # a trained model predicts a good share of Wikipedia's next tokens; far above chance, below 1
+    assert 0.2 < got_rolling[0].token_stats.correct.mean() < 0.8
+    letters = got[
+        :4
+    ]  # " A".." D" of the first MMLU question: a trained model does not find them equally likely
+    assert max(r[0] for r in letters) - min(r[0] for r in letters) > 0.1
+
+    prompt = ("The capital of France is", {"until": ["\n"], "max_gen_toks": 12})
+    gen = [Instance("generate_until", {}, prompt, 0)]
+    generated = vllm_lm.generate_until(gen, disable_tqdm=True)
+    assert generated == hf_lm.generate_until(gen, disable_tqdm=True)  # greedy in float32: the same text
+    assert "Paris" in generated[0]
