@@ -18,6 +18,17 @@ from .data import CalibrationData
 from .errors import CalibrationInputError
 from .prepared import PreparedData
 from .ranking import aurc, auroc, selective_accuracy
+from .recalibration import (
+    OptionScores,
+    Recalibration,
+    TopLabel,
+    fit_platt,
+    fit_temperature,
+    platt_scaled,
+    recalibrate_cross_fitted,
+    recalibrate_held_out,
+    temperature_scaled,
+)
 from .registry import (
     METRICS,
     SMALL_SAMPLE_THRESHOLD,
@@ -36,7 +47,10 @@ __all__ = [
     "CalibrationData",
     "CalibrationInputError",
     "MetricInfo",
+    "OptionScores",
     "PreparedData",
+    "Recalibration",
+    "TopLabel",
     "accuracy",
     "aurc",
     "auroc",
@@ -51,12 +65,18 @@ __all__ = [
     "compute_metric",
     "debiased_calibration_error",
     "expected_calibration_error",
+    "fit_platt",
+    "fit_temperature",
     "known_metrics",
     "maximum_calibration_error",
     "negative_log_likelihood",
+    "platt_scaled",
+    "recalibrate_cross_fitted",
+    "recalibrate_held_out",
     "resample_multiplicities",
     "rms_calibration_error",
     "selective_accuracy",
     "small_sample_warning",
     "smooth_calibration_error",
+    "temperature_scaled",
 ]

@@ -1,50 +1,329 @@
-"""``lm-eval-calib report``: a leaderboard and reliability diagrams for one or more lm-eval runs."""
+"""``lm-eval-calib report``: leaderboard, reliability diagrams, recalibration and breakdowns for lm-eval runs.
+
+The report is built in a temporary folder next to ``out`` and moved into place only when complete, so a
+failed build never leaves a half-written report (and never touches a folder that is not a report).
+Problems with single inputs (no samples, mixed task versions, a non-calibration task, an empty folder, the
+same model twice) are messages: printed, listed in ``messages.txt`` and on the page, and the rest of the
+report is still written.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from lm_eval_calib.report import leaderboard
-from lm_eval_calib.report.figures import reliability_diagram
+from lm_eval_calib.metrics import CalibrationInputError, bootstrap_interval, compute_metric
+from lm_eval_calib.report import breakdown, html, leaderboard
+from lm_eval_calib.report.figures import Curve, overlay_diagram, reliability_diagram
+from lm_eval_calib.report.labels import parse_label_overrides
+from lm_eval_calib.report.recalibrate import RecalRow, recalibrate_run
 from lm_eval_calib.report.runs import ReportInputError, TaskRun, load_run
 
+MARKER = ".lm-eval-calib-report"
+CONSISTENCY_TOLERANCE = 1e-9
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "run"
 
 
-def build_report(run_dirs: Sequence[Path], out: Path, log=print) -> list[TaskRun]:
-    """Write ``leaderboard.md``, ``leaderboard.csv`` and ``figures/`` under ``out``; return the runs used.
+def _version_text(version: object) -> str:
+    return f"{version:g}" if isinstance(version, int | float) else str(version)
 
-    A folder that cannot be read is reported and skipped; the rest of the report is still written.
-    """
-    runs: list[TaskRun] = []
-    for folder in run_dirs:
-        try:
-            found, warnings = load_run(Path(folder))
-        except ReportInputError as exc:
-            log(f"skipped: {exc}")
-            continue
-        for warning in warnings:
-            log(f"skipped: {warning}")
-        runs.extend(found)
-    if not runs:
-        raise ReportInputError("no calibration task with logged samples in " + ", ".join(map(str, run_dirs)))
-    out.mkdir(parents=True, exist_ok=True)
-    table = leaderboard.rows(runs)
-    (out / "leaderboard.md").write_text(leaderboard.to_markdown(table))
-    (out / "leaderboard.csv").write_text(leaderboard.to_csv(table))
-    seen: dict[str, int] = {}
+
+def assign_groups(runs: list[TaskRun]) -> list[str]:
+    """Leaderboard sections: a task whose runs disagree on the task version gets one section per version."""
+    messages = []
+    by_task: dict[str, list[TaskRun]] = defaultdict(list)
     for run in runs:
-        name = f"{_slug(run.label)}__{run.task}"
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:  # the same model and task twice (e.g. two limits): keep both, numbered
-            log(f"note: {run.label} / {run.task} appears {seen[name]} times; figures numbered")
-            name = f"{name}__{seen[name]}"
-        for scheme in ("width", "mass"):
-            stem = out / "figures" / f"{name}__{scheme}"
-            reliability_diagram(run.data, f"{run.label} · {run.task}", stem, scheme=scheme)
-        log(f"wrote {run.label} / {run.task}")
+        by_task[run.task].append(run)
+    for task, members in sorted(by_task.items()):
+        versions = sorted({_version_text(r.version) for r in members})
+        if len(versions) > 1:
+            listing = "; ".join(
+                f"v{v}: "
+                + ", ".join(
+                    sorted({f"{r.label} ({r.folder})" for r in members if _version_text(r.version) == v})
+                )
+                for v in versions
+            )
+            messages.append(
+                f"warning: {task} was run with different task versions ({listing}); numbers of different "
+                "versions are not comparable, so each version gets its own section. Rerun the older runs "
+                "with the current lm-eval-calib to compare them."
+            )
+            for run in members:
+                run.group = f"{task} v{_version_text(run.version)}"
+    return messages
+
+
+def disambiguate(runs: list[TaskRun]) -> list[str]:
+    """Two runs of the same model on the same task section keep both rows, told apart by their folder."""
+    messages = []
+    counts = Counter((r.label, r.group) for r in runs)
+    for (label, group), count in sorted(counts.items()):
+        if count < 2:
+            continue
+        members = [r for r in runs if (r.label, r.group) == (label, group)]
+        names = [r.folder.name or str(r.folder) for r in members]
+        if len(set(names)) < len(names):
+            names = [f"{name} #{i + 1}" for i, name in enumerate(names)]
+        for run, name in zip(members, names, strict=True):
+            run.label = f"{label} [{name}]"
+        messages.append(
+            f"warning: {count} runs of {label} on {group} ({', '.join(str(r.folder) for r in members)}); "
+            "all kept, told apart by folder. Name them with --label RUN_DIR=NAME."
+        )
+    return messages
+
+
+def check_consistency(run: TaskRun) -> str | None:
+    """The records must reproduce lm-eval's own numbers, or the samples belong to another run."""
+    n_bins = run.options.n_bins
+    for key in ("acc", "ece"):
+        reported = run.results.get(f"{key},none")
+        if isinstance(reported, int | float):
+            recomputed = compute_metric(key, run.data, n_bins=n_bins)
+            if abs(recomputed - reported) > CONSISTENCY_TOLERANCE:
+                return (
+                    f"warning: {run.label} / {run.task}: the logged records give {key} {recomputed:.6f} but "
+                    f"{run.source.name} says {reported:.6f}; the samples file may come from another run. "
+                    "The table shows lm-eval's number; diagrams use the records."
+                )
+    return None
+
+
+def _interval(run: TaskRun) -> tuple[float, float]:
+    """95% percentile interval of the ECE from the same resamples that gave lm-eval's stderr (the task's
+    seed, and ``min(--bootstrap_iters, max_bootstrap)`` resamples; 0 iterations meant no stderr)."""
+    opts = run.options
+    iters = run.bootstrap_iters
+    n_resamples = (
+        min(iters, opts.max_bootstrap) if isinstance(iters, int) and iters > 0 else opts.max_bootstrap
+    )
+    return bootstrap_interval(
+        "ece", run.data, n_resamples=n_resamples, seed=opts.bootstrap_seed, n_bins=opts.n_bins
+    )
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished report into ``out``, replacing an earlier report there (and nothing else)."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file()):
+            raise ReportInputError(
+                f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
+            )
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.rename(old / "report")
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def build_report(
+    run_dirs: Sequence[Path],
+    out: Path,
+    log: Callable[[str], None] = print,
+    labels: Mapping[str | Path, str] | Sequence[str] = (),
+    n_folds: int = 5,
+    seed: int = 0,
+) -> list[TaskRun]:
+    """Write the report for ``run_dirs`` into ``out``; return the runs it shows.
+
+    ``labels`` overrides the label of every model in a run folder: ``{RUN_DIR: NAME}`` or the CLI's
+    ``RUN_DIR=NAME`` strings; each RUN_DIR must be one of ``run_dirs``. Raises :class:`ReportInputError`
+    when nothing is reportable (then nothing is written).
+    """
+    started = time.perf_counter()
+    run_dirs = [Path(d) for d in run_dirs]
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise ReportInputError(
+            f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
+        )
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise ReportInputError(f"--folds must be an integer >= 2, got {n_folds!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ReportInputError(f"--seed must be an integer >= 0, got {seed!r}")
+    overrides = parse_label_overrides(labels, run_dirs)
+    messages: list[str] = []
+
+    def say(message: str) -> None:
+        messages.append(message)
+        log(message)
+
+    runs: list[TaskRun] = []
+    log(f"reading {len(run_dirs)} run folder(s)")
+    for folder in run_dirs:
+        t0 = time.perf_counter()
+        try:
+            found, notes = load_run(folder, overrides.get(folder.resolve()), log=log)
+        except ReportInputError as exc:
+            say(f"skipped: {exc}")
+            continue
+        for note in notes:
+            say(note)
+        runs.extend(found)
+        log(f"read {folder}: {len(found)} calibration task(s) in {time.perf_counter() - t0:.1f} s")
+    if not runs:
+        raise ReportInputError(
+            "no calibration task with logged samples in " + ", ".join(map(str, run_dirs)) + "; run lm_eval "
+            "with --tasks calib_... --log_samples and pass its --output_path folder"
+        )
+    for message in assign_groups(runs) + disambiguate(runs):
+        say(message)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / MARKER).write_text("written by lm-eval-calib report; replaced as a whole on the next run\n")
+        table, recal_rows, diagrams, breakdowns = [], [], [], []
+        used_names: set[str] = set()
+        runs.sort(key=lambda r: (r.group, r.label))
+        for i, run in enumerate(runs, 1):
+            t0 = time.perf_counter()
+            log(f"[{i}/{len(runs)}] {run.label} / {run.group}: {len(run.data)} items")
+            problem = check_consistency(run)
+            if problem:
+                say(problem)
+            try:
+                rows, notes = recalibrate_run(run, runs, n_folds, seed)
+            except CalibrationInputError as exc:  # e.g. degenerate records; the rest of the row still stands
+                rows, notes = [], [f"warning: {run.label} / {run.group}: no recalibration ({exc})"]
+            for note in notes:
+                say(note)
+            recal_rows += rows
+            table.append(_leaderboard_row(run, _interval(run), rows))
+            name = f"{slug(run.label)}__{slug(run.group)}"
+            while name in used_names:
+                name += "_"
+            used_names.add(name)
+            images = {}
+            for scheme in ("width", "mass"):
+                stem = tmp / "figures" / f"{name}__{scheme}"
+                title = f"{run.label} · {run.group}"
+                reliability_diagram(run.data, title, stem, n_bins=run.options.n_bins, scheme=scheme)
+                images[scheme] = f"figures/{name}__{scheme}.png"
+            diagrams.append(html.Diagram(run.label, run.group, images))
+            if breakdown.has_breakdown(run):
+                breakdowns.append((run, breakdown.breakdown_rows(run)))
+            log(f"      diagrams, recalibration, breakdown: {time.perf_counter() - t0:.1f} s")
+        overlays = _overlays(runs, tmp)
+        table = leaderboard.sort_rows(table)
+        recal_table = [row.summary() for row in recal_rows]
+        outputs = {
+            "leaderboard.md": leaderboard.to_markdown(table),
+            "leaderboard.csv": leaderboard.to_csv(table),
+            "recalibration.md": _recal_markdown(recal_table),
+            "recalibration.csv": leaderboard.to_csv(recal_table),
+            "breakdown.md": breakdown.to_markdown(breakdowns),
+            "breakdown.csv": leaderboard.to_csv([r for _, rows in breakdowns for r in rows]),
+            "messages.txt": "".join(m + "\n" for m in messages),
+        }
+        page = html.PageContent(
+            title="Calibration report",
+            created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            inputs=[str(d) for d in run_dirs],
+            leaderboard=table,
+            recalibration=recal_table,
+            overlays=overlays,
+            diagrams=diagrams,
+            breakdowns=[(run.group, run.label, rows) for run, rows in breakdowns],
+            messages=messages,
+            notes=[NOTE],
+        )
+        outputs["index.html"] = html.render(page)
+        for name, text in outputs.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"report of {len(runs)} run(s) written to {out} in {time.perf_counter() - started:.1f} s")
     return runs
+
+
+NOTE = (
+    "Values ± stderr are the numbers lm-eval wrote for each run. ECE 95% CI: percentile bootstrap over the "
+    "logged records (same resamples as the stderr). ECE recal.: ECE after temperature scaling (Platt scaling "
+    "for token-level tasks) fitted on held-out items, never on the items scored."
+)
+
+
+def _leaderboard_row(run: TaskRun, interval: tuple[float, float], recal: list[RecalRow]) -> dict:
+    row = {
+        "model": run.label,
+        "stage": run.stage,
+        "task": run.group,
+        "version": run.version,
+        "n_shot": run.n_shot,
+        "n": len(run.data),
+    }
+    row |= leaderboard.lm_eval_numbers(run.results)
+    row["ece_ci_low"], row["ece_ci_high"] = interval
+    primary = recal[0] if recal else None
+    row["ece_recal"] = (
+        compute_metric("ece", primary.result.after, n_bins=run.options.n_bins) if primary else None
+    )
+    row["recal_method"] = primary.method if primary else None
+    row["recal_fitted_on"] = primary.fitted_on if primary else None
+    row["temperature"] = primary.result.parameters.get("temperature") if primary else None
+    row["recal_summary"] = _short_summary(primary) if primary else ""
+    row["source"] = str(run.source)
+    return row
+
+
+def _short_summary(recal: RecalRow) -> str:
+    """``T = 1.23, fitted on calib_mmlu_val`` / ``Platt, 5-fold cross-fit``: the table cell (CSV has more)."""
+    what = f"T = {recal.result.parameters['temperature']:.2f}" if recal.method == "temperature" else "Platt"
+    where = (
+        recal.run_fit_task if recal.result.scheme == "held-out" else f"{recal.result.n_folds}-fold cross-fit"
+    )
+    return f"{what}, {where}"
+
+
+def _overlays(runs: list[TaskRun], tmp: Path) -> dict[str, str]:
+    from lm_eval_calib.metrics import bin_statistics
+
+    overlays = {}
+    for group in dict.fromkeys(r.group for r in runs):
+        members = [r for r in runs if r.group == group]
+        curves = [
+            Curve(
+                r.label,
+                bin_statistics(r.data.confidence, r.data.correct, n_bins=r.options.n_bins),
+                compute_metric("ece", r.data, n_bins=r.options.n_bins),
+                len(r.data),
+            )
+            for r in members
+        ]
+        name = f"overlay__{slug(group)}"
+        overlay_diagram(curves, group, tmp / "figures" / name)
+        overlays[group] = f"figures/{name}.png"
+    return overlays
+
+
+def _recal_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "No recalibration (too few items).\n"
+    lines = [
+        "Fitted on held-out items only; before/after are the same scored items. For Platt scaling NLL is the "
+        "top-label (binary) log loss and Brier the top-label Brier.\n",
+        "| model | task | method | fitted on | n scored | parameters | ECE before | ECE after | NLL before | "
+        "NLL after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['task']} | {r['method']} | {r['fitted_on']} | {r['n_scored']} | "
+            f"{r['parameters']} | {leaderboard.fmt(r['ece_before'])} | {leaderboard.fmt(r['ece_after'])} | "
+            f"{leaderboard.fmt(r['nll_before'])} | {leaderboard.fmt(r['nll_after'])} |"
+        )
+    return "\n".join(lines) + "\n"

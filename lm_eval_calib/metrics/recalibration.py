@@ -1,0 +1,385 @@
+"""Post-hoc recalibration, always fitted on one set of items and scored on another.
+
+Two maps, both monotone in the model's own scores, so accuracy never changes:
+
+* **Temperature scaling** (Guo et al. 2017) on per-option log-likelihoods: ``softmax(loglik / T)`` with one
+  ``T > 0`` fitted by minimising the multi-class NLL of the gold option.  The NLL is convex in ``1 / T``,
+  so a bracketed Newton iteration finds the global optimum.
+* **Platt scaling** (Platt 1999) on the top-label confidence ``c``: ``sigmoid(a * logit(c) + b)`` fitted
+  by logistic regression of correctness on ``logit(c)``, with Platt's smoothed targets
+  ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` so that perfectly separable data still give a finite fit.
+  It needs only (confidence, correct), so it works for open-vocabulary and next-token tasks, whose records
+  have no option log-likelihoods.  Its scores are top-label: the "NLL" of a Platt result is the binary log
+  loss of correctness, not the NLL of the gold answer.
+
+Scoring a map on the items it was fitted on rewards over-fitting and makes the "after" number optimistic,
+most of all on small samples; so the entry points here either take two disjoint splits
+(:func:`recalibrate_held_out`) or cross-fit (:func:`recalibrate_cross_fitted`: K folds, each scored by the
+map fitted on the other K - 1, optionally keeping groups such as the tokens of one document together).
+
+Pure numpy, no I/O.  Argument checks live in the ``check_*`` functions, apart from the fitting code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import CalibrationData
+from .errors import CalibrationInputError
+from .ragged import RaggedRows
+from .scoring import brier_terms, nll_terms
+from .validation import check_confidence_correct, check_option_logprobs
+
+TEMPERATURE_RANGE = (0.01, 100.0)
+"""Fitted temperatures are clipped to this range (``at_bound`` says when); beyond it the map is degenerate."""
+PROBABILITY_CLIP = 1e-12
+"""Top-label confidences are clipped to [eps, 1 - eps] before the logit and the binary log loss."""
+METHODS = ("temperature", "platt")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class OptionScores:
+    """Per-item option log-likelihoods (ragged) and gold indices: the input of temperature scaling."""
+
+    rows: RaggedRows
+    targets: np.ndarray
+
+    @classmethod
+    def build(
+        cls, logprobs: Sequence[Sequence[float]] | np.ndarray, targets: Sequence[int] | np.ndarray
+    ) -> OptionScores:
+        rows, checked = check_option_logprobs(logprobs, targets)
+        return cls(rows, checked)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, items: np.ndarray) -> OptionScores:
+        """The items at ``items`` (sorted integer indices), e.g. one cross-fitting fold."""
+        lengths = self.rows.lengths[items]
+        flat = np.repeat(self.rows.starts[items], lengths) + _ranks_within(lengths)
+        return OptionScores(RaggedRows.from_lengths(self.rows.values[flat], lengths), self.targets[items])
+
+
+@dataclass(frozen=True)
+class TopLabel:
+    """Per-item top-label confidence and correctness: the input of Platt scaling."""
+
+    confidence: np.ndarray
+    correct: np.ndarray
+
+    @classmethod
+    def build(cls, confidence: object, correct: object) -> TopLabel:
+        return cls(*check_confidence_correct(confidence, correct))
+
+    def __len__(self) -> int:
+        return int(self.confidence.shape[0])
+
+    def take(self, items: np.ndarray) -> TopLabel:
+        return TopLabel(self.confidence[items], self.correct[items])
+
+
+Split = OptionScores | TopLabel
+
+
+def _ranks_within(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, ..., len-1 for each row, concatenated."""
+    total = int(lengths.sum())
+    starts = np.zeros(lengths.shape[0], dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def check_method(method: object, split: object) -> str:
+    """The method name, checked against the kind of data it is given."""
+    if method not in METHODS:
+        raise CalibrationInputError(
+            f"unknown recalibration method {method!r}; use one of {', '.join(METHODS)}"
+        )
+    wanted = OptionScores if method == "temperature" else TopLabel
+    if not isinstance(split, wanted):
+        raise CalibrationInputError(
+            f"{method} scaling needs {wanted.__name__} (build it with {wanted.__name__}.build(...)), got "
+            f"{type(split).__name__}"
+        )
+    return str(method)
+
+
+def check_folds(n_folds: object, n_units: int, unit: str) -> int:
+    """``n_folds`` is an integer >= 2 and there is at least one ``unit`` (item or group) per fold."""
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) or n_folds < 2:
+        raise CalibrationInputError(f"n_folds must be an integer >= 2, got {n_folds!r}; 5 is usual")
+    if n_units < n_folds:
+        raise CalibrationInputError(
+            f"{n_folds}-fold cross-fitting needs at least {n_folds} {unit}s, got {n_units}; use fewer folds "
+            "or more data"
+        )
+    return int(n_folds)
+
+
+def check_groups(groups: object, n_items: int) -> np.ndarray:
+    """One integer group id per item (e.g. the document a token belongs to)."""
+    array = np.asarray(groups)
+    if array.ndim != 1 or array.shape[0] != n_items:
+        raise CalibrationInputError(
+            f"groups must hold one id per item ({n_items}), got shape {array.shape}; pass e.g. the document "
+            "index of each token"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise CalibrationInputError(f"groups has dtype {array.dtype}; pass integer group ids")
+    return array.astype(np.int64)
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise CalibrationInputError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+# ------------------------------------------------------------------------------------ temperature scaling
+@dataclass(frozen=True)
+class TemperatureFit:
+    temperature: float
+    at_bound: bool
+    """True when the optimum lies outside :data:`TEMPERATURE_RANGE` and was clipped to its edge."""
+
+
+def _temperature_gradient(shifted: RaggedRows, target_values: np.ndarray, beta: float) -> tuple[float, float]:
+    """First and second derivative of the mean NLL of ``softmax(beta * loglik)`` with respect to beta.
+
+    d/dbeta = mean(E_p[l] - l_target) and d2/dbeta2 = mean(Var_p[l]) >= 0 (so the NLL is convex in beta).
+    ``shifted`` holds each row minus its maximum, which changes neither derivative but keeps exp() finite.
+    """
+    weights = np.exp(beta * shifted.values)
+    probs = weights / shifted.repeat(shifted.row_sum(weights))
+    mean = shifted.row_sum(probs * shifted.values)
+    var = np.maximum(shifted.row_sum(probs * shifted.values**2) - mean**2, 0.0)
+    return float(np.mean(mean - target_values)), float(np.mean(var))
+
+
+def fit_temperature(scores: OptionScores, tol: float = 1e-10, max_iter: int = 200) -> TemperatureFit:
+    """The temperature minimising the gold-option NLL of ``scores`` (a bracketed Newton search on 1/T)."""
+    rows = scores.rows
+    shifted = RaggedRows(rows.values - rows.repeat(rows.row_max(rows.values)), rows.starts, rows.lengths)
+    target_values = shifted.at(shifted.values, scores.targets)
+    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]  # bounds on beta = 1 / T
+    g_low, _ = _temperature_gradient(shifted, target_values, low)
+    if g_low >= 0.0:  # NLL increases from the smallest beta on: flattest allowed map (or no signal at all)
+        flat = g_low == 0.0 and _temperature_gradient(shifted, target_values, high)[0] == 0.0
+        return TemperatureFit(1.0, False) if flat else TemperatureFit(TEMPERATURE_RANGE[1], True)
+    if _temperature_gradient(shifted, target_values, high)[0] <= 0.0:
+        return TemperatureFit(TEMPERATURE_RANGE[0], True)
+    beta = 1.0 if low < 1.0 < high else np.sqrt(low * high)
+    for _ in range(max_iter):
+        grad, hess = _temperature_gradient(shifted, target_values, beta)
+        if abs(grad) <= tol:
+            break
+        if grad < 0.0:
+            low = beta
+        else:
+            high = beta
+        step = beta - grad / hess if hess > 0.0 else np.nan
+        beta = step if low < step < high else 0.5 * (low + high)  # Newton inside the bracket, else bisect
+        if high - low <= tol * beta:
+            break
+    return TemperatureFit(float(1.0 / beta), False)
+
+
+def temperature_scaled(scores: OptionScores, temperature: float) -> CalibrationData:
+    """Calibration data of ``softmax(loglik / temperature)``; temperature 1 gives the model's own."""
+    if not (np.isfinite(temperature) and temperature > 0.0):
+        raise CalibrationInputError(f"temperature must be finite and > 0, got {temperature!r}")
+    rows = RaggedRows(scores.rows.values / temperature, scores.rows.starts, scores.rows.lengths)
+    log_probs = RaggedRows(rows.log_softmax(), rows.starts, rows.lengths)
+    probs = RaggedRows(np.exp(log_probs.values), rows.starts, rows.lengths)
+    predicted = rows.first_argmax(rows.values)
+    return CalibrationData(
+        confidence=np.minimum(probs.at(probs.values, predicted), 1.0),
+        correct=(predicted == scores.targets).astype(np.float64),
+        brier=brier_terms(probs, scores.targets),
+        nll=nll_terms(log_probs, scores.targets),
+    )
+
+
+# ---------------------------------------------------------------------------------------- Platt scaling
+@dataclass(frozen=True)
+class PlattFit:
+    slope: float
+    intercept: float
+
+
+def _logit(confidence: np.ndarray) -> np.ndarray:
+    clipped = np.clip(confidence, PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def _log_loss(z: np.ndarray, target: np.ndarray) -> float:
+    """Mean cross-entropy of sigmoid(z) against (possibly smoothed) targets, computed in log space."""
+    return float(np.mean(target * np.logaddexp(0.0, -z) + (1.0 - target) * np.logaddexp(0.0, z)))
+
+
+def fit_platt(top: TopLabel, tol: float = 1e-10, max_iter: int = 100) -> PlattFit:
+    """Logistic regression of correctness on logit(confidence), Newton steps with backtracking."""
+    x = _logit(top.confidence)
+    n_pos = float(top.correct.sum())
+    n_neg = float(len(top)) - n_pos
+    target = np.where(top.correct > 0.5, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    params = np.array([1.0, 0.0])  # the identity map
+    loss = _log_loss(params[0] * x + params[1], target)
+    for _ in range(max_iter):
+        p = _sigmoid(params[0] * x + params[1])
+        residual, weight = p - target, p * (1.0 - p)
+        grad = np.array([np.mean(residual * x), np.mean(residual)])
+        hess = np.array(
+            [[np.mean(weight * x * x), np.mean(weight * x)], [np.mean(weight * x), np.mean(weight)]]
+        )
+        step = np.linalg.lstsq(hess, grad, rcond=None)[0]  # min-norm step when x is constant
+        shrink = 1.0
+        while shrink > 1e-8:
+            candidate = params - shrink * step
+            new_loss = _log_loss(candidate[0] * x + candidate[1], target)
+            if new_loss <= loss:
+                break
+            shrink *= 0.5
+        else:
+            break
+        improvement = loss - new_loss
+        params, loss = candidate, new_loss
+        if improvement <= tol * max(1.0, abs(loss)) and np.max(np.abs(grad)) <= 1e-6:
+            break
+    return PlattFit(float(params[0]), float(params[1]))
+
+
+def platt_scaled(top: TopLabel, fit: PlattFit | None) -> CalibrationData:
+    """Top-label data after Platt scaling (``fit=None``: as given). ``nll`` is the binary log loss."""
+    z = _logit(top.confidence)
+    if fit is not None:
+        z = fit.slope * z + fit.intercept
+    confidence = top.confidence if fit is None else _sigmoid(z)  # as given: not even a round-off change
+    loss = top.correct * np.logaddexp(0.0, -z) + (1.0 - top.correct) * np.logaddexp(0.0, z)
+    return CalibrationData(
+        confidence=confidence, correct=top.correct, brier=(confidence - top.correct) ** 2, nll=loss
+    )
+
+
+# ------------------------------------------------------------------------------------ held out, cross-fit
+@dataclass(frozen=True)
+class Recalibration:
+    """A recalibration scored on items none of its fits saw.
+
+    ``before`` and ``after`` hold the same scored items, as the model gave them and recalibrated. For
+    ``platt`` both are top-label (``nll`` is the binary log loss of correctness, with the same probability
+    clipping in both). ``parameters`` is the fit (held out) or the mean of the fold fits
+    (cross-fitted; ``fold_parameters`` has each one).
+    """
+
+    method: str
+    scheme: str
+    """``"held-out"`` or ``"cross-fit"``."""
+    parameters: dict[str, float]
+    before: CalibrationData
+    after: CalibrationData
+    n_fit: int
+    """Items each fit saw (for cross-fitting: the smallest training part)."""
+    n_folds: int = 0
+    fold_parameters: tuple[dict[str, float], ...] = field(default_factory=tuple)
+    at_bound: bool = False
+
+
+def _fit(method: str, split: Split) -> tuple[dict[str, float], bool]:
+    if method == "temperature":
+        fit = fit_temperature(split)  # type: ignore[arg-type]
+        return {"temperature": fit.temperature}, fit.at_bound
+    platt = fit_platt(split)  # type: ignore[arg-type]
+    return {"slope": platt.slope, "intercept": platt.intercept}, False
+
+
+def _apply(method: str, split: Split, parameters: dict[str, float] | None) -> CalibrationData:
+    if method == "temperature":
+        return temperature_scaled(split, 1.0 if parameters is None else parameters["temperature"])  # type: ignore[arg-type]
+    return platt_scaled(split, None if parameters is None else PlattFit(**parameters))  # type: ignore[arg-type]
+
+
+def recalibrate_held_out(method: str, fit_on: Split, score_on: Split) -> Recalibration:
+    """Fit ``method`` on ``fit_on``, score it on ``score_on``: two disjoint splits (e.g. MMLU val -> test)."""
+    check_method(method, fit_on)
+    check_method(method, score_on)
+    parameters, at_bound = _fit(method, fit_on)
+    return Recalibration(
+        method=method,
+        scheme="held-out",
+        parameters=parameters,
+        before=_apply(method, score_on, None),
+        after=_apply(method, score_on, parameters),
+        n_fit=len(fit_on),
+        at_bound=at_bound,
+    )
+
+
+def fold_of_units(n_units: int, n_folds: int, seed: int) -> np.ndarray:
+    """A fold number per unit: a seeded random permutation dealt round-robin, so fold sizes differ by <= 1."""
+    order = np.random.default_rng(seed).permutation(n_units)
+    folds = np.empty(n_units, dtype=np.int64)
+    folds[order] = np.arange(n_units) % n_folds
+    return folds
+
+
+def recalibrate_cross_fitted(
+    method: str, split: Split, n_folds: int = 5, seed: int = 0, groups: np.ndarray | None = None
+) -> Recalibration:
+    """K-fold cross-fitting: every item is recalibrated by the map fitted on the other folds.
+
+    ``groups`` (one integer per item) keeps a group's items in one fold, e.g. the tokens of one document,
+    whose errors are correlated; without it every item is its own group.
+    """
+    check_method(method, split)
+    seed = check_seed(seed)
+    if groups is None:
+        unit_of_item = np.arange(len(split), dtype=np.int64)
+        n_units = len(split)
+    else:
+        _, unit_of_item = np.unique(check_groups(groups, len(split)), return_inverse=True)
+        n_units = int(unit_of_item.max()) + 1
+    n_folds = check_folds(n_folds, n_units, "item" if groups is None else "group")
+    fold = fold_of_units(n_units, n_folds, seed)[unit_of_item]
+    pieces_before, pieces_after, order, fold_parameters = [], [], [], []
+    at_bound, n_fit = False, len(split)
+    for k in range(n_folds):
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        parameters, bound = _fit(method, split.take(train))
+        at_bound |= bound
+        n_fit = min(n_fit, int(train.shape[0]))
+        fold_parameters.append(parameters)
+        scored = split.take(test)
+        pieces_before.append(_apply(method, scored, None))
+        pieces_after.append(_apply(method, scored, parameters))
+        order.append(test)
+    inverse = np.empty(len(split), dtype=np.int64)
+    inverse[np.concatenate(order)] = np.arange(len(split))
+
+    def pooled(pieces: list[CalibrationData]) -> CalibrationData:  # back in the caller's item order
+        data = CalibrationData.concatenate(pieces)
+        return CalibrationData(data.confidence[inverse], data.correct[inverse], data.brier[inverse],
+                               data.nll[inverse])  # fmt: skip
+
+    mean = {key: float(np.mean([p[key] for p in fold_parameters])) for key in fold_parameters[0]}
+    return Recalibration(
+        method=method,
+        scheme="cross-fit",
+        parameters=mean,
+        before=pooled(pieces_before),
+        after=pooled(pieces_after),
+        n_fit=n_fit,
+        n_folds=n_folds,
+        fold_parameters=tuple(fold_parameters),
+        at_bound=at_bound,
+    )

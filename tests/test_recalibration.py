@@ -1,0 +1,160 @@
+"""Temperature and Platt scaling: optimal fits, and never scored on the items they were fitted on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize, minimize_scalar
+
+from lm_eval_calib.metrics import (
+    CalibrationData,
+    CalibrationInputError,
+    OptionScores,
+    TopLabel,
+    compute_metric,
+    fit_platt,
+    fit_temperature,
+    platt_scaled,
+    recalibrate_cross_fitted,
+    recalibrate_held_out,
+    temperature_scaled,
+)
+from lm_eval_calib.metrics.recalibration import TEMPERATURE_RANGE, fold_of_units
+
+
+def _ragged_sample(n: int, true_temperature: float, seed: int) -> tuple[list[np.ndarray], list[int]]:
+    """Option log-likelihoods whose gold option is drawn from softmax(loglik / true_temperature)."""
+    rng = np.random.default_rng(seed)
+    logits, targets = [], []
+    for k in rng.integers(2, 7, size=n):
+        row = rng.normal(size=k) * 3.0 - 20.0  # lm-eval style: large negative sums
+        p = np.exp((row - row.max()) / true_temperature)
+        logits.append(row)
+        targets.append(int(rng.choice(k, p=p / p.sum())))
+    return logits, targets
+
+
+def test_temperature_is_the_nll_minimiser_and_recovers_the_generating_one():
+    logits, targets = _ragged_sample(20_000, true_temperature=2.5, seed=0)
+    scores = OptionScores.build(logits, targets)
+    fit = fit_temperature(scores)
+
+    def nll(t: float) -> float:
+        return float(temperature_scaled(scores, t).nll.mean())
+
+    reference = minimize_scalar(nll, bounds=TEMPERATURE_RANGE, method="bounded", options={"xatol": 1e-10})
+    assert fit.temperature == pytest.approx(reference.x, rel=1e-6) and not fit.at_bound
+    assert nll(fit.temperature) <= nll(fit.temperature * 1.001) and nll(fit.temperature) <= nll(
+        0.999 * fit.temperature
+    )
+    assert fit.temperature == pytest.approx(2.5, rel=0.05)
+
+
+def test_temperature_one_is_the_model_and_no_temperature_changes_a_prediction():
+    logits, targets = _ragged_sample(500, true_temperature=1.0, seed=1)
+    scores = OptionScores.build(logits, targets)
+    own = CalibrationData.from_option_logprobs(logits, targets)
+    at_one = temperature_scaled(scores, 1.0)
+    for name in ("confidence", "correct", "brier", "nll"):
+        np.testing.assert_allclose(getattr(at_one, name), getattr(own, name), rtol=0, atol=1e-12)
+    for t in (0.05, 0.7, 3.0, 80.0):
+        np.testing.assert_array_equal(temperature_scaled(scores, t).correct, own.correct)
+    with pytest.raises(CalibrationInputError, match="temperature must be finite and > 0"):
+        temperature_scaled(scores, 0.0)
+
+
+def test_temperature_bounds_and_no_signal():
+    sharp = OptionScores.build([[0.0, -50.0, -60.0]] * 30, [0] * 30)  # always right with a wide margin
+    assert fit_temperature(sharp).at_bound and fit_temperature(sharp).temperature == TEMPERATURE_RANGE[0]
+    wrong = OptionScores.build([[0.0, -1.0]] * 30, [1] * 30)  # always wrong: as flat as allowed
+    assert fit_temperature(wrong).at_bound and fit_temperature(wrong).temperature == TEMPERATURE_RANGE[1]
+    flat = OptionScores.build([[-3.0, -3.0, -3.0]] * 10, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    assert fit_temperature(flat).temperature == 1.0 and not fit_temperature(flat).at_bound
+
+
+def test_platt_is_the_smoothed_logistic_fit():
+    rng = np.random.default_rng(2)
+    confidence = rng.uniform(0.05, 0.99, size=3000)
+    correct = (rng.uniform(size=3000) < confidence**2).astype(float)  # over-confident
+    top = TopLabel.build(confidence, correct)
+    fit = fit_platt(top)
+    x = np.log(confidence) - np.log1p(-confidence)
+    n_pos, n_neg = correct.sum(), (1 - correct).sum()
+    y = np.where(correct > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+
+    def loss(ab: np.ndarray) -> float:
+        z = ab[0] * x + ab[1]
+        return float(np.mean(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)))
+
+    reference = minimize(loss, [1.0, 0.0], method="BFGS", options={"gtol": 1e-12})
+    np.testing.assert_allclose([fit.slope, fit.intercept], reference.x, atol=1e-5)
+    after = platt_scaled(top, fit)
+    assert compute_metric("ece", after) < 0.5 * compute_metric("ece", platt_scaled(top, None))
+    np.testing.assert_array_equal(platt_scaled(top, None).confidence, confidence)  # "before" is the input
+
+
+def test_held_out_fits_on_one_split_and_scores_the_other():
+    logits, targets = _ragged_sample(4000, true_temperature=2.0, seed=3)
+    fit_on = OptionScores.build(logits[:1500], targets[:1500])
+    score_on = OptionScores.build(logits[1500:], targets[1500:])
+    result = recalibrate_held_out("temperature", fit_on, score_on)
+    assert result.parameters["temperature"] == fit_temperature(fit_on).temperature
+    assert result.n_fit == 1500 and len(result.after) == 2500 and result.scheme == "held-out"
+    expected = temperature_scaled(score_on, result.parameters["temperature"])
+    np.testing.assert_array_equal(result.after.confidence, expected.confidence)
+    np.testing.assert_array_equal(result.before.confidence, temperature_scaled(score_on, 1.0).confidence)
+    assert compute_metric("ece", result.after) < compute_metric("ece", result.before)
+    assert result.after.nll.mean() < result.before.nll.mean()
+
+
+@pytest.mark.parametrize("method", ["temperature", "platt"])
+def test_cross_fit_scores_each_fold_with_the_fit_of_the_other_folds(method):
+    logits, targets = _ragged_sample(1000, true_temperature=2.0, seed=4)
+    scores = OptionScores.build(logits, targets)
+    own = temperature_scaled(scores, 1.0)
+    split = scores if method == "temperature" else TopLabel.build(own.confidence, own.correct)
+    groups = np.arange(1000) // 7  # e.g. documents of 7 tokens: a group never straddles folds
+    result = recalibrate_cross_fitted(method, split, n_folds=5, seed=11, groups=groups)
+    unit_fold = fold_of_units(len(np.unique(groups)), 5, 11)
+    fold = unit_fold[groups]
+    sizes = np.bincount(unit_fold)
+    assert sizes.sum() == 143 and sizes.max() - sizes.min() <= 1
+    for k in range(5):
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        if method == "temperature":
+            t = fit_temperature(scores.take(train)).temperature
+            assert result.fold_parameters[k]["temperature"] == t
+            expected = temperature_scaled(scores.take(test), t).confidence
+        else:
+            fit = fit_platt(split.take(train))
+            assert result.fold_parameters[k] == {"slope": fit.slope, "intercept": fit.intercept}
+            expected = platt_scaled(split.take(test), fit).confidence
+        np.testing.assert_array_equal(result.after.confidence[test], expected)
+    np.testing.assert_array_equal(result.before.confidence, own.confidence)  # caller's item order
+    np.testing.assert_array_equal(result.after.correct, own.correct)
+
+
+def test_take_keeps_ragged_rows_intact():
+    scores = OptionScores.build([[-1.0, -2.0], [-3.0, -4.0, -5.0], [-6.0]], [1, 2, 0])
+    part = scores.take(np.array([0, 2]))
+    np.testing.assert_array_equal(part.rows.values, [-1.0, -2.0, -6.0])
+    np.testing.assert_array_equal(part.targets, [1, 0])
+
+
+def test_bad_arguments_are_named():
+    scores = OptionScores.build([[-1.0, -2.0]] * 12, [0] * 6 + [1] * 6)
+    top = TopLabel.build([0.6] * 12, [1] * 6 + [0] * 6)
+    with pytest.raises(CalibrationInputError, match="unknown recalibration method 'isotonic'"):
+        recalibrate_cross_fitted("isotonic", scores)
+    with pytest.raises(CalibrationInputError, match="platt scaling needs TopLabel"):
+        recalibrate_held_out("platt", scores, scores)
+    with pytest.raises(CalibrationInputError, match="n_folds must be an integer >= 2"):
+        recalibrate_cross_fitted("platt", top, n_folds=1)
+    with pytest.raises(CalibrationInputError, match="needs at least 5 groups, got 2"):
+        recalibrate_cross_fitted("platt", top, n_folds=5, groups=np.array([0] * 6 + [1] * 6))
+    with pytest.raises(CalibrationInputError, match="groups must hold one id per item"):
+        recalibrate_cross_fitted("platt", top, groups=np.arange(3))
+    with pytest.raises(CalibrationInputError, match="seed must be an integer >= 0"):
+        recalibrate_cross_fitted("temperature", scores, seed=-1)
+    with pytest.raises(CalibrationInputError, match="targets"):
+        OptionScores.build([[-1.0, -2.0]], [2])
