@@ -52,6 +52,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
         with os.fdopen(fd, "w") as handle:
             json.dump(body, handle, indent=2, sort_keys=True, default=str)
             handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a manifest is read by whoever evaluates the checkpoint
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,7 +82,8 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
     return body
 
 
-def _parse_model_args(model_args: dict | str | None) -> dict[str, str]:
+def model_args_dict(model_args: dict | str | None) -> dict[str, str]:
+    """``--model_args`` as a dict: lm-eval 0.4 records a dict, older files the raw ``k=v,...`` string."""
     if isinstance(model_args, dict):
         return {str(k): str(v) for k, v in model_args.items() if v is not None}
     parsed: dict[str, str] = {}
@@ -94,7 +96,7 @@ def _parse_model_args(model_args: dict | str | None) -> dict[str, str]:
 
 def manifest_for_model_args(model_args: dict | str | None) -> dict[str, Any] | None:
     """The manifest of the checkpoint a run loaded: ``peft=`` (an adapter) first, else ``pretrained=``."""
-    args = _parse_model_args(model_args)
+    args = model_args_dict(model_args)
     for key in ("peft", "pretrained"):
         folder = args.get(key)
         if folder and Path(folder).is_dir():

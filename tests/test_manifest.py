@@ -38,6 +38,7 @@ def test_write_then_read_round_trips_and_leaves_no_temp_file(tmp_path):
     path = write_manifest(tmp_path / "ckpt", _manifest())
     assert path.name == MANIFEST_NAME
     assert sorted(p.name for p in path.parent.iterdir()) == [MANIFEST_NAME]
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by whoever evaluates the checkpoint
     back = read_manifest(tmp_path / "ckpt")
     assert back["label"] == "tiny SFT LoRA (alpaca)"
     assert back["format_version"] == 1

@@ -1,0 +1,367 @@
+"""One dataclass per training stage (as trl's ``SFTConfig`` / ``RewardConfig`` / ``PPOConfig``), filled from
+defaults, then a YAML file (``--config FILE``), then command-line flags: a later source wins.
+
+This module imports nothing heavy: ``lm-eval-calib --help`` and ``lm-eval-calib train sft --help`` build
+their flags from these dataclasses without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+
+class TrainInputError(ValueError):
+    """Bad input to a training stage, found before training starts; the message names the fix."""
+
+
+def _f(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse's keyword
+    """A dataclass field that carries its command-line help text."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+DATA_FORMATS = ("auto", "alpaca", "dolly", "conversations", "pairs", "prompts")
+
+
+@dataclass
+class _StageConfig:
+    """Settings every stage shares."""
+
+    output: str | None = _f(
+        None, "checkpoint folder to write (required); built beside it, renamed at the end"
+    )
+    data: str | None = _f(
+        None, "data: a JSON / JSONL / gzipped JSONL file, a folder holding one, or a hub dataset name[:split]"
+    )
+    data_format: Literal["auto", "alpaca", "dolly", "conversations", "pairs", "prompts"] = _f(
+        "auto", "record format; auto detects it from the first record's keys"
+    )
+    data_name: str | None = _f(
+        None, "name of the data set in the manifest and label (default: from the file)"
+    )
+    max_rows: int | None = _f(None, "use at most this many training rows (file order)")
+    gguf_file: str | None = _f(None, "GGUF file inside the model folder (sft/reward: --model; ppo: --policy)")
+    max_steps: int = _f(100, "optimizer steps")
+    batch_size: int = _f(4, "examples per device per step (before gradient accumulation)")
+    gradient_accumulation_steps: int = _f(1, "micro-batches accumulated per optimizer step")
+    learning_rate: float | None = _f(None, "peak learning rate (default depends on the stage and method)")
+    lr_scheduler_type: str = _f("linear", "transformers scheduler name: linear, cosine, constant, ...")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    seed: int = _f(0, "random seed (data order, initialisation of new heads, sampling)")
+    save_steps: int = _f(
+        50, "write a resumable checkpoint every N steps (in the work folder beside --output)"
+    )
+    logging_steps: int = _f(1, "log every N steps (train_log.jsonl in the checkpoint)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto", "auto: bf16 mixed precision on a GPU that supports it, else fp32 (always fp32 on CPU)"
+    )
+    gradient_checkpointing: bool = _f(False, "trade compute for memory on large models")
+    prompt_format: Literal["auto", "chat", "plain"] = _f(
+        "auto",
+        "chat: the tokenizer's chat template; plain: '### Instruction:' / '### Response:'; auto: chat "
+        "when the tokenizer has a template",
+    )
+    label: str | None = _f(None, "label in the manifest (default: '<base> <STAGE> (<data>)')")
+    overwrite: bool = _f(False, "replace an existing checkpoint at --output (and any interrupted run)")
+    resume: bool = _f(False, "continue an interrupted run from its last checkpoint")
+    trust_remote_code: bool = _f(False, "let transformers run code from the model folder (off unless asked)")
+
+    stage: ClassVar[str] = "base"
+    required: ClassVar[tuple[str, ...]] = ("output", "data")
+
+    def validate(self) -> None:
+        """Checks that need no files or models: required keys, ranges, combinations."""
+        missing = [name for name in self.required if getattr(self, name) in (None, "")]
+        if missing:
+            flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+            raise TrainInputError(
+                f"{self.stage}: missing {flags} (give it as a flag or in the --config file)"
+            )
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise TrainInputError(f"{self.stage}: --{name.replace('_', '-')} must be >= 1")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise TrainInputError(f"{self.stage}: --max-rows must be >= 1")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise TrainInputError(f"{self.stage}: --learning-rate must be > 0")
+        if self.overwrite and self.resume:
+            raise TrainInputError(f"{self.stage}: --overwrite and --resume exclude each other; pick one")
+
+
+@dataclass
+class SFTStageConfig(_StageConfig):
+    """Instruction tuning: full fine-tuning or LoRA on instruction/response data, loss on responses."""
+
+    model: str | None = _f(None, "base model: a bundled name (smollm2), a folder, a .gguf file or a hub id")
+    method: Literal["full", "lora"] = _f("full", "full fine-tuning or LoRA")
+    max_length: int = _f(512, "tokens per example (longer examples are cut at the end)")
+    loss_on_prompt: bool = _f(False, "also train on prompt tokens (default: loss on responses only)")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_target_modules: list[str] | None = _f(
+        None, "comma-separated module names to adapt, or all-linear (default: peft's choice for the model)"
+    )
+    merge_lora: bool = _f(
+        True, "merge the adapter into the weights (false: write an adapter folder for peft=)"
+    )
+
+    stage = "sft"
+    required = ("model", "output", "data")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.method == "lora" and (self.lora_r < 1 or self.lora_alpha <= 0):
+            raise TrainInputError("sft: --lora-r must be >= 1 and --lora-alpha > 0")
+        if self.max_length < 8:
+            raise TrainInputError("sft: --max-length must be >= 8")
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-4 if self.method == "lora" else 2e-5
+
+
+@dataclass
+class RewardStageConfig(_StageConfig):
+    """A reward model (trl ``RewardTrainer``) on chosen/rejected pairs, with held-out pairwise accuracy."""
+
+    model: str | None = _f(
+        None, "model to start from: usually the SFT checkpoint; a bundled name, folder, ..."
+    )
+    max_length: int = _f(512, "tokens per sequence (longer dialogues keep their end)")
+    eval_rows: int = _f(200, "pairs held out (taken from the end of the file) for pairwise accuracy; 0: none")
+
+    stage = "reward"
+    required = ("model", "output", "data")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.eval_rows < 0:
+            raise TrainInputError("reward: --eval-rows must be >= 0")
+        if self.max_length < 8:
+            raise TrainInputError("reward: --max-length must be >= 8")
+
+    def resolved_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else 1e-5
+
+
+@dataclass
+class PPOStageConfig(_StageConfig):
+    """PPO (trl 1.12 ``trl.experimental.ppo.PPOTrainer``): the SFT checkpoint is policy and reference."""
+
+    policy: str | None = _f(None, "the SFT checkpoint: policy and (frozen) reference model")
+    reward_model: str | None = _f(
+        None, "the reward checkpoint (`lm-eval-calib train reward`); also the value init"
+    )
+    response_length: int = _f(48, "tokens generated per prompt")
+    max_prompt_length: int = _f(256, "prompt tokens (longer prompts keep their end)")
+    temperature: float = _f(0.7, "sampling temperature of the rollouts")
+    kl_coef: float = _f(0.05, "KL penalty coefficient (initial value when --target-kl is set)")
+    kl_estimator: Literal["k1", "k3"] = _f("k1", "KL estimator (trl): k1 unbiased, k3 lower variance")
+    target_kl: float | None = _f(
+        None, "adaptive KL control (Ziegler et al. 2019): steer the coefficient towards this KL per sequence"
+    )
+    kl_horizon: int = _f(10000, "horizon (episodes) of the adaptive KL controller")
+    num_ppo_epochs: int = _f(4, "PPO epochs over each batch of rollouts")
+    num_mini_batches: int = _f(1, "mini-batches per PPO epoch")
+    cliprange: float = _f(0.2, "policy ratio clip range")
+    cliprange_value: float = _f(0.2, "value clip range")
+    vf_coef: float = _f(0.1, "value loss coefficient")
+    gamma: float = _f(1.0, "discount factor")
+    lam: float = _f(0.95, "GAE lambda")
+    whiten_rewards: bool = _f(False, "whiten rewards (needs >= 8 rollouts per mini-batch)")
+    missing_eos_penalty: float | None = _f(None, "subtract this from the score of a response that never ends")
+
+    stage = "ppo"
+    required = ("policy", "reward_model", "output", "data")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.response_length < 1 or self.max_prompt_length < 1:
+            raise TrainInputError("ppo: --response-length and --max-prompt-length must be >= 1")
+        if (self.batch_size * self.gradient_accumulation_steps) % self.num_mini_batches:
+            raise TrainInputError(
+                "ppo: --batch-size x --gradient-accumulation-steps must be a multiple of --num-mini-batches"
+            )
+        if (
+            self.whiten_rewards
+            and self.batch_size * self.gradient_accumulation_steps // self.num_mini_batches < 8
+        ):
+            raise TrainInputError("ppo: --whiten-rewards needs at least 8 rollouts per mini-batch")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise TrainInputError("ppo: --target-kl must be > 0")
+        if not self.temperature > 0:
+            raise TrainInputError("ppo: --temperature must be > 0")
+
+    def resolved_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else 3e-6
+
+
+STAGES: dict[str, type[_StageConfig]] = {
+    "sft": SFTStageConfig,
+    "reward": RewardStageConfig,
+    "ppo": PPOStageConfig,
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Values from YAML files and flags
+
+
+def _parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def coerce(cls: type, name: str, value: Any) -> Any:
+    """``value`` (from YAML or a flag string) as the type of field ``name``; a clear error otherwise."""
+    tp, optional = _unwrap_optional(_field_types(cls)[name])
+    flag = "--" + name.replace("_", "-")
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        if optional:
+            return None
+        raise TrainInputError(f"{flag} cannot be empty")
+    try:
+        if typing.get_origin(tp) is Literal:
+            choices = typing.get_args(tp)
+            if value not in choices:
+                raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+            return value
+        if tp is bool:
+            return _parse_bool(value)
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)  # YAML reads 2e-5 as a string: float() takes it
+        if typing.get_origin(tp) is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [str(item).strip() for item in items if str(item).strip()]
+            if not items:
+                raise ValueError("expected at least one name")
+            return items
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(f"expected a string, got {type(value).__name__}")
+            return str(value)
+    except ValueError as exc:
+        raise TrainInputError(f"{flag}: {exc}") from None
+    raise TrainInputError(f"{flag}: unsupported type {tp}")  # pragma: no cover - a programming error
+
+
+def load_yaml_config(path: str | Path, cls: type[_StageConfig]) -> dict[str, Any]:
+    """The settings of a ``--config`` YAML file, keys checked against the stage's fields."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainInputError(f"--config {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TrainInputError(f"--config {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise TrainInputError(f"--config {path} must be a mapping of settings (key: value)")
+    names = {f.name for f in dataclasses.fields(cls)}
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise TrainInputError(
+                f"--config {path}: unknown key {key!r} for `train {cls.stage}`; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        settings[name] = coerce(cls, name, value)
+    return settings
+
+
+def build_config(cls: type[_StageConfig], settings: dict[str, Any]) -> _StageConfig:
+    """A validated stage config from already-coerced settings (defaults fill the rest)."""
+    config = cls(**settings)
+    config.validate()
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# argparse glue: one flag per field, all defaulting to "not given" so YAML values survive
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, cls: type[_StageConfig]) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML file of settings (keys as below, _ or -)")
+    base = {f.name for f in dataclasses.fields(_StageConfig)}
+    fields = sorted(dataclasses.fields(cls), key=lambda f: (f.name not in cls.required, f.name in base))
+    for f in fields:
+        tp, _ = _unwrap_optional(_field_types(cls)[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        shown = f"{help_text} (default: {default})" if default not in (None, "") else help_text
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                nargs="?",
+                const="true",
+                default=argparse.SUPPRESS,
+                metavar="BOOL",
+                help=shown.replace("%", "%%"),
+            )
+            parser.add_argument(
+                "--no-" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_const",
+                const="false",
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
+        else:
+            choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+            parser.add_argument(
+                flag,
+                default=argparse.SUPPRESS,
+                choices=choices,
+                metavar=None if choices else f.name.upper(),
+                help=shown.replace("%", "%%"),
+            )
+
+
+def config_from_args(cls: type[_StageConfig], args: argparse.Namespace) -> _StageConfig:
+    """Defaults, then ``--config FILE``, then flags given on the command line."""
+    settings: dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    if config_file:
+        settings.update(load_yaml_config(config_file, cls))
+    for f in dataclasses.fields(cls):
+        if f.name in vars(args):
+            settings[f.name] = coerce(cls, f.name, getattr(args, f.name))
+    return build_config(cls, settings)
