@@ -1,0 +1,347 @@
+"""A study file (YAML): which models and training stages, which tasks, where the output goes, what to test.
+
+The file is validated as a whole before anything runs, so a typo in the last stage does not surface after an
+hour of training. Every error names the key, what was wrong, and what would be right. Strings may use
+``${VAR}`` (e.g. ``${LM_EVAL_CALIB_DATA}/alpaca/alpaca_data_1k.json``); an unset variable is an error.
+
+Schema (see ``examples/offline_mini.yaml``)::
+
+    name: offline-mini
+    output: runs/offline-mini            # relative to the working directory
+    eval:                                # defaults for every evaluation cell (a task may override)
+      backend: hf                        # lm_eval --model
+      model_args: {dtype: float32}
+      device: cpu
+      batch_size: 8
+    tasks:
+      calib_mmlu: {limit: 100, num_fewshot: 5}
+      calib_clm: {limit: 2, backend: hf-calib}
+    models:                              # models that exist already
+      gemma3-270m: {bundled: gemma3, stage: pretrained}
+      pythia-70m-step1000: {pretrained: EleutherAI/pythia-70m, model_args: {revision: step1000}}
+    train:                               # checkpoints to produce first, in dependency order
+      gemma3-sft-lora-alpaca: {kind: sft, from: gemma3-270m, method: lora, data: ..., max_steps: 50}
+      gemma3-rm: {kind: reward, from: gemma3-270m, data: ..., max_steps: 50}
+      gemma3-ppo: {kind: ppo, policy: gemma3-sft-lora-alpaca, reward_model: gemma3-rm, data: ...}
+    findings:                            # claims checked with a paired bootstrap
+      - {claim: "SFT hurts calibration", task: calib_mmlu, metric: ece,
+         baseline: gemma3-270m, treatment: gemma3-sft-lora-alpaca, expect: higher}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lm_eval_calib.metrics import METRICS
+
+TRAIN_KINDS = ("sft", "reward", "ppo")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class StudyConfigError(ValueError):
+    """The study file is wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How one task is evaluated: ``lm_eval`` flags."""
+
+    backend: str = "hf"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    batch_size: str | int | None = None
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+    samples: tuple[int, int, int] | None = (
+        None  # (start, stop, step): lm_eval --samples, a spread of documents
+    )
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate that already exists: a bundled one, a local folder or a hub name."""
+
+    name: str
+    bundled: str | None = None
+    pretrained: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    stage: str = "model"
+    evaluate: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A checkpoint to produce with ``lm-eval-calib train <kind>``."""
+
+    name: str
+    kind: str
+    data: str
+    max_steps: int
+    source: str | None = None  # sft / reward: the model or stage it starts from
+    method: str | None = None  # sft: full | lora
+    policy: str | None = None  # ppo
+    reward_model: str | None = None  # ppo
+    args: dict[str, Any] = field(default_factory=dict)
+    evaluate: bool = True
+
+    def parents(self) -> list[str]:
+        return [p for p in (self.source, self.policy, self.reward_model) if p]
+
+
+@dataclass(frozen=True)
+class FindingSpec:
+    claim: str
+    task: str
+    metric: str
+    baseline: str
+    treatment: str
+    expect: str
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    output: Path
+    eval: EvalSettings
+    tasks: dict[str, EvalSettings]
+    models: dict[str, ModelSpec]
+    train: dict[str, TrainSpec]
+    findings: list[FindingSpec]
+    source: Path
+
+    def evaluated(self) -> list[str]:
+        """Names of every model and stage that gets evaluated, models first, then stages in file order."""
+        return [m.name for m in self.models.values() if m.evaluate] + [
+            t.name for t in self.train.values() if t.evaluate
+        ]
+
+
+def _expand(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match) -> str:
+            var = match.group(1)
+            if var not in os.environ:
+                raise StudyConfigError(f"{where}: ${{{var}}} is used but the environment variable is not set")
+            return os.environ[var]
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where} must be a mapping (key: value), got {type(raw).__name__}")
+    return raw
+
+
+def _check_keys(raw: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise StudyConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StudyConfigError(
+            f"{where}: name {name!r} must start with a letter or digit and use only letters, digits, '.', "
+            "'_' and '-' (it becomes a folder name)"
+        )
+    return name
+
+
+_EVAL_KEYS = {"backend", "model_args", "device", "batch_size", "limit", "num_fewshot", "samples", "metadata"}
+
+
+def _samples(raw: Any, where: str) -> tuple[int, int, int] | None:
+    """``samples: {start: 0, stop: 14042, step: 47}``: every 47th document, a spread over all MMLU subjects
+    (``--limit`` takes the first N, which for the pooled MMLU task is one or two subjects)."""
+    if raw is None:
+        return None
+    raw = _mapping(raw, where)
+    _check_keys(raw, {"start", "stop", "step"}, where)
+    values = (raw.get("start", 0), raw.get("stop"), raw.get("step", 1))
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in values) or values[0] < 0 or values[2] < 1:
+        raise StudyConfigError(
+            f"{where} needs integers start >= 0, stop and step >= 1, e.g. {{stop: 14042, step: 47}}"
+        )
+    if values[1] <= values[0]:
+        raise StudyConfigError(f"{where}: stop must be larger than start")
+    return values
+
+
+def _eval_settings(raw: dict, base: EvalSettings, where: str) -> EvalSettings:
+    _check_keys(raw, _EVAL_KEYS, where)
+    limit = raw.get("limit", base.limit)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0):
+        raise StudyConfigError(f"{where}.limit must be a positive number (documents, or a fraction < 1)")
+    samples = _samples(raw["samples"], f"{where}.samples") if "samples" in raw else base.samples
+    if samples is not None and limit is not None:
+        raise StudyConfigError(f"{where}: give limit or samples, not both (lm_eval accepts only one)")
+    shots = raw.get("num_fewshot", base.num_fewshot)
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
+        raise StudyConfigError(f"{where}.num_fewshot must be an integer >= 0")
+    return EvalSettings(
+        backend=str(raw.get("backend", base.backend)),
+        model_args={**base.model_args, **_mapping(raw.get("model_args"), f"{where}.model_args")},
+        device=raw.get("device", base.device),
+        batch_size=raw.get("batch_size", base.batch_size),
+        limit=limit,
+        num_fewshot=shots,
+        samples=samples,
+        metadata={**base.metadata, **_mapping(raw.get("metadata"), f"{where}.metadata")},
+    )
+
+
+def _model(name: str, raw: dict, where: str) -> ModelSpec:
+    _check_keys(raw, {"bundled", "pretrained", "model_args", "stage", "evaluate"}, where)
+    if ("bundled" in raw) == ("pretrained" in raw):
+        raise StudyConfigError(
+            f"{where}: give exactly one of `bundled:` (smollm2, gemma3) or `pretrained:` (a folder or hub id)"
+        )
+    return ModelSpec(
+        name=name,
+        bundled=raw.get("bundled"),
+        pretrained=None if raw.get("pretrained") is None else str(raw["pretrained"]),
+        model_args=_mapping(raw.get("model_args"), f"{where}.model_args"),
+        stage=str(raw.get("stage", "model")),
+        evaluate=bool(raw.get("evaluate", True)),
+    )
+
+
+def _train(name: str, raw: dict, where: str) -> TrainSpec:
+    kind = raw.get("kind")
+    if kind not in TRAIN_KINDS:
+        raise StudyConfigError(f"{where}.kind must be one of {', '.join(TRAIN_KINDS)}, got {kind!r}")
+    required = {"sft": ("from", "data", "max_steps", "method"), "reward": ("from", "data", "max_steps"),
+                "ppo": ("policy", "reward_model", "data", "max_steps")}[kind]  # fmt: skip
+    allowed = {"kind", "args", "evaluate", *required}
+    _check_keys(raw, allowed, where)
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise StudyConfigError(f"{where}: a {kind} stage needs {', '.join(missing)}")
+    steps = raw["max_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise StudyConfigError(f"{where}.max_steps must be an integer >= 1")
+    if kind == "sft" and raw["method"] not in ("full", "lora"):
+        raise StudyConfigError(f"{where}.method must be full or lora, got {raw['method']!r}")
+    return TrainSpec(
+        name=name,
+        kind=kind,
+        data=str(raw["data"]),
+        max_steps=steps,
+        source=raw.get("from"),
+        method=raw.get("method"),
+        policy=raw.get("policy"),
+        reward_model=raw.get("reward_model"),
+        args=_mapping(raw.get("args"), f"{where}.args"),
+        evaluate=bool(raw.get("evaluate", kind != "reward")),  # a reward model is a classifier, not an LM
+    )
+
+
+def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingSpec:
+    raw = _mapping(raw, where)
+    keys = ("claim", "task", "metric", "baseline", "treatment", "expect")
+    _check_keys(raw, set(keys), where)
+    missing = [key for key in keys if key not in raw]
+    if missing:
+        raise StudyConfigError(f"{where}: a finding needs {', '.join(missing)}")
+    if raw["task"] not in tasks:
+        raise StudyConfigError(f"{where}.task {raw['task']!r} is not one of the study's tasks")
+    if raw["metric"] not in METRICS:
+        raise StudyConfigError(f"{where}.metric {raw['metric']!r} unknown; known: {', '.join(METRICS)}")
+    for key in ("baseline", "treatment"):
+        if raw[key] not in evaluated:
+            raise StudyConfigError(f"{where}.{key} {raw[key]!r} is not an evaluated model or stage")
+    if raw["expect"] not in ("higher", "lower"):
+        raise StudyConfigError(f"{where}.expect must be higher or lower (the treatment's value vs baseline)")
+    return FindingSpec(**{key: str(raw[key]) for key in keys})
+
+
+def parse_study(raw: Any, source: Path) -> StudyConfig:
+    """Validate a loaded study mapping; ``source`` is the file it came from (for messages)."""
+    where = str(source)
+    raw = _expand(_mapping(raw, where), where)
+    _check_keys(raw, {"name", "output", "eval", "tasks", "models", "train", "findings"}, where)
+    for key in ("output", "tasks"):
+        if key not in raw:
+            raise StudyConfigError(f"{where}: `{key}:` is required")
+    base = _eval_settings(_mapping(raw.get("eval"), "eval"), EvalSettings(), "eval")
+    tasks_raw = _mapping(raw["tasks"], "tasks")
+    if not tasks_raw:
+        raise StudyConfigError(f"{where}: `tasks:` is empty; list at least one task, e.g. calib_mmlu: {{}}")
+    tasks = {
+        _check_name(name, f"tasks.{name}"): _eval_settings(
+            _mapping(body, f"tasks.{name}"), base, f"tasks.{name}"
+        )
+        for name, body in tasks_raw.items()
+    }
+    models = {
+        _check_name(n, f"models.{n}"): _model(n, _mapping(b, f"models.{n}"), f"models.{n}")
+        for n, b in _mapping(raw.get("models"), "models").items()
+    }
+    train: dict[str, TrainSpec] = {}
+    for n, body in _mapping(raw.get("train"), "train").items():
+        _check_name(n, f"train.{n}")
+        if n in models:
+            raise StudyConfigError(f"train.{n}: the name is already used by a model; names must be unique")
+        spec = _train(n, _mapping(body, f"train.{n}"), f"train.{n}")
+        for parent in spec.parents():
+            if parent not in models and parent not in train:
+                raise StudyConfigError(
+                    f"train.{n}: {parent!r} is neither a model nor a stage listed above it (stages run in "
+                    "file order, so a stage can only start from one listed earlier)"
+                )
+        if spec.kind == "ppo" and (
+            spec.reward_model not in train or train[spec.reward_model].kind != "reward"
+        ):
+            raise StudyConfigError(f"train.{n}.reward_model must name a `kind: reward` stage listed above it")
+        train[n] = spec
+    if not models and not train:
+        raise StudyConfigError(f"{where}: nothing to evaluate; add `models:` (or `train:` stages)")
+    evaluated = {m.name for m in models.values() if m.evaluate} | {
+        t.name for t in train.values() if t.evaluate
+    }
+    findings_raw = raw.get("findings") or []
+    if not isinstance(findings_raw, list):
+        raise StudyConfigError(f"{where}: `findings:` must be a list")
+    findings = [_finding(f, f"findings[{i}]", tasks, evaluated) for i, f in enumerate(findings_raw)]
+    name = raw.get("name") or source.stem
+    return StudyConfig(
+        name=_check_name(str(name), "name"),
+        output=Path(str(raw["output"])),
+        eval=base,
+        tasks=tasks,
+        models=models,
+        train=train,
+        findings=findings,
+        source=source,
+    )
+
+
+def load_study(path: Path | str) -> StudyConfig:
+    """Read and validate a study YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyConfigError(f"{path}: no such study file; see examples/offline_mini.yaml for the format")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_study(raw, path)

@@ -1,0 +1,145 @@
+"""Run a study's missing cells, then write its report and findings.
+
+Each cell runs as its own process (``lm-eval-calib train ...`` or ``lm_eval ...``), exactly the command a
+user could run by hand (``--dry-run`` prints them), with its output in ``OUTPUT/logs/``. An evaluation writes
+into a temporary folder that is renamed into place only when lm_eval succeeded, with ``study_cell.json``
+inside, so a killed study never leaves a cell that looks done. A failing cell is reported with the tail of its
+log; cells that need it are skipped, the others still run, and the report covers what finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lm_eval_calib.study.config import StudyConfig
+from lm_eval_calib.study.findings import FindingInputError, FindingResult, check_finding, findings_markdown
+from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder
+
+LOG_TAIL_LINES = 25
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Replace ``final`` (if any) with ``tmp`` so that at every moment ``final`` is either old or new."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_cell_file(folder: Path, cell: Cell, seconds: float) -> None:
+    body = {
+        "cell": cell.name,
+        "fingerprint": cell.fingerprint,
+        "command": cell.command,
+        "seconds": round(seconds, 1),
+    }
+    (folder / CELL_FILE).write_text(json.dumps(body, indent=2) + "\n")
+
+
+def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
+    """Run one cell; returns (succeeded, seconds, log file)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / (cell.name.replace("/", "__") + ".log")
+    command = list(cell.command)
+    if cell.kind == "eval":
+        work = cell.folder.with_name(f".{cell.folder.name}.tmp")
+        shutil.rmtree(work, ignore_errors=True)
+        command[command.index(str(cell.folder))] = str(work)
+    else:
+        work = cell.folder  # the train CLI builds its folder atomically itself
+        if cell.status == "stale":
+            command.append("--overwrite")
+    cell.folder.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        if cell.kind == "eval":
+            shutil.rmtree(work, ignore_errors=True)
+        return False, seconds, log
+    if cell.kind == "eval":
+        _write_cell_file(work, cell, seconds)
+        _swap_into_place(work, cell.folder)
+    else:
+        _write_cell_file(cell.folder, cell, seconds)
+    return True, seconds, log
+
+
+def _tail(path: Path) -> str:
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def run_study(config: StudyConfig, log: Callable[[str], None] = print, n_resamples: int = 1000) -> int:
+    """Run what is missing, then report; returns 0 when every cell is done at the end, else 1."""
+    cells = build_plan(config)
+    todo = [c for c in cells if c.status in ("missing", "stale")]
+    log(f"study {config.name}: {len(cells)} cells, {len(todo)} to run, the rest done or blocked")
+    failed: set[str] = set()
+    for number, cell in enumerate(todo, 1):
+        blocked_by = [n for n in cell.needs if n in failed]
+        if blocked_by:
+            failed.add(cell.name)
+            log(f"[{number}/{len(todo)}] {cell.name}: skipped, needs {', '.join(blocked_by)} which failed")
+            continue
+        log(f"[{number}/{len(todo)}] {cell.name}: running")
+        ok, seconds, log_file = run_cell(cell, config.output / "logs")
+        if ok:
+            cell.status = "done"
+            log(f"[{number}/{len(todo)}] {cell.name}: done in {seconds:.0f} s")
+        else:
+            failed.add(cell.name)
+            tail = _tail(log_file)
+            log(f"[{number}/{len(todo)}] {cell.name}: FAILED after {seconds:.0f} s; log {log_file}:\n{tail}")
+    for cell in cells:
+        if cell.status == "blocked":
+            log(f"{cell.name}: blocked: {cell.reason}")
+    done = [c for c in cells if c.status == "done" and c.kind == "eval"]
+    if done:
+        write_outputs(config, done, log, n_resamples)
+    return 0 if all(c.status == "done" for c in cells) else 1
+
+
+def write_outputs(
+    config: StudyConfig, done: list[Cell], log: Callable[[str], None], n_resamples: int
+) -> None:
+    """The report over every finished evaluation (labelled by study name) and the findings table."""
+    from lm_eval_calib.report.build import build_report
+    from lm_eval_calib.report.runs import ReportInputError
+
+    report_dir = config.output / "report"
+    labels = {cell.folder: cell.model for cell in done}
+    try:
+        build_report(list(labels), report_dir, log=log, labels=labels)
+        log(f"report written to {report_dir}")
+    except ReportInputError as exc:
+        log(f"report not written: {exc}")
+    if not config.findings:
+        return
+    finished = {(c.model, c.task) for c in done}
+    results = []
+    for spec in config.findings:
+        pair = [(spec.baseline, spec.task), (spec.treatment, spec.task)]
+        if not all(p in finished for p in pair):
+            results.append(FindingResult(spec, None, "not run", "an evaluation it needs did not finish"))
+            continue
+        folders = [eval_folder(config, model, task) for model, task in pair]
+        try:
+            result = check_finding(spec, *folders, n_resamples=n_resamples)
+        except FindingInputError as exc:
+            results.append(FindingResult(spec, None, "not run", str(exc)))
+            continue
+        results.append(FindingResult(spec, result, result.verdict(spec.expect)))
+    table = findings_markdown(results)
+    (config.output / "findings.md").write_text(table)
+    log("findings:\n" + table)
