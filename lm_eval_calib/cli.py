@@ -42,15 +42,37 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lm_eval_calib.report.build import build_report
+    from lm_eval_calib.report.labels import LabelError
     from lm_eval_calib.report.runs import ReportInputError
 
     try:
-        build_report([Path(p) for p in args.run_dirs], Path(args.out))
-    except ReportInputError as exc:
+        build_report([Path(p) for p in args.run_dirs], Path(args.out), labels=args.label, n_folds=args.folds,
+                     seed=args.seed, log=(lambda message: None) if args.quiet else print)  # fmt: skip
+    except (ReportInputError, LabelError) as exc:
         print(f"lm-eval-calib: error: {exc}", file=sys.stderr)
         return 2
-    print(f"report written to {args.out}")
+    print(f"report written to {args.out} (open {Path(args.out) / 'index.html'})")
     return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from lm_eval_calib.study.config import StudyConfigError, load_study
+    from lm_eval_calib.study.plan import build_plan, describe
+    from lm_eval_calib.study.runner import run_study
+
+    try:
+        config = load_study(args.study)
+    except StudyConfigError as exc:
+        print(f"lm-eval-calib: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        cells = build_plan(config)
+        print(describe(cells))
+        if args.commands:
+            for cell in cells:
+                print(f"\n# {cell.name}\n" + " ".join(cell.command))
+        return 0
+    return run_study(config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args = commands.add_parser(
         "model-args", help="print lm_eval --model_args for a model installed from the package registry"
     )
-    model_args.add_argument("name", choices=["smollm2"])
+    model_args.add_argument("name", choices=["smollm2", "gemma3"])
     model_args.set_defaults(run=_model_args)
     tasks_dir = commands.add_parser(
         "tasks-dir", help="print the task folder, for `lm_eval --include_path` when the start-up hook is off"
@@ -68,11 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = commands.add_parser("metrics", help="print the metric table (key, direction, range, meaning)")
     metrics.set_defaults(run=_metrics)
     report = commands.add_parser(
-        "report", help="leaderboard (Markdown, CSV) and reliability diagrams from lm_eval output folders"
+        "report",
+        help="leaderboard, reliability diagrams, held-out recalibration and breakdowns (Markdown, CSV, HTML) "
+        "from lm_eval output folders",
     )
     report.add_argument("run_dirs", nargs="+", help="lm_eval --output_path folders (run with --log_samples)")
-    report.add_argument("--out", required=True, help="folder for the report")
+    report.add_argument("--out", required=True, help="report folder (new, empty, or an earlier report)")
+    report.add_argument("--label", action="append", default=[], metavar="RUN_DIR=NAME",
+                        help="name the model(s) of RUN_DIR in tables and figures (repeatable)")  # fmt: skip
+    report.add_argument("--folds", type=int, default=5, help="folds of cross-fitted recalibration (5)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the cross-fitting folds (0)")
+    report.add_argument("--quiet", action="store_true", help="print only errors and the final line")
     report.set_defaults(run=_report)
+    study = commands.add_parser(
+        "study", help="run a study file: train stages, evaluate every model on every task, report, findings"
+    )
+    study.add_argument("study", help="the study YAML (see examples/offline_mini.yaml)")
+    study.add_argument(
+        "--dry-run", action="store_true", help="list the cells and which are done; run nothing"
+    )
+    study.add_argument(
+        "--commands", action="store_true", help="with --dry-run: also print each cell's command"
+    )
+    study.set_defaults(run=_study)
+    # the training add-on (train/lm_eval_calib_train); its flags come from light dataclasses, no torch here
+    from lm_eval_calib_train.cli import add_train_parser
+
+    add_train_parser(commands)
     return parser
 
 
