@@ -42,6 +42,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+from lm_eval_calib.models.requests import unique_truncated_pairs
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
 __all__ = ["HFCalibLM"]
@@ -231,33 +232,7 @@ class HFCalibLM(HFLM):
         batch_size = self._resolve_batch_size(override_bs)
 
         # 1. effective (truncated) context per request, as hf: input = (ctx + cont)[-(max_len + 1):][:-1]
-        unique: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
-        n_truncated, longest = 0, 0
-        for i, (request_str, ctx, cont) in enumerate(requests):
-            if len(cont) == 0:
-                raise ValueError(
-                    f"hf-calib: continuation {request_str[1] if request_str else ''!r} encodes to no tokens "
-                    f"(context ...{request_str[0][-60:] if request_str else ''!r}); there is nothing to score"
-                )
-            if len(ctx) == 0:
-                raise ValueError("hf-calib: empty context tokens (lm-eval passes the prefix token for '')")
-            if len(cont) > max_len:
-                raise ValueError(
-                    f"hf-calib: a continuation of {len(cont)} tokens does not fit the model's maximum length "
-                    f"({max_len}); shorten it or raise max_length"
-                )
-            keep = max_len + 1 - len(cont)
-            if len(ctx) > keep:
-                n_truncated += 1
-                longest = max(longest, len(ctx) + len(cont))
-                ctx = ctx[-keep:]
-            unique.setdefault((tuple(ctx), tuple(cont)), []).append(i)
-        if n_truncated:
-            eval_logger.warning(
-                f"hf-calib: {n_truncated} of {len(requests)} requests exceed the model's maximum length "
-                f"({max_len} tokens; longest context+continuation {longest}); truncating their contexts from "
-                "the left, as `hf` does"
-            )
+        unique = unique_truncated_pairs(requests, max_len, "hf-calib")
 
         if self.share_context:
             scored = self._score_shared(list(unique), batch_size, disable_tqdm)

@@ -56,6 +56,7 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 
 from lm_eval_calib.models import vllm_engine as engine_mod
+from lm_eval_calib.models.requests import Pair, unique_truncated_pairs
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
 __all__ = ["VLLMCalibLM"]
@@ -67,8 +68,6 @@ _TOKENS_PER_CALL = 2**18
 #: Bytes of float32 logits (and their log-softmax) one prefill step may hold for prompt log-probs.
 _LOGITS_BUDGET = 2**31
 _WARNED: set[str] = set()
-
-_Pair = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def _as_bool(value: Any) -> bool:
@@ -387,34 +386,7 @@ class VLLMCalibLM(TemplateLM):
         self, requests, disable_tqdm: bool = False, **kwargs
     ) -> list[LoglikelihoodResult]:
         max_len = self.max_length
-        unique: dict[_Pair, list[int]] = {}
-        n_truncated, longest = 0, 0
-        for i, (request_str, ctx, cont) in enumerate(requests):
-            if len(cont) == 0:
-                raise ValueError(
-                    f"vllm-calib: continuation {request_str[1] if request_str else ''!r} encodes to no "
-                    f"tokens (context ...{request_str[0][-60:] if request_str else ''!r}); there is nothing "
-                    "to score"
-                )
-            if len(ctx) == 0:
-                raise ValueError("vllm-calib: empty context tokens (lm-eval passes the prefix token for '')")
-            if len(cont) > max_len:
-                raise ValueError(
-                    f"vllm-calib: a continuation of {len(cont)} tokens does not fit the model's maximum "
-                    f"length ({max_len}); shorten it or raise max_length/max_model_len"
-                )
-            keep = max_len + 1 - len(cont)
-            if len(ctx) > keep:
-                n_truncated += 1
-                longest = max(longest, len(ctx) + len(cont))
-                ctx = ctx[-keep:]
-            unique.setdefault((tuple(ctx), tuple(cont)), []).append(i)
-        if n_truncated:
-            eval_logger.warning(
-                f"vllm-calib: {n_truncated} of {len(requests)} requests exceed the model's maximum length "
-                f"({max_len} tokens; longest context+continuation {longest}); truncating their contexts from "
-                "the left, as `hf` does"
-            )
+        unique = unique_truncated_pairs(requests, max_len, "vllm-calib")
 
         scored = self._score_pairs(list(unique), disable_tqdm)
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
@@ -449,7 +421,7 @@ class VLLMCalibLM(TemplateLM):
             previous = ctx
         return chunks
 
-    def _score_pairs(self, pairs: list[_Pair], disable_tqdm: bool) -> dict[_Pair, TokenStats]:
+    def _score_pairs(self, pairs: list[Pair], disable_tqdm: bool) -> dict[Pair, TokenStats]:
         groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for ctx, cont in pairs:
             groups.setdefault(ctx, []).append(cont)
@@ -458,7 +430,7 @@ class VLLMCalibLM(TemplateLM):
         for ctx in order:
             groups[ctx].sort(key=lambda c: (-len(c), c))
 
-        out: dict[_Pair, TokenStats] = {}
+        out: dict[Pair, TokenStats] = {}
         pbar = tqdm(total=len(pairs), disable=disable_tqdm or self.rank != 0, desc="vllm-calib loglikelihood")
         for chunk in self._context_chunks(order):
             self._score_chunk(chunk, groups, out, pbar)
@@ -483,7 +455,7 @@ class VLLMCalibLM(TemplateLM):
         """Whether ``cont``'s first token is read from the context's single prefill (step 2)."""
         return self.single_prefill and (len(cont) == 1 or self.prefix_caching)
 
-    def _score_chunk(self, chunk, groups, out: dict[_Pair, TokenStats], pbar: tqdm) -> None:
+    def _score_chunk(self, chunk, groups, out: dict[Pair, TokenStats], pbar: tqdm) -> None:
         # step 2: one request per context (and per 128 first tokens) for the options' first tokens
         first: dict[tuple[int, ...], tuple[int, dict[int, float]]] = {}
         for wave in self._prefill_waves(chunk):
@@ -514,7 +486,7 @@ class VLLMCalibLM(TemplateLM):
         prompts = [list(ctx + cont) for ctx, cont in jobs]
         params = [engine_mod.prompt_params(read_prefix_cache=read_cache) for _ in jobs]
         outputs = self._generate(prompts, params)
-        rows: dict[_Pair, engine_mod.Rows] = {}
+        rows: dict[Pair, engine_mod.Rows] = {}
         again = []
         for (ctx, cont), prompt, output in zip(jobs, prompts, outputs, strict=True):
             start = len(ctx) + (1 if self._first_from_prefill(cont) else 0)

@@ -54,8 +54,8 @@ def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
         command[command.index(str(cell.folder))] = str(work)
     else:
         work = cell.folder  # the train CLI builds its folder atomically itself
-        if cell.status == "stale":
-            command.append("--overwrite")
+        # stale: replace the old checkpoint; missing: continue an interrupted run, if there is one
+        command.append("--overwrite" if cell.status == "stale" else "--resume")
     cell.folder.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with log.open("w") as handle:

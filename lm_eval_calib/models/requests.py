@@ -1,0 +1,50 @@
+"""Request preparation shared by ``hf-calib`` and ``vllm-calib``: the same truncation and de-duplication as
+lm-eval's ``hf``, so both backends score exactly the token sequences ``hf`` would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+eval_logger = logging.getLogger(__name__)
+
+Pair = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def unique_truncated_pairs(requests: Sequence[tuple[Any, list[int], list[int]]], max_len: int,
+                           model: str) -> dict[Pair, list[int]]:  # fmt: skip
+    """``(context, continuation)`` token pairs -> indices of the requests that asked for them.
+
+    A context longer than fits is cut from the left as ``hf`` does (``(ctx + cont)[-(max_len + 1):][:-1]``),
+    and one warning says how many were cut. Empty or over-long continuations are errors naming the request.
+    """
+    unique: dict[Pair, list[int]] = {}
+    n_truncated, longest = 0, 0
+    for i, (request_str, ctx, cont) in enumerate(requests):
+        if len(cont) == 0:
+            raise ValueError(
+                f"{model}: continuation {request_str[1] if request_str else ''!r} encodes to no tokens "
+                f"(context ...{request_str[0][-60:] if request_str else ''!r}); there is nothing to score"
+            )
+        if len(ctx) == 0:
+            raise ValueError(f"{model}: empty context tokens (lm-eval passes the prefix token for '')")
+        if len(cont) > max_len:
+            raise ValueError(
+                f"{model}: a continuation of {len(cont)} tokens does not fit the model's maximum length "
+                f"({max_len}); shorten it or raise max_length"
+            )
+        keep = max_len + 1 - len(cont)
+        if len(ctx) > keep:
+            n_truncated += 1
+            longest = max(longest, len(ctx) + len(cont))
+            ctx = ctx[-keep:]
+        unique.setdefault((tuple(ctx), tuple(cont)), []).append(i)
+    if n_truncated:
+        eval_logger.warning(
+            f"{model}: {n_truncated} of {len(requests)} requests exceed the model's maximum length "
+            f"({max_len} tokens; longest context+continuation {longest}); truncating their contexts from the "
+            "left, as `hf` does"
+        )
+    return unique
