@@ -132,11 +132,11 @@ def test_a_wrong_study_file_is_refused_before_anything_runs(tmp_path, change, me
 
 
 def test_environment_variables_expand_in_paths(tmp_path, monkeypatch):
-    monkeypatch.setenv("MY_DATA", "/data/root")
+    monkeypatch.setenv("MY_DATA", "/srv/data")
     body = _study(tmp_path)
     body["train"]["sft"]["data"] = "${MY_DATA}/alpaca.json"
     config = parse_study(body, tmp_path / "study.yaml")
-    assert config.train["sft"].data == "/data/root/alpaca.json"
+    assert config.train["sft"].data == "/srv/data/alpaca.json"
 
 
 @pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)

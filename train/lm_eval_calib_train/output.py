@@ -248,6 +248,36 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def trainer_arguments(config, work: Path, flags: dict) -> dict:
+    """The ``TrainingArguments`` every trl stage shares: steps, optimiser, schedule, seeds, logging, resumable
+    checkpoints in ``work`` (two kept), precision ``flags``; a stage adds only its own (e.g. ``packing``)."""
+    import torch
+
+    return dict(
+        output_dir=str(work),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.resolved_learning_rate(),
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        **checkpointing_flag(config.gradient_checkpointing),
+        max_length=None,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=True,
+        **flags,
+    )
+
+
 def checkpointing_flag(enabled: bool) -> dict[str, bool]:
     """Activation (gradient) checkpointing under this transformers' name (trl turns it on by default)."""
     from transformers import TrainingArguments

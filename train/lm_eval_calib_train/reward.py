@@ -21,7 +21,7 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, checkpointing_flag, note, precision_flags
+from lm_eval_calib_train.output import StageOutput, build_manifest, note, precision_flags, trainer_arguments
 
 
 def split_pairs(pairs: list, eval_rows: int, max_rows: int | None) -> tuple[list, list]:
@@ -61,7 +61,6 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
     eval_rows = tokenize_pairs(formatter, held_out, config.max_length)
     flags = precision_flags(config.precision)
 
-    import torch
     from datasets import Dataset
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
@@ -72,29 +71,9 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
     model = load_sequence_classifier(ref, config.trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(
-        output_dir=str(out.work),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
+        **trainer_arguments(config, out.work, flags),
         per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.resolved_learning_rate(),
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        **checkpointing_flag(config.gradient_checkpointing),
-        max_length=None,
         eval_strategy="no",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-        **flags,
     )
     log = StepLog(out, "reward", ("loss", "accuracy", "margin"), max_steps=config.max_steps)
     trainer = RewardTrainer(

@@ -17,7 +17,7 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, checkpointing_flag, note, precision_flags
+from lm_eval_calib_train.output import StageOutput, build_manifest, note, precision_flags, trainer_arguments
 
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora")
 
@@ -92,30 +92,7 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
         extra["lora_target_modules"] = sorted(resolved) if isinstance(resolved, (set, list)) else resolved
         extra["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    args = SFTConfig(
-        output_dir=str(out.work),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.resolved_learning_rate(),
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        **checkpointing_flag(config.gradient_checkpointing),
-        max_length=None,
-        packing=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-        **flags,
-    )
+    args = SFTConfig(**trainer_arguments(config, out.work, flags), packing=False)
     log = StepLog(out, "sft", ("loss", "mean_token_accuracy"), max_steps=config.max_steps)
     trainer = SFTTrainer(
         model=model,
