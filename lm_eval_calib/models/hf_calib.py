@@ -37,12 +37,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from lm_eval import utils as lm_utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from lm_eval_calib.models.requests import unique_truncated_pairs
+from lm_eval_calib.models.requests import rolling_windows, unique_truncated_pairs
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
 __all__ = ["HFCalibLM"]
@@ -482,21 +481,9 @@ class HFCalibLM(HFLM):
     # -- loglikelihood_rolling ------------------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[RollingLoglikelihoodResult]:
         batch_size = self._resolve_batch_size(None)
-        items: list[tuple[list[int], list[int]]] = []
-        owners: list[int] = []
-        for doc, (string,) in enumerate(req.args for req in requests):
-            windows = map(
-                lm_utils.make_disjoint_window,
-                lm_utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string),
-                    prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length,
-                    context_len=1,
-                ),
-            )
-            for ctx, cont in windows:
-                items.append(((ctx + cont)[-(self.max_length + 1) :][:-1], cont))
-                owners.append(doc)
+        windows = rolling_windows(self, requests)
+        owners = [doc for doc, _, _ in windows]
+        items = [(tokens[:-1], cont) for _, tokens, cont in windows]
 
         scored = self._score_full(items, batch_size, disable_tqdm)
         per_doc: list[list] = [[] for _ in requests]

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from lm_eval import utils as lm_utils
+
 eval_logger = logging.getLogger(__name__)
 
 Pair = tuple[tuple[int, ...], tuple[int, ...]]
@@ -48,3 +50,22 @@ def unique_truncated_pairs(requests: Sequence[tuple[Any, list[int], list[int]]],
             "left, as `hf` does"
         )
     return unique
+
+
+def rolling_windows(lm: Any, requests: Sequence[Any]) -> list[tuple[int, list[int], list[int]]]:
+    """``(document index, tokens, scored tokens)`` for every rolling window of every document, exactly as
+    lm-eval's ``hf`` cuts them: ``tokens`` (at most ``max_length + 1``) end with the scored tokens."""
+    out = []
+    for doc, (string,) in enumerate(req.args for req in requests):
+        windows = map(
+            lm_utils.make_disjoint_window,
+            lm_utils.get_rolling_token_windows(
+                token_list=lm.tok_encode(string),
+                prefix_token=lm.prefix_token_id,
+                max_seq_len=lm.max_length,
+                context_len=1,
+            ),
+        )
+        for ctx, cont in windows:
+            out.append((doc, (ctx + cont)[-(lm.max_length + 1) :], cont))
+    return out

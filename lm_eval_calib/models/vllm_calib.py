@@ -43,7 +43,6 @@ from typing import Any
 
 import jinja2
 import numpy as np
-from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import (
@@ -56,7 +55,7 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 
 from lm_eval_calib.models import vllm_engine as engine_mod
-from lm_eval_calib.models.requests import Pair, unique_truncated_pairs
+from lm_eval_calib.models.requests import Pair, rolling_windows, unique_truncated_pairs
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
 __all__ = ["VLLMCalibLM"]
@@ -519,23 +518,10 @@ class VLLMCalibLM(TemplateLM):
 
     # -- loglikelihood_rolling -------------------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[RollingLoglikelihoodResult]:
-        prompts: list[list[int]] = []
-        targets: list[list[int]] = []
-        owners: list[int] = []
-        for doc, (string,) in enumerate(req.args for req in requests):
-            windows = map(
-                lm_utils.make_disjoint_window,
-                lm_utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string),
-                    prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length,
-                    context_len=1,
-                ),
-            )
-            for ctx, cont in windows:
-                prompts.append((ctx + cont)[-(self.max_length + 1) :])
-                targets.append(cont)
-                owners.append(doc)
+        windows = rolling_windows(self, requests)
+        owners = [doc for doc, _, _ in windows]
+        prompts = [tokens for _, tokens, _ in windows]
+        targets = [cont for _, _, cont in windows]
 
         desc = "vllm-calib rolling windows"
         pbar = tqdm(total=len(prompts), disable=disable_tqdm or self.rank != 0, desc=desc)
