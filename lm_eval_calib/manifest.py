@@ -70,7 +70,7 @@ def read_manifest(folder: Path | str) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path} is not valid JSON ({exc}); delete it or rewrite it") from exc
     if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise ManifestError(f"{path} is not an lm-eval-calib manifest (no \"format\": \"{FORMAT}\")")
+        raise ManifestError(f'{path} is not an lm-eval-calib manifest (no "format": "{FORMAT}")')
     if body.get("format_version") != FORMAT_VERSION:
         raise ManifestError(
             f"{path} has format_version {body.get('format_version')!r}; this lm-eval-calib reads "

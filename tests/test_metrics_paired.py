@@ -85,6 +85,19 @@ def test_verdict_boundaries():
         PairedDifference(low=0.0, high=0.1, **base).verdict("up")
 
 
+def test_same_is_an_equivalence_check_against_the_margin():
+    base = dict(key="ece", value_a=0.1, value_b=0.1, difference=0.0, level=0.95, n_documents=5, n_resamples=9)
+    assert PairedDifference(low=-0.01, high=0.02, **base).verdict("same", 0.02) == "supported"
+    assert PairedDifference(low=-0.01, high=0.03, **base).verdict("same", 0.02) == "inconclusive"
+    assert PairedDifference(low=0.03, high=0.05, **base).verdict("same", 0.02) == "contradicted"
+    assert PairedDifference(low=-0.09, high=-0.021, **base).verdict("same", 0.02) == "contradicted"
+    # A wide interval around 0 is not evidence of "the same": that is the point of the margin.
+    assert PairedDifference(low=-0.2, high=0.2, **base).verdict("same", 0.02) == "inconclusive"
+    for margin in (None, 0.0, -0.1):
+        with pytest.raises(CalibrationInputError, match="margin"):
+            PairedDifference(low=0.0, high=0.0, **base).verdict("same", margin)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

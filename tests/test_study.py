@@ -120,6 +120,10 @@ def test_a_missing_bundled_model_blocks_its_cells_with_the_install_command(tmp_p
         (lambda b: b["train"]["ppo"].update(reward_model="sft"), "must name a `kind: reward` stage"),
         (lambda b: b["findings"][0].update(treatment="rm"), "not an evaluated model or stage"),
         (lambda b: b["findings"][0].update(metric="ecee"), "metric 'ecee' unknown"),
+        (lambda b: b["findings"][0].update(expect="equal"), "must be higher, lower or same"),
+        (lambda b: b["findings"][0].update(expect="same"), "needs margin: a number > 0"),
+        (lambda b: b["findings"][0].update(expect="same", margin="small"), "needs margin: a number > 0"),
+        (lambda b: b["findings"][0].update(margin=0.02), "only goes with expect: same"),
         (lambda b: b["models"].update({"bad name": {"pretrained": "x"}}), "becomes a folder name"),
         (lambda b: b["train"]["sft"].update(data="${LM_EVAL_CALIB_SURELY_UNSET}/a.json"), "not set"),
     ],
@@ -176,6 +180,15 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
                 "expect": "higher",
             },
             {
+                "claim": "same model, equivalence",
+                "task": "calib_mmlu",
+                "metric": "ece",
+                "baseline": "tiny-a",
+                "treatment": "tiny-b",
+                "expect": "same",
+                "margin": 0.01,
+            },
+            {
                 "claim": "broken",
                 "task": "calib_mmlu",
                 "metric": "ece",
@@ -199,7 +212,9 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
     assert not list(out.rglob(".*.tmp"))
     findings = (out / "findings.md").read_text()
     assert "| same model | calib_mmlu | ECE | tiny-a | tiny-b |" in findings
-    assert "+0.0000 [+0.0000, +0.0000] | 6 | inconclusive |" in findings
+    assert "| higher | " in findings and "+0.0000 [+0.0000, +0.0000] | 6 | inconclusive |" in findings
+    assert "| same (within ±0.01) | " in findings
+    assert "+0.0000 [+0.0000, +0.0000] | 6 | supported |" in findings
     assert "| broken |" in findings and "not run" in findings
     leaderboard = (out / "report" / "leaderboard.md").read_text()
     assert "tiny-a" in leaderboard and "tiny-b" in leaderboard

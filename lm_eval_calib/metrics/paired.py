@@ -39,11 +39,26 @@ class PairedDifference:
     n_documents: int
     n_resamples: int
 
-    def verdict(self, expect: str) -> str:
-        """``"supported"`` when the interval excludes 0 on the expected side (``"higher"``/``"lower"`` for B),
-        ``"contradicted"`` when it excludes 0 on the other side, else ``"inconclusive"``."""
+    def verdict(self, expect: str, margin: float | None = None) -> str:
+        """How the interval reads against a claim about B - A.
+
+        ``"higher"``/``"lower"``: *supported* when the interval excludes 0 on the expected side,
+        *contradicted* when it excludes 0 on the other side, else *inconclusive*.
+        ``"same"`` (an equivalence check; needs ``margin`` > 0): *supported* when the whole interval lies
+        within [-margin, margin], *contradicted* when it lies wholly outside that band, else *inconclusive*.
+        A claim that B "keeps" A's calibration is "same", not "not higher": an interval that merely includes
+        0 says nothing when it is wide.
+        """
+        if expect == "same":
+            if margin is None or not margin > 0:
+                raise CalibrationInputError(f"expect 'same' needs a margin > 0, got {margin!r}")
+            if -margin <= self.low and self.high <= margin:
+                return "supported"
+            if self.low > margin or self.high < -margin:
+                return "contradicted"
+            return "inconclusive"
         if expect not in ("higher", "lower"):
-            raise CalibrationInputError(f"expect must be 'higher' or 'lower', got {expect!r}")
+            raise CalibrationInputError(f"expect must be 'higher', 'lower' or 'same', got {expect!r}")
         if self.low > 0:
             return "supported" if expect == "higher" else "contradicted"
         if self.high < 0:

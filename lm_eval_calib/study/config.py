@@ -103,7 +103,8 @@ class FindingSpec:
     metric: str
     baseline: str
     treatment: str
-    expect: str
+    expect: str  # higher | lower | same (treatment vs baseline)
+    margin: float | None = None  # for "same": the largest difference that still counts as the same
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
 def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingSpec:
     raw = _mapping(raw, where)
     keys = ("claim", "task", "metric", "baseline", "treatment", "expect")
-    _check_keys(raw, set(keys), where)
+    _check_keys(raw, {*keys, "margin"}, where)
     missing = [key for key in keys if key not in raw]
     if missing:
         raise StudyConfigError(f"{where}: a finding needs {', '.join(missing)}")
@@ -269,9 +270,21 @@ def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingS
     for key in ("baseline", "treatment"):
         if raw[key] not in evaluated:
             raise StudyConfigError(f"{where}.{key} {raw[key]!r} is not an evaluated model or stage")
-    if raw["expect"] not in ("higher", "lower"):
-        raise StudyConfigError(f"{where}.expect must be higher or lower (the treatment's value vs baseline)")
-    return FindingSpec(**{key: str(raw[key]) for key in keys})
+    if raw["expect"] not in ("higher", "lower", "same"):
+        raise StudyConfigError(
+            f"{where}.expect must be higher, lower or same (the treatment's value vs the baseline's)"
+        )
+    margin = raw.get("margin")
+    if raw["expect"] == "same":
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+            raise StudyConfigError(
+                f"{where}: expect: same needs margin: a number > 0 (the largest difference that counts "
+                f"as the same, e.g. margin: 0.02 for ECE), got {margin!r}"
+            )
+    elif margin is not None:
+        raise StudyConfigError(f"{where}.margin only goes with expect: same; drop it or say expect: same")
+    fields = {key: str(raw[key]) for key in keys}
+    return FindingSpec(**fields, margin=float(margin) if margin is not None else None)
 
 
 def parse_study(raw: Any, source: Path) -> StudyConfig:

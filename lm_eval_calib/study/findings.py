@@ -66,11 +66,11 @@ class FindingResult:
 
 
 def findings_markdown(results: list[FindingResult]) -> str:
-    """One table row per claim: both values, the difference with its 95% interval, and the verdict."""
+    """One row per claim: what it expects, both values, the difference with its 95% interval, the verdict."""
     lines = [
-        "| claim | task | metric | baseline | treatment | baseline value | treatment value "
+        "| claim | task | metric | baseline | treatment | expected | baseline value | treatment value "
         "| difference [95% CI] | documents | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for item in results:
         s, r = item.spec, item.result
@@ -81,6 +81,8 @@ def findings_markdown(results: list[FindingResult]) -> str:
             interval = f"{r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]"
             values = [f"{r.value_a:.4f}", f"{r.value_b:.4f}", interval, str(r.n_documents)]
         verdict = item.verdict + (f" ({item.note})" if item.note else "")
-        lines.append(f"| {s.claim} | {s.task} | {name} | {s.baseline} | {s.treatment} | " + " | ".join(values)
+        expected = f"same (within ±{s.margin:g})" if s.expect == "same" else s.expect
+        lines.append(f"| {s.claim} | {s.task} | {name} | {s.baseline} | {s.treatment} | {expected} | "
+                     + " | ".join(values)
                      + f" | {verdict} |")  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -139,7 +139,7 @@ def write_outputs(
         except FindingInputError as exc:
             results.append(FindingResult(spec, None, "not run", str(exc)))
             continue
-        results.append(FindingResult(spec, result, result.verdict(spec.expect)))
+        results.append(FindingResult(spec, result, result.verdict(spec.expect, spec.margin)))
     table = findings_markdown(results)
     (config.output / "findings.md").write_text(table)
     log("findings:\n" + table)
