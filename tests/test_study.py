@@ -164,7 +164,7 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
         "name": "e2e",
         "output": str(tmp_path / "out"),
         "eval": {"backend": "hf", "model_args": {"dtype": "float32"}, "device": "cpu", "batch_size": 8},
-        "tasks": {"calib_mmlu": {"limit": 6, "num_fewshot": 0}},
+        "tasks": {"calib_mmlu": {"limit": 10, "num_fewshot": 0}},
         "models": {
             "tiny-a": {"pretrained": str(tiny_model_dir)},
             "tiny-b": {"pretrained": str(tiny_model_dir)},
@@ -212,9 +212,9 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
     assert not list(out.rglob(".*.tmp"))
     findings = (out / "findings.md").read_text()
     assert "| same model | calib_mmlu | ECE | tiny-a | tiny-b |" in findings
-    assert "| higher | " in findings and "+0.0000 [+0.0000, +0.0000] | 6 | inconclusive |" in findings
+    assert "| higher | " in findings and "+0.0000 [+0.0000, +0.0000] | 10 | inconclusive |" in findings
     assert "| same (within ±0.01) | " in findings
-    assert "+0.0000 [+0.0000, +0.0000] | 6 | supported |" in findings
+    assert "+0.0000 [+0.0000, +0.0000] | 10 | supported |" in findings
     assert "| broken |" in findings and "not run" in findings
     leaderboard = (out / "report" / "leaderboard.md").read_text()
     assert "tiny-a" in leaderboard and "tiny-b" in leaderboard
@@ -231,3 +231,19 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
     assert second.returncode == 0, second.stdout + second.stderr
     assert "0 to run" in second.stdout
     assert (out / "evals" / "tiny-a" / "calib_mmlu" / CELL_FILE).stat().st_mtime_ns == stamp
+
+
+def test_a_verdict_is_withheld_when_too_few_documents_back_the_interval():
+    from lm_eval_calib.metrics.paired import PairedDifference
+    from lm_eval_calib.study.config import FindingSpec
+    from lm_eval_calib.study.findings import MIN_DOCUMENTS, judge
+
+    spec = FindingSpec("c", "calib_clm", "ece", "a", "b", "lower")
+    clear = dict(key="ece", value_a=0.2, value_b=0.1, difference=-0.1, low=-0.15, high=-0.05, level=0.95)
+    assert (
+        judge(spec, PairedDifference(n_documents=MIN_DOCUMENTS, n_resamples=9, **clear)).verdict
+        == "supported"
+    )
+    few = judge(spec, PairedDifference(n_documents=2, n_resamples=9, **clear))
+    assert few.verdict == "inconclusive"
+    assert "only 2 documents" in few.note and "raise calib_clm's limit" in few.note

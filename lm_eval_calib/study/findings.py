@@ -18,6 +18,10 @@ from lm_eval_calib.metrics import METRICS, CalibrationData
 from lm_eval_calib.metrics.paired import PairedDifference, paired_difference
 from lm_eval_calib.study.config import FindingSpec
 
+MIN_DOCUMENTS = 10
+"""Below this many shared documents a percentile bootstrap has too few distinct resamples to trust its
+interval (2 documents give 3), so the verdict is withheld ("inconclusive") whatever the interval says."""
+
 
 class FindingInputError(ValueError):
     """A finding cannot be checked: a run is missing or its samples were not logged."""
@@ -63,6 +67,17 @@ class FindingResult:
     result: PairedDifference | None
     verdict: str  # supported | contradicted | inconclusive | not run
     note: str = ""
+
+
+def judge(spec: FindingSpec, result: PairedDifference) -> FindingResult:
+    """The verdict of ``spec`` on ``result``, withheld when too few documents back the interval."""
+    if result.n_documents < MIN_DOCUMENTS:
+        note = (
+            f"only {result.n_documents} documents; the interval needs at least {MIN_DOCUMENTS}: "
+            f"raise {spec.task}'s limit"
+        )
+        return FindingResult(spec, result, "inconclusive", note)
+    return FindingResult(spec, result, result.verdict(spec.expect, spec.margin))
 
 
 def findings_markdown(results: list[FindingResult]) -> str:

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lm_eval_calib.study.config import StudyConfig
-from lm_eval_calib.study.findings import FindingInputError, FindingResult, check_finding, findings_markdown
+from lm_eval_calib.study.findings import (
+    FindingInputError,
+    FindingResult,
+    check_finding,
+    findings_markdown,
+    judge,
+)
 from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder
 
 LOG_TAIL_LINES = 25
@@ -139,7 +145,7 @@ def write_outputs(
         except FindingInputError as exc:
             results.append(FindingResult(spec, None, "not run", str(exc)))
             continue
-        results.append(FindingResult(spec, result, result.verdict(spec.expect, spec.margin)))
+        results.append(judge(spec, result))
     table = findings_markdown(results)
     (config.output / "findings.md").write_text(table)
     log("findings:\n" + table)
