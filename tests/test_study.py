@@ -166,7 +166,7 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
         "eval": {"backend": "hf", "model_args": {"dtype": "float32"}, "device": "cpu", "batch_size": 8},
         "tasks": {"calib_mmlu": {"limit": 10, "num_fewshot": 0}},
         "models": {
-            "tiny-a": {"pretrained": str(tiny_model_dir)},
+            "tiny-a": {"pretrained": str(tiny_model_dir), "stage": "pretrained"},
             "tiny-b": {"pretrained": str(tiny_model_dir)},
             "broken": {"pretrained": str(tmp_path / "no-such-model")},
         },
@@ -217,7 +217,8 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
     assert "+0.0000 [+0.0000, +0.0000] | 10 | supported |" in findings
     assert "| broken |" in findings and "not run" in findings
     leaderboard = (out / "report" / "leaderboard.md").read_text()
-    assert "tiny-a" in leaderboard and "tiny-b" in leaderboard
+    assert "| tiny-a | pretrained | calib_mmlu |" in leaderboard  # the study file's stage: (no manifest)
+    assert "| tiny-b |  | calib_mmlu |" in leaderboard
 
     dry = _cli("study", str(study), "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -134,12 +135,15 @@ def build_report(
     labels: Mapping[str | Path, str] | Sequence[str] = (),
     n_folds: int = 5,
     seed: int = 0,
+    stages: Mapping[str | Path, str] | None = None,
 ) -> list[TaskRun]:
     """Write the report for ``run_dirs`` into ``out``; return the runs it shows.
 
     ``labels`` overrides the label of every model in a run folder: ``{RUN_DIR: NAME}`` or the CLI's
     ``RUN_DIR=NAME`` strings; each RUN_DIR must be one of ``run_dirs``. Raises :class:`ReportInputError`
-    when nothing is reportable (then nothing is written).
+    when nothing is reportable (then nothing is written). ``stages`` (``{RUN_DIR: STAGE}``) gives the stage
+    column for runs whose model has no training manifest (a study's "pretrained" base model); a manifest's
+    stage wins.
     """
     started = time.perf_counter()
     run_dirs = [Path(d) for d in run_dirs]
@@ -153,6 +157,7 @@ def build_report(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ReportInputError(f"--seed must be an integer >= 0, got {seed!r}")
     overrides = parse_label_overrides(labels, run_dirs)
+    stage_of = {Path(folder).resolve(): str(stage) for folder, stage in (stages or {}).items()}
     messages: list[str] = []
 
     def say(message: str) -> None:
@@ -170,7 +175,8 @@ def build_report(
             continue
         for note in notes:
             say(note)
-        runs.extend(found)
+        stage = stage_of.get(folder.resolve())
+        runs.extend(run if run.stage or not stage else replace(run, stage=stage) for run in found)
         log(f"read {folder}: {len(found)} calibration task(s) in {time.perf_counter() - t0:.1f} s")
     if not runs:
         raise ReportInputError(

@@ -125,8 +125,13 @@ def write_outputs(
 
     report_dir = config.output / "report"
     labels = {cell.folder: cell.model for cell in done}
+    stages = {  # the study file's `stage:` of a model that has no training manifest to say it
+        cell.folder: config.models[cell.model].stage
+        for cell in done
+        if cell.model in config.models and config.models[cell.model].stage != "model"
+    }
     try:
-        build_report(list(labels), report_dir, log=log, labels=labels)
+        build_report(list(labels), report_dir, log=log, labels=labels, stages=stages)
         log(f"report written to {report_dir}")
     except ReportInputError as exc:
         log(f"report not written: {exc}")
