@@ -41,7 +41,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from lm_eval_calib.models.requests import rolling_windows, unique_truncated_pairs
+from lm_eval_calib.models.requests import check_continuations, rolling_windows, unique_truncated_pairs
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
 __all__ = ["HFCalibLM"]
@@ -212,13 +212,7 @@ class HFCalibLM(HFLM):
 
     # -- loglikelihood --------------------------------------------------------------------------------------
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[LoglikelihoodResult]:
-        for req in requests:
-            context, continuation = req.args
-            if not continuation:
-                raise ValueError(
-                    f"hf-calib: empty continuation in a loglikelihood request (task {req.task_name!r}, doc "
-                    f"{req.doc_id}, context ...{context[-60:]!r}); there is no token to score"
-                )
+        check_continuations(requests, "hf-calib")
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _loglikelihood_tokens(

@@ -15,6 +15,18 @@ eval_logger = logging.getLogger(__name__)
 Pair = tuple[tuple[int, ...], tuple[int, ...]]
 
 
+def check_continuations(requests: Sequence[Any], model: str) -> None:
+    """Refuse a loglikelihood request with an empty continuation before any scoring: it has no token to score,
+    so it has no log-likelihood; the message names the task and document so the config can be fixed."""
+    for req in requests:
+        context, continuation = req.args
+        if not continuation:
+            raise ValueError(
+                f"{model}: empty continuation in a loglikelihood request (task {req.task_name!r}, doc "
+                f"{req.doc_id}, context ...{context[-60:]!r}); there is no token to score"
+            )
+
+
 def unique_truncated_pairs(requests: Sequence[tuple[Any, list[int], list[int]]], max_len: int,
                            model: str) -> dict[Pair, list[int]]:  # fmt: skip
     """``(context, continuation)`` token pairs -> indices of the requests that asked for them.

@@ -55,7 +55,7 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 
 from lm_eval_calib.models import vllm_engine as engine_mod
-from lm_eval_calib.models.requests import Pair, rolling_windows, unique_truncated_pairs
+from lm_eval_calib.models.requests import Pair, check_continuations, rolling_windows, unique_truncated_pairs
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
 __all__ = ["VLLMCalibLM"]
@@ -372,13 +372,7 @@ class VLLMCalibLM(TemplateLM):
 
     # -- loglikelihood ---------------------------------------------------------------------------------------
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[LoglikelihoodResult]:
-        for req in requests:
-            context, continuation = req.args
-            if not continuation:
-                raise ValueError(
-                    f"vllm-calib: empty continuation in a loglikelihood request (task {req.task_name!r}, doc "
-                    f"{req.doc_id}, context ...{context[-60:]!r}); there is no token to score"
-                )
+        check_continuations(requests, "vllm-calib")
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _loglikelihood_tokens(

@@ -248,34 +248,55 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def trainer_arguments(config, work: Path, flags: dict) -> dict:
-    """The ``TrainingArguments`` every trl stage shares: steps, optimiser, schedule, seeds, logging, resumable
-    checkpoints in ``work`` (two kept), precision ``flags``; a stage adds only its own (e.g. ``packing``)."""
-    import torch
-
+def optimiser_arguments(config, flags: dict) -> dict:
+    """The ``TrainingArguments`` of every stage, PPO's included: batch, optimiser, schedule, activation
+    checkpointing, precision ``flags``, and no reporting, workers or progress bars."""
     return dict(
-        output_dir=str(work),
-        max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.resolved_learning_rate(),
         lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
+        report_to="none",
+        **checkpointing_flag(config.gradient_checkpointing),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **flags,
+    )
+
+
+def trainer_arguments(config, work: Path, flags: dict) -> dict:
+    """The arguments SFT and reward share: :func:`optimiser_arguments` plus seeds, logging and resumable
+    checkpoints in ``work`` (two kept); a stage adds only its own (e.g. ``packing``). PPO saves its own
+    checkpoints, so it takes :func:`optimiser_arguments` only."""
+    import torch
+
+    return dict(
+        **optimiser_arguments(config, flags),
+        output_dir=str(work),
+        max_steps=config.max_steps,
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=2,
-        report_to="none",
-        **checkpointing_flag(config.gradient_checkpointing),
         max_length=None,
-        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-        **flags,
     )
+
+
+def fit(trainer, out: StageOutput, resume_from: Path | None):
+    """Train ``trainer`` (SFT or reward) quietly, from ``resume_from`` (a ``checkpoint-N`` folder) when given,
+    after cutting the step log back to step N so the resumed steps are not logged twice."""
+    from lm_eval_calib_train.callbacks import quiet
+
+    quiet(trainer)
+    if resume_from is None:
+        return trainer.train()
+    out.trim_log(int(resume_from.name.rsplit("-", 1)[1]))
+    return trainer.train(resume_from_checkpoint=str(resume_from))
 
 
 def checkpointing_flag(enabled: bool) -> dict[str, bool]:

@@ -35,7 +35,7 @@ from lm_eval_calib_train.models import (
     resolve_model,
     same_tokenizer,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, checkpointing_flag, note, precision_flags
+from lm_eval_calib_train.output import StageOutput, build_manifest, note, optimiser_arguments, precision_flags
 
 PPO_KEYS = ("objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg")
 
@@ -145,13 +145,8 @@ def train_ppo(config: PPOStageConfig, callbacks: list[Any] | None = None) -> Pat
     trained = policy
     if remaining > 0:
         args = PPOConfig(
+            **optimiser_arguments(config, flags),
             output_dir=str(out.work),
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.resolved_learning_rate(),
-            lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_steps,
-            weight_decay=config.weight_decay,
             seed=config.seed + done,
             total_episodes=remaining * rollout,
             num_ppo_epochs=config.num_ppo_epochs,
@@ -172,12 +167,7 @@ def train_ppo(config: PPOStageConfig, callbacks: list[Any] | None = None) -> Pat
             num_sample_generations=0,
             logging_steps=1,
             save_strategy="no",
-            report_to="none",
-            **checkpointing_flag(config.gradient_checkpointing),
             per_device_eval_batch_size=1,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            **flags,
         )
         checkpoint = Checkpoint()
         extra_callbacks: list[Any] = [log, checkpoint]

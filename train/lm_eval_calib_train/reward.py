@@ -21,7 +21,14 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, note, precision_flags, trainer_arguments
+from lm_eval_calib_train.output import (
+    StageOutput,
+    build_manifest,
+    fit,
+    note,
+    precision_flags,
+    trainer_arguments,
+)
 
 
 def split_pairs(pairs: list, eval_rows: int, max_rows: int | None) -> tuple[list, list]:
@@ -65,7 +72,7 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from lm_eval_calib_train.callbacks import SkipFinalSave, StepLog, quiet
+    from lm_eval_calib_train.callbacks import SkipFinalSave, StepLog
 
     set_seed(config.seed)  # the new score head is initialised from this seed
     model = load_sequence_classifier(ref, config.trust_remote_code)
@@ -83,10 +90,7 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
         processing_class=tokenizer,
         callbacks=[log, SkipFinalSave(), *(callbacks or [])],
     )
-    quiet(trainer)
-    if resume_from is not None:
-        out.trim_log(int(resume_from.name.rsplit("-", 1)[1]))
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    result = fit(trainer, out, resume_from)
     held_out_accuracy = None
     if eval_rows:
         metrics = trainer.evaluate(Dataset.from_list(eval_rows))

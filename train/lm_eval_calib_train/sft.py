@@ -17,7 +17,14 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, note, precision_flags, trainer_arguments
+from lm_eval_calib_train.output import (
+    StageOutput,
+    build_manifest,
+    fit,
+    note,
+    precision_flags,
+    trainer_arguments,
+)
 
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora")
 
@@ -59,7 +66,7 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from lm_eval_calib_train.callbacks import SkipFinalSave, StepLog, quiet
+    from lm_eval_calib_train.callbacks import SkipFinalSave, StepLog
 
     set_seed(config.seed)
     model = load_causal_lm(ref, config.trust_remote_code)
@@ -101,10 +108,7 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
         processing_class=tokenizer,
         callbacks=[log, SkipFinalSave(), *(callbacks or [])],
     )
-    quiet(trainer)
-    if resume_from is not None:
-        out.trim_log(int(resume_from.name.rsplit("-", 1)[1]))
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    result = fit(trainer, out, resume_from)
     losses = [e["loss"] for e in out.read_log() if "loss" in e]
 
     trained = trainer.model
