@@ -8,9 +8,9 @@ import pytest
 from conftest import read_run, run_lm_eval
 
 from lm_eval_calib.data.lama import load_lama
-from lm_eval_calib.harness.records import records_to_data
 from lm_eval_calib.harness.task import CALIBRATION_KEYS
 from lm_eval_calib.metrics import compute_metric
+from lm_eval_calib.records import records_to_data
 
 
 @pytest.fixture(scope="module")

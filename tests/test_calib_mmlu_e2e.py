@@ -17,9 +17,9 @@ import pytest
 from conftest import read_run, run_lm_eval
 
 from lm_eval_calib.data.mmlu import load_local
-from lm_eval_calib.harness.records import records_to_data
 from lm_eval_calib.harness.task import CALIBRATION_KEYS
 from lm_eval_calib.metrics import METRICS, compute_metric
+from lm_eval_calib.records import records_to_data
 
 # Documents across four subjects of the pooled test split (abstract_algebra starts at 0, anatomy at 100,
 # astronomy at 235, business_ethics at 387).

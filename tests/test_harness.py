@@ -11,8 +11,9 @@ import torch
 from lm_eval_calib.harness import stderr
 from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.records import ModelOutputError, make_record, option_logliks, records_to_data
+from lm_eval_calib.harness.results import ModelOutputError, option_logliks
 from lm_eval_calib.metrics import bootstrap_stderr, compute_metric
+from lm_eval_calib.records import make_record, records_to_data
 
 
 def test_options_defaults_and_overrides():
@@ -111,7 +112,7 @@ def test_nan_weights_give_a_clear_error_not_nan_metrics(tiny_model_dir, data_roo
 def test_record_reference_pickles_and_unwraps():
     import pickle
 
-    from lm_eval_calib.harness.records import RecordRef, record_of
+    from lm_eval_calib.records import RecordRef, record_of
 
     record = make_record([-0.5, -1.5], 1)
     ref = pickle.loads(pickle.dumps(RecordRef(record)))  # lm-eval gathers metrics across ranks by pickling

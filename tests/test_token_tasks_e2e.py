@@ -11,8 +11,8 @@ import pytest
 from conftest import read_run, run_lm_eval
 
 from lm_eval_calib.data.wikitext import load_wikitext
-from lm_eval_calib.harness.records import records_to_data
 from lm_eval_calib.metrics import METRICS, compute_metric
+from lm_eval_calib.records import records_to_data
 
 
 def _args(model: str, folder: Path, tasks: str, out: Path, *extra: str) -> list[str]:

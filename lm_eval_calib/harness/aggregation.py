@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.records import records_to_data
 from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
 from lm_eval_calib.metrics import bootstrap_stderr, compute_metric, small_sample_warning
+from lm_eval_calib.records import records_to_data
 
 logger = logging.getLogger("lm_eval_calib")
 

@@ -15,8 +15,8 @@ from lm_eval.api.task import ConfigurableTask
 from lm_eval_calib.harness import stderr
 from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.records import RECORD_KEY, RecordRef
 from lm_eval_calib.metrics import METRICS
+from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef
 
 stderr.install()
 
@@ -54,7 +54,7 @@ class CalibrationTaskBase(ConfigurableTask):
     def record_values(self, record: dict[str, Any]) -> dict[str, Any]:
         """Per-document values of the record keys: the record once, references to it elsewhere."""
         reference = RecordRef(record)
-        return {key: record if key == RECORD_KEY else reference for key in self.record_keys}
+        return {key: record if key == RECORD_LOG_KEY else reference for key in self.record_keys}
 
     def aggregation(self) -> dict:
         return self._aggregations

@@ -17,7 +17,8 @@ from lm_eval.api.metrics import mean
 from lm_eval.api.samplers import FirstNSampler
 
 from lm_eval_calib.harness.base import CalibrationTaskBase, metric_keys
-from lm_eval_calib.harness.records import make_record, option_logliks
+from lm_eval_calib.harness.results import option_logliks
+from lm_eval_calib.records import make_record
 
 # ``acc`` keeps lm-eval's own per-document 0/1 value and mean aggregation, so it is bit-for-bit the
 # accuracy lm-eval reports for the same prompts; every other metric aggregates the records.

@@ -15,25 +15,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-
 from lm_eval_calib.harness import preflight
 from lm_eval_calib.harness.base import CalibrationTaskBase
-from lm_eval_calib.harness.records import ModelOutputError
+from lm_eval_calib.harness.results import ModelOutputError
 from lm_eval_calib.models.token_stats import token_stats_of
+from lm_eval_calib.records import token_record
 
 preflight.install()
-
-
-def token_record(confidence: np.ndarray, correct: np.ndarray, nll: np.ndarray, category: Any) -> dict:
-    """A JSON-able record of scored tokens (lists, one entry per token)."""
-    return {
-        "confidence": confidence.tolist(),
-        "correct": correct.astype(int).tolist(),
-        "brier": ((confidence - correct) ** 2).tolist(),  # top-label (binary) Brier: no full distribution
-        "nll": nll.tolist(),
-        "category": category,
-    }
 
 
 class TokenCalibrationTask(CalibrationTaskBase):

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.records import RECORD_KEY, records_to_data
 from lm_eval_calib.metrics import CalibrationData, CalibrationInputError, OptionScores
+from lm_eval_calib.records import RECORD_LOG_KEY, records_to_data
 from lm_eval_calib.report.labels import resolve_label
 
 TASK_PREFIX = "calib_"
@@ -80,13 +80,13 @@ def read_records(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line).get(RECORD_KEY)
+                record = json.loads(line).get(RECORD_LOG_KEY)
             except (json.JSONDecodeError, AttributeError) as exc:
                 raise ReportInputError(f"{path} line {number} is not a JSON object ({exc})") from exc
             if not isinstance(record, dict) or "confidence" not in record:
                 raise ReportInputError(
-                    f"{path} line {number} has no calibration record under {RECORD_KEY!r}; was it written by "
-                    "an lm-eval-calib task with --log_samples?"
+                    f"{path} line {number} has no calibration record under {RECORD_LOG_KEY!r}; was it "
+                    "written by an lm-eval-calib task with --log_samples?"
                 )
             records.append(record)
     if not records:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lm_eval_calib.harness.records import RECORD_KEY, records_to_data
 from lm_eval_calib.metrics import METRICS, CalibrationData
 from lm_eval_calib.metrics.paired import PairedDifference, paired_difference
+from lm_eval_calib.records import RECORD_LOG_KEY, records_to_data
 from lm_eval_calib.study.config import FindingSpec
 
 MIN_DOCUMENTS = 10
@@ -38,7 +38,7 @@ def read_documents(folder: Path, task: str) -> dict[object, dict]:
     for line in files[-1].read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            documents[row["doc_id"]] = row[RECORD_KEY]
+            documents[row["doc_id"]] = row[RECORD_LOG_KEY]
     return documents
 
 

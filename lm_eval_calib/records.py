@@ -1,13 +1,28 @@
-"""Per-document calibration records: what a task emits for each document and what gets logged.
+"""The per-document calibration record: the contract between a calibration task and everything after it.
 
-A record is a plain JSON-able dict so that ``--log_samples`` output is enough to rebuild every metric (and
-the reliability diagrams) later without re-running the model. Nothing in it is MMLU-specific: ``category``
-is whatever breakdown the task has (an MMLU subject, a LAMA relation).
+A task writes one record per lm-eval document; lm-eval logs it with ``--log_samples`` under
+:data:`RECORD_LOG_KEY`; the aggregations, the report and the study read it back. The record is a plain
+JSON-able dict, so a samples file is enough to rebuild every metric and diagram without the model.
+
+Schema (one of two shapes; ``category`` is whatever breakdown the task has, or ``null``):
+
+Option record (one item: a question with options, written by :func:`make_record`)::
+
+    {"confidence": 0.61, "correct": 1, "brier": 0.21, "nll": 0.49,   # top-label values of the item
+     "target": 2, "prediction": 2,                                    # gold and argmax option index
+     "probs": [...], "loglik": [...],                                 # per option: softmax, log-likelihood
+     "category": "anatomy"}
+
+Token record (many items: the scored tokens of a document, written by :func:`token_record`)::
+
+    {"confidence": [...], "correct": [...], "brier": [...], "nll": [...],   # one entry per token
+     "category": null}
+
+Every item weighs the same when records are pooled (:func:`records_to_data`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,39 +31,13 @@ from scipy.special import softmax
 
 from lm_eval_calib.metrics import CalibrationData
 
-
-class ModelOutputError(RuntimeError):
-    """The model's log-likelihood results cannot be scored (missing, malformed or NaN)."""
-
-
-def option_logliks(results: Sequence[Any], n_options: int, task: str, doc_id: Any) -> list[float]:
-    """Extract the per-option log-likelihoods from lm-eval's ``(loglikelihood, is_greedy)`` results."""
-    if results is None or len(results) != n_options:
-        got = "nothing" if results is None else f"{len(results)} result(s)"
-        raise ModelOutputError(
-            f"{task}: document {doc_id} has {n_options} options but the model returned {got}. Calibration "
-            "tasks need a model that implements loglikelihood() (e.g. --model hf); generation-only "
-            "models cannot be scored."
-        )
-    values = []
-    for option, result in enumerate(results):
-        value = result[0] if isinstance(result, (tuple, list)) else result
-        if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
-            raise ModelOutputError(
-                f"{task}: document {doc_id} option {option}: the model returned {result!r} instead of a "
-                "(log-likelihood, is_greedy) pair; use a model that implements loglikelihood()."
-            )
-        if not math.isfinite(float(value)):
-            raise ModelOutputError(
-                f"{task}: document {doc_id} option {option}: log-likelihood is {float(value)}. The model "
-                "produced non-finite scores: check its weights and dtype (try dtype=float32)."
-            )
-        values.append(float(value))
-    return values
+RECORD_LOG_KEY = "ece"
+"""The metric key under which lm-eval logs a document's full record in ``--log_samples`` output; every
+other calibration metric key logs a :class:`RecordRef` (printed as ``"see 'ece'"``)."""
 
 
 def make_record(logliks: Sequence[float], target: int, category: str | None = None) -> dict[str, Any]:
-    """Turn one document's option log-likelihoods into its calibration record."""
+    """The option record of one document from its per-option log-likelihoods and gold option index."""
     item = CalibrationData.from_option_logprobs([logliks], [target])
     lls = np.asarray(logliks, dtype=np.float64)
     probs = softmax(lls)
@@ -65,12 +54,19 @@ def make_record(logliks: Sequence[float], target: int, category: str | None = No
     }
 
 
-RECORD_KEY = "ece"
-"""The metric key whose logged value is the full record; every other calibration key logs a reference."""
+def token_record(confidence: np.ndarray, correct: np.ndarray, nll: np.ndarray, category: Any) -> dict:
+    """The token record of one document (lists, one entry per scored token)."""
+    return {
+        "confidence": confidence.tolist(),
+        "correct": correct.astype(int).tolist(),
+        "brier": ((confidence - correct) ** 2).tolist(),  # top-label (binary) Brier: no full distribution
+        "nll": nll.tolist(),
+        "category": category,
+    }
 
 
 class RecordRef:
-    """Stands in for a document's record under every calibration metric key but :data:`RECORD_KEY`.
+    """Stands in for a document's record under every calibration metric key but :data:`RECORD_LOG_KEY`.
 
     lm-eval logs each metric's per-document value into ``--log_samples``; without this the same record would
     be written once per metric (11 times). lm-eval serialises unknown objects with ``str()``, so the log shows
@@ -83,7 +79,7 @@ class RecordRef:
         self.record = record
 
     def __str__(self) -> str:
-        return f"see {RECORD_KEY!r}"
+        return f"see {RECORD_LOG_KEY!r}"
 
     __repr__ = __str__
 
