@@ -35,6 +35,21 @@ RECORD_LOG_KEY = "ece"
 """The metric key under which lm-eval logs a document's full record in ``--log_samples`` output; every
 other calibration metric key logs a :class:`RecordRef` (printed as ``"see 'ece'"``)."""
 
+NORM_SUFFIX = "_norm"
+"""Result-key suffix of the calibration of lm-eval's ``acc_norm`` prediction rule (``ece_norm``, ...); its
+record is logged under ``RECORD_LOG_KEY + NORM_SUFFIX``."""
+
+
+def length_normalised(logliks: Sequence[float], choices: Sequence[str]) -> list[float]:
+    """lm-eval's ``acc_norm`` scores: each option's log-likelihood divided by its choice's length in
+    characters (``len(choice)``, without the target delimiter), exactly as lm-eval 0.4's
+    ``ConfigurableTask.process_results`` computes ``pred_norm`` (an empty choice counts as length 1 where
+    lm-eval would divide by zero). A record built from these scores
+    (:func:`make_record`) has confidence ``softmax(ll_i / len_i)`` at the ``acc_norm`` prediction."""
+    if len(logliks) != len(choices):
+        raise ValueError(f"{len(logliks)} log-likelihoods for {len(choices)} choices")
+    return [float(ll) / max(float(len(choice)), 1.0) for ll, choice in zip(logliks, choices, strict=True)]
+
 
 def make_record(logliks: Sequence[float], target: int, category: str | None = None) -> dict[str, Any]:
     """The option record of one document from its per-option log-likelihoods and gold option index."""
