@@ -1,4 +1,8 @@
-"""Regenerate the thin per-subject YAMLs: ``python tasks/mmlu/_generate_configs.py``."""
+"""Regenerate the thin per-subject YAMLs: ``python tasks/mmlu/_generate_configs.py``.
+
+One template (``_calib_mmlu_template_yaml``), 57 generated files, as lm-eval's own ``mmlu`` does; a test
+regenerates them into a temporary folder and compares, so the committed files never drift from this script.
+"""
 
 from pathlib import Path
 
@@ -13,7 +17,16 @@ dataset_kwargs:
   subject: {subject}
 """
 
-if __name__ == "__main__":
-    here = Path(__file__).resolve().parent
+
+def generate(folder: Path) -> list[Path]:
+    """Write one ``calib_mmlu_<subject>.yaml`` per MMLU subject into ``folder``; return the paths."""
+    paths = []
     for subject in SUBJECTS:
-        (here / f"calib_mmlu_{subject}.yaml").write_text(TEMPLATE.format(subject=subject))
+        path = folder / f"calib_mmlu_{subject}.yaml"
+        path.write_text(TEMPLATE.format(subject=subject))
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    generate(Path(__file__).resolve().parent)
