@@ -118,3 +118,184 @@ def test_record_reference_pickles_and_unwraps():
     ref = pickle.loads(pickle.dumps(RecordRef(record)))  # lm-eval gathers metrics across ranks by pickling
     assert record_of(ref) == record and str(ref) == "see 'ece'"
     assert records_to_data([ref]).confidence.tolist() == records_to_data([record]).confidence.tolist()
+
+
+def _mc_task(tmp_path, n_options: int):
+    """A generic multiple-choice CalibrationTask over a two-document JSON file; the second document has
+    ``n_options`` choices."""
+    import json
+
+    from lm_eval_calib.harness.task import CalibrationTask
+
+    path = tmp_path / "docs.jsonl"
+    docs = [{"q": "two", "choices": ["yes", "no"], "gold": 0}]
+    docs.append({"q": "few", "choices": ["yes", "no", "maybe"][:n_options], "gold": 0})
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    config = {
+        "task": "calib_tiny_mc",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{q}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{gold}}",
+    }
+    task = CalibrationTask(config=config)
+    return task, list(task.test_docs())
+
+
+@pytest.mark.parametrize("n_options", [0, 1])
+def test_one_option_documents_are_refused_naming_the_task(n_options, tmp_path):
+    """With one option, confidence is 1 and the answer always 'right': acc 1, ECE 0, whatever the model."""
+    task, (good, bad) = _mc_task(tmp_path, n_options)
+    assert len(task.construct_requests(good, "two")) == 2
+    with pytest.raises(ValueError) as before_inference:
+        task.construct_requests(bad, "few")
+    with pytest.raises(ValueError) as after_inference:
+        task.process_results(bad, [(-0.5, True)] * n_options)
+    for info in (before_inference, after_inference):
+        message = str(info.value)
+        assert message.startswith("calib_tiny_mc: document 'few' has") and "at least two options" in message
+
+
+def test_two_option_documents_are_scored(tmp_path):
+    task, (_, doc) = _mc_task(tmp_path, 2)
+    values = task.process_results(doc, [(-0.5, True), (-1.5, False)])
+    assert values["acc"] == 1.0 and values["ece"]["probs"] == pytest.approx([0.7310585786, 0.2689414214])
+
+
+@pytest.mark.parametrize("raw", [0, False, "", [], 5, "n_bins=3", ["n_bins", 3]])
+def test_calibration_metadata_must_be_a_mapping(raw):
+    """``raw or {}`` let 0, false, "" and [] pass silently as "defaults"."""
+    with pytest.raises(ValueError, match=r"metadata\['calibration'\] must be a mapping"):
+        CalibrationOptions.from_metadata({"calibration": raw})
+
+
+def test_calibration_null_or_empty_means_defaults():
+    assert CalibrationOptions.from_metadata({"calibration": None}) == CalibrationOptions()
+    assert CalibrationOptions.from_metadata({"calibration": {}}) == CalibrationOptions()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"n_bins": 1_000_000}, "'n_bins' must be a positive integer (1 to 1000), got 1000000"),
+        ({"n_bins": 1001}, "'n_bins' must be a positive integer (1 to 1000)"),
+        ({"max_bootstrap": 10**9}, "'max_bootstrap' must be an integer from 0 (no stderrs) to 10000"),
+        ({"max_bootstrap": 10_001}, "'max_bootstrap' must be an integer from 0 (no stderrs) to 10000"),
+        ({"max_bootstrap": -1}, "'max_bootstrap' must be an integer from 0 (no stderrs) to 10000"),
+        ({"max_bootstrap": 1.5}, "'max_bootstrap' must be an integer from 0 (no stderrs) to 10000"),
+        ({"bootstrap_seed": -1}, "'bootstrap_seed' must be an integer >= 0"),
+    ],
+)
+def test_option_bounds_are_checked_before_inference(raw, message):
+    """``n_bins: 1000000`` ran inference, then the bootstrap asked for 22 GiB and the run was lost."""
+    with pytest.raises(ValueError) as info:
+        CalibrationOptions.from_metadata({"calibration": raw})
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("raw", [{"n_bins": 1000}, {"max_bootstrap": 10_000}, {"max_bootstrap": 0}])
+def test_option_bounds_are_inclusive(raw):
+    assert CalibrationOptions.from_metadata({"calibration": raw}) == CalibrationOptions(**raw)
+
+
+def test_max_bootstrap_zero_means_no_stderr():
+    """The lm_eval CLI has no --bootstrap_iters; ``max_bootstrap: 0`` turns our stderrs off instead."""
+    stderr.install()
+    import lm_eval.evaluator_utils as evaluator_utils
+
+    aggregate = make_aggregation("ece", CalibrationOptions(max_bootstrap=0), "t")
+    records = [make_record([0.0, -1.0], 0), make_record([-1.0, 0.0], 0)]
+    assert evaluator_utils.stderr_for_metric(aggregate, 100000)(records) == "N/A"  # as lm-eval writes it
+    assert aggregate(records) == compute_metric("ece", records_to_data(records))
+
+
+_GOOD = {"confidence": [0.5], "correct": [1], "brier": [0.25], "nll": [0.7]}
+
+
+@pytest.mark.parametrize(
+    ("records", "error"),
+    [
+        ([_GOOD, _GOOD | {"confidence": [float("nan")]}], "CalibrationInputError"),
+        ([_GOOD, _GOOD | {"confidence": [1.5]}], "CalibrationInputError"),
+        ([_GOOD, {"correct": [1]}], "KeyError"),
+        ([], "ValueError"),
+    ],
+    ids=["nan", "out_of_range", "missing_key", "empty"],
+)
+@pytest.mark.parametrize("key", ["ece", "smece", "auroc"])
+def test_a_failing_aggregation_is_nan_and_one_clear_error(key, records, error, caplog):
+    """An aggregation error must not abort lm-eval before it writes results and samples."""
+    aggregate = make_aggregation(key, CalibrationOptions(max_bootstrap=20), "calib_x")
+    with caplog.at_level("ERROR", logger="lm_eval_calib"):
+        value = aggregate(records)
+        stderr_value = getattr(aggregate, stderr.STDERR_ATTRIBUTE)(records, n_resamples=20)
+    assert math.isnan(value) and math.isnan(stderr_value)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors  # one error per failing metric: its stderr's repeat goes to debug
+    assert errors[0].startswith(f"[calib_x] {key}: aggregation failed ({error}")
+    assert "reported as NaN" in errors[0] and "--log_samples" in errors[0]
+
+
+def test_a_failing_metric_loses_nothing_in_a_real_run(
+    tiny_model_dir, data_root, monkeypatch, caplog, tmp_path
+):
+    """A real lm-eval run (tiny Llama, calib_mmlu_anatomy) in which one metric's aggregation and stderr fail.
+
+    Failure injection: our own ``compute_metric`` / ``bootstrap_stderr``, as the aggregation module calls
+    them, raise the MemoryError that ``n_bins: 1000000`` used to provoke, for ``ece_em`` only. Everything
+    else is real, and the results and samples are written by lm-eval's own EvaluationTracker, as the CLI
+    does.
+    """
+    import lm_eval
+    from conftest import read_run
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_calib.harness import aggregation
+
+    def fail_for_ece_em(real):
+        def injected(key, *args, **kwargs):
+            if key == "ece_em":
+                raise MemoryError("Unable to allocate 22.4 GiB for an array (injected)")
+            return real(key, *args, **kwargs)
+
+        return injected
+
+    monkeypatch.setattr(aggregation, "compute_metric", fail_for_ece_em(aggregation.compute_metric))
+    monkeypatch.setattr(aggregation, "bootstrap_stderr", fail_for_ece_em(aggregation.bootstrap_stderr))
+    manager = TaskManager(  # only this package's tasks: indexing lm-eval's thousands of YAMLs costs ~15 s
+        include_defaults=False, metadata={"data_dir": str(data_root), "calibration": {"max_bootstrap": 20}}
+    )
+    with caplog.at_level("ERROR", logger="lm_eval_calib"):
+        out = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=f"pretrained={tiny_model_dir},dtype=float32",
+            tasks=["calib_mmlu_anatomy"],
+            num_fewshot=0,
+            limit=4,
+            batch_size=4,
+            device="cpu",
+            log_samples=True,
+            task_manager=manager,
+        )
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("[calib_mmlu_anatomy] ece_em: aggregation failed")
+    assert "MemoryError: Unable to allocate 22.4 GiB" in errors[0]
+
+    tracker = EvaluationTracker(output_path=str(tmp_path))
+    samples = out.pop("samples")
+    tracker.save_results_aggregated(results=out, samples=samples)
+    tracker.save_results_samples(task_name="calib_mmlu_anatomy", samples=samples["calib_mmlu_anatomy"])
+    results, logged = read_run(tmp_path)
+    task = results["results"]["calib_mmlu_anatomy"]
+    assert math.isnan(task["ece_em,none"]) and math.isnan(task["ece_em_stderr,none"])
+    rows = logged["calib_mmlu_anatomy"]
+    assert len(rows) == 4 and all(len(row["ece"]["loglik"]) == 4 for row in rows)
+    data = records_to_data([row["ece"] for row in rows])
+    for key in ("acc", "ece", "brier", "nll"):
+        assert math.isfinite(task[f"{key},none"]) and math.isfinite(task[f"{key}_stderr,none"]), key
+    assert task["ece,none"] == pytest.approx(compute_metric("ece", data), abs=1e-12)

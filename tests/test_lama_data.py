@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from lm_eval_calib.data.lama import (
     split_template,
 )
 from lm_eval_calib.data.root import DATA_ENV, DataNotFoundError
+
+REPO = Path(__file__).resolve().parents[1]
 
 SUFFIX_RELATIONS = {
     "P27": " citizen",
@@ -242,3 +246,77 @@ def test_atomic_download_never_leaves_partial_file(data_root, monkeypatch, tmp_p
     with pytest.raises(OSError):
         download_atomic((tmp_path / "missing.jsonl").as_uri(), other)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["P19.jsonl"]
+
+
+@pytest.mark.parametrize("relations", [[], (), 5, [1], ["P19", None], {"P19": 1}])
+def test_relations_option_must_list_relations(relations, data_root):
+    """``relations: []`` crashed inside `datasets` with an IndexError naming nothing."""
+    with pytest.raises(ValueError, match=r"relations (is an empty list|must be a relation id)"):
+        load_local(data_root, relations=relations)
+    with pytest.raises(ValueError, match=r"relations (is an empty list|must be a relation id)"):
+        load_lama(str(data_root), relations=relations)
+
+
+def _single_object_relation(data_root: Path, target: Path, n_objects: int) -> Path:
+    """P30 (continent) cut to its facts about the first ``n_objects`` objects."""
+    root = _copy(data_root, target, ["P30"])
+    path = root / "lama_trex" / "facts" / "P30.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    keep = sorted({json.loads(line)["obj_label"] for line in lines})[:n_objects]
+    path.write_text("".join(line for line in lines if json.loads(line)["obj_label"] in keep))
+    return root
+
+
+@pytest.mark.parametrize("n_distractors", [1, 9, "all"])
+def test_one_option_facts_are_refused_for_multiple_choice(n_distractors, data_root, tmp_path):
+    root = _single_object_relation(data_root, tmp_path, 1)
+    with pytest.raises(ValueError) as info:
+        load_local(root, n_distractors=n_distractors, relations=["P30"], min_options=2)
+    message = str(info.value)
+    assert "P30.jsonl: relation P30 has 1 distinct object(s)" in message and "at least 2" in message
+    # the open-vocabulary task does not score options: one per fact is fine there
+    assert len(load_local(root, n_distractors=n_distractors, relations=["P30"])["test"]) > 0
+    two = _single_object_relation(data_root, tmp_path / "two", 2)
+    rows = load_local(two, n_distractors=n_distractors, relations=["P30"], min_options=2)["test"]
+    assert {len(options) for options in rows["options"]} == {2}
+
+
+def test_zero_distractors_are_refused_before_reading(tmp_path):
+    with pytest.raises(ValueError, match=r"n_distractors=0 gives every fact 1 option\(s\).*at least 2"):
+        load_lama(str(tmp_path / "missing"), n_distractors=0, min_options=2)  # no data needed to say so
+
+
+def _facts_utils():
+    spec = importlib.util.spec_from_file_location("_calib_facts_utils", REPO / "tasks" / "facts" / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("facts", [0, False, "", [], "n_distractors=3", 5])
+def test_facts_metadata_must_be_a_mapping(facts, data_root):
+    with pytest.raises(ValueError, match="--metadata 'facts' must be a mapping"):
+        _facts_utils().load_dataset(data_dir=str(data_root), facts=facts)
+
+
+@pytest.mark.parametrize(
+    ("facts", "message"),
+    [
+        ({"relations": []}, "relations is an empty list"),
+        ({"n_distractors": 0}, "n_distractors=0 gives every fact 1 option"),
+        ({"n_distractors": -2}, "n_distractors must be an int >= 0"),
+        ({"relations": ["P19"], "n_distractor": 3}, "unknown facts option(s) 'n_distractor'"),
+    ],
+)
+def test_facts_task_options_are_named(facts, message, data_root):
+    with pytest.raises(ValueError) as info:
+        _facts_utils().load_dataset(data_dir=str(data_root), facts=facts)
+    assert message in str(info.value)
+
+
+def test_open_task_keeps_one_option_per_fact(data_root):
+    utils = _facts_utils()
+    rows = utils.load_open_dataset(data_dir=str(data_root), facts={"relations": ["P30"]})["test"]
+    assert len(rows) == 959 and all(len(options) == 1 for options in rows["options"])
+    with pytest.raises(ValueError, match="relations is an empty list"):
+        utils.load_open_dataset(data_dir=str(data_root), facts={"relations": []})

@@ -82,3 +82,82 @@ def test_hub_failure_explains_offline_route():
     # The tests run with HF_DATASETS_OFFLINE=1 (conftest), as on this project's machines.
     with pytest.raises(DataNotFoundError, match="LM_EVAL_CALIB_DATA"):
         load_mmlu(None, "anatomy")
+
+
+def _one_subject_root(data_root: Path, tmp_path: Path, last_row: str) -> tuple[Path, Path]:
+    """anatomy with a test CSV of three good rows and ``last_row`` on line 4."""
+    root = _copy_subjects(data_root, tmp_path, ["anatomy"])
+    path = root / "mmlu" / "test" / "anatomy_test.csv"
+    path.write_text('q1,a,b,c,d,A\nq2,a,b,c,d,B\n"q3",a,b,c,d, D \n' + last_row + "\n", encoding="utf-8")
+    return root, path
+
+
+@pytest.mark.parametrize("answer", ["", " ", "CD", "ABCD", "AB", "BC", "a", "E", "1", "A B", "A.", '"A,B"'])
+def test_answer_must_be_exactly_one_letter(answer, data_root, tmp_path):
+    """A substring test accepted "" (scored as A), "CD" and "ABCD"; each is now a broken row."""
+    root, path = _one_subject_root(data_root, tmp_path, f"q4,a,b,c,d,{answer}")
+    with pytest.raises(DataNotFoundError) as info:
+        load_local(root, "anatomy")
+    message = str(info.value)
+    assert f"{path}: malformed MMLU row ending at line 4" in message
+    assert "must be exactly one of A, B, C, D" in message and "got answer" in message
+
+
+@pytest.mark.parametrize(("answer", "index"), [("A", 0), ("B", 1), (" C", 2), ("D ", 3)])
+def test_each_single_letter_is_its_index(answer, index, data_root, tmp_path):
+    root, _ = _one_subject_root(data_root, tmp_path, f"q4,a,b,c,d,{answer}")
+    assert load_local(root, "anatomy")["test"]["answer"] == [0, 1, 3, index]
+
+
+def _hub_copy(folder: Path, test_rows: dict[str, list]) -> Path:
+    """A hub-layout snapshot of cais/mmlu with one config, ``anatomy``, as ``load_dataset`` reads offline."""
+    import datasets
+
+    good = {"question": ["q"], "subject": ["anatomy"], "choices": [["a", "b", "c", "d"]], "answer": [0]}
+    for split, rows in (("test", test_rows), ("validation", good), ("dev", good)):
+        (folder / "anatomy").mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_dict(rows).to_parquet(folder / "anatomy" / f"{split}-00000-of-00001.parquet")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: anatomy\n  data_files:\n"
+        + "".join(f"  - split: {s}\n    path: anatomy/{s}-*\n" for s in ("test", "validation", "dev"))
+        + "---\n"
+    )
+    return folder
+
+
+def test_hub_copy_of_the_shared_root_loads(data_root, monkeypatch):
+    from lm_eval_calib.data import mmlu
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setattr(mmlu, "HUB_PATH", str(data_root / "hub" / "cais" / "mmlu"))  # the hub, offline
+    hub = load_mmlu(None, "anatomy")
+    assert hub["test"].to_list() == load_local(data_root, "anatomy")["test"].to_list()
+
+
+@pytest.mark.parametrize(
+    ("choices", "answer", "problem"),
+    [
+        (["a", "b", "c", "d"], 4, "answer 4"),
+        (["a", "b", "c", "d"], -1, "answer -1"),
+        (["a", "b", "c"], 0, "3 choices"),
+        (["a", "b", "c", "d", "e"], 0, "5 choices"),
+    ],
+)
+def test_hub_copy_rows_are_checked_too(choices, answer, problem, monkeypatch, tmp_path):
+    from lm_eval_calib.data import mmlu
+
+    rows = {
+        "question": ["q1", "q2", "q3"],
+        "subject": ["anatomy"] * 3,
+        "choices": [["a", "b", "c", "d"], ["a", "b", "c", "d"], choices],
+        "answer": [1, 2, answer],
+    }
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    # a folder name of its own: `datasets` caches a local snapshot by its name, not by its content
+    hub = _hub_copy(tmp_path / f"hub_{problem.replace(' ', '_')}", rows)
+    monkeypatch.setattr(mmlu, "HUB_PATH", str(hub))
+    with pytest.raises(DataNotFoundError) as info:
+        load_mmlu(None, "anatomy")
+    message = str(info.value)
+    assert "config 'anatomy' split 'test' row 2" in message and problem in message
+    assert "4 choices and an answer index 0-3" in message

@@ -110,3 +110,62 @@ def test_plain_hf_is_refused_before_inference(tiny_model_dir, data_root, tmp_pat
     assert proc.returncode != 0
     assert "need per-token statistics" in proc.stderr and "--model hf-calib" in proc.stderr
     assert "Running loglikelihood" not in proc.stderr and not list(tmp_path.rglob("results_*.json"))
+
+
+@pytest.fixture(scope="module")
+def nan_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Llama saved with NaN final-norm weights: every logit, hence every token statistic, is NaN."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("nan-llama")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("task", "limit"), [("calib_facts_open", 2), ("calib_clm", 1)])
+def test_nan_token_statistics_name_the_task_and_the_fix(task, limit, nan_model_dir, data_root):
+    """A real hf-calib run on a broken model: the error comes from the task's record, naming task and fix,
+    instead of an aggregation error naming no task (which now would only log and report NaN)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_calib.harness.results import ModelOutputError
+
+    metadata = {"data_dir": str(data_root), "facts": {"relations": ["P30"]}}  # one small relation
+    # only this package's tasks: indexing lm-eval's thousands of YAMLs is slow
+    manager = TaskManager(include_defaults=False, metadata=metadata)
+    with pytest.raises(ModelOutputError) as info:
+        lm_eval.simple_evaluate(
+            model="hf-calib",
+            model_args=f"pretrained={nan_model_dir},dtype=float32",
+            tasks=[task],
+            limit=limit,
+            batch_size=4,
+            device="cpu",
+            task_manager=manager,
+        )
+    message = str(info.value)
+    assert message.startswith(f"{task}: document ") and "non-finite token statistics" in message
+    assert "dtype=float32" in message and "nan" in message
+
+
+@pytest.mark.parametrize("field", ["token_logprobs", "top1_logprobs"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_first_non_finite_token_statistic(field, value):
+    from lm_eval_calib.models.token_stats import TokenStats
+
+    columns = {
+        "token_ids": [5, 6, 7],
+        "token_logprobs": [-1.0, -2.0, -0.5],
+        "top1_ids": [5, 9, 7],
+        "top1_logprobs": [-1.0, -0.1, -0.5],
+    }
+    assert TokenStats(**columns).first_non_finite() is None
+    columns[field] = [-1.0, value, value]
+    name, position, found = TokenStats(**columns).first_non_finite()
+    assert (name, position) == (field, 1) and (found == value or (math.isnan(found) and math.isnan(value)))

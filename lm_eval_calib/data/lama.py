@@ -28,16 +28,20 @@ duplicate (subject, object) lines of the source are kept, each with its own uuid
 - ``options``: the gold object plus ``n_distractors`` other distinct objects of the same relation, drawn
   without replacement; ``"all"`` takes every other object of the relation. A relation with fewer other
   objects than requested gives all of them (P30 has 5 distinct objects and P1303 has 6, so they have 5 and 6
-  options at the default 9). The draw and the order of the options are deterministic per fact: a numpy
-  Generator is seeded from a SHA-256 of ``(seed, uuid)`` (not Python's salted ``hash``), so the options do
-  not depend on the process, on ``relations``, or on the order of rows. The option order is shuffled
-  because argmax ties go to the first option. ``target`` is the index of the gold object. Options are
+  options at the default 9). Multiple-choice scoring needs at least two options per fact: with
+  ``min_options=2`` (what the ``calib_facts`` tasks pass), ``n_distractors=0`` and a relation with a single
+  distinct object are errors, not facts that are "right" at confidence 1 by construction. The draw and the
+  order of the options are deterministic per fact: a numpy Generator is seeded from a SHA-256 of
+  ``(seed, uuid)`` (not Python's salted ``hash``), so the options do not depend on the process, on
+  ``relations``, or on the order of rows. The option order is shuffled because argmax ties go to the first
+  option. ``target`` is the index of the gold object. Options are
   distinct strings, and the gold object appears exactly once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -48,7 +52,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from lm_eval_calib.data.root import DATA_ENV, DataNotFoundError, describe_missing, resolve_data_root
+from lm_eval_calib.data.root import (
+    DATA_ENV,
+    DataNotFoundError,
+    describe_missing,
+    read_text,
+    resolve_data_root,
+)
 
 CACHE_ENV = "LM_EVAL_CALIB_CACHE"
 FOLDER = "lama_trex"
@@ -85,10 +95,22 @@ _OFFLINE_HINT = (
 
 
 def _check_relations(relations: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The wanted relations in ``RELATIONS`` order. ``None`` means all; an empty list is an error, not an
+    empty dataset (which only fails later, inside ``datasets``, with an IndexError naming nothing)."""
     if relations is None:
         return RELATIONS
     if isinstance(relations, str):
         relations = [relations]
+    if not isinstance(relations, (list, tuple)) or any(not isinstance(r, str) for r in relations):
+        raise ValueError(
+            f"relations must be a relation id such as 'P19' or a list of them, got {relations!r}; "
+            "omit it (or null) for all 41 relations"
+        )
+    if not relations:
+        raise ValueError(
+            "relations is an empty list: no facts to score. Omit it (or null) for all 41 relations, or list "
+            f"some of: {', '.join(RELATIONS)}"
+        )
     unknown = [r for r in relations if r not in RELATIONS]
     if unknown:
         raise ValueError(
@@ -99,8 +121,12 @@ def _check_relations(relations: list[str] | tuple[str, ...] | None) -> tuple[str
     return tuple(r for r in RELATIONS if r in wanted)
 
 
-def _check_n_distractors(n_distractors: int | str) -> int | None:
-    """The number of distractors wanted, or None for all of them."""
+def _check_n_distractors(n_distractors: int | str, min_options: int = 1) -> int | None:
+    """The number of distractors wanted, or None for all of them.
+
+    ``min_options`` >= 2 (multiple-choice scoring) refuses 0 distractors: a fact with one option is always
+    "right" at confidence 1, so acc would be 1 and ECE 0 whatever the model knows.
+    """
     if n_distractors == "all":
         return None
     if (
@@ -109,29 +135,43 @@ def _check_n_distractors(n_distractors: int | str) -> int | None:
         or n_distractors < 0
     ):
         raise ValueError(f"n_distractors must be an int >= 0 or 'all', got {n_distractors!r}")
+    if 1 + n_distractors < min_options:
+        raise ValueError(
+            f"n_distractors={n_distractors} gives every fact {1 + n_distractors} option(s), but "
+            f"multiple-choice scoring needs at least {min_options} (with one option every answer is right at "
+            "confidence 1: "
+            "acc 1, ECE 0). Use n_distractors >= 1 (default 9) or 'all'."
+        )
     return int(n_distractors)
+
+
+def _check_min_options(min_options: int) -> int:
+    if isinstance(min_options, bool) or not isinstance(min_options, (int, np.integer)) or min_options < 1:
+        raise ValueError(f"min_options must be an int >= 1, got {min_options!r}")
+    return int(min_options)
 
 
 def _read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
     """Parse a JSON-lines file, rejecting bad lines (or lines without ``keys``) with their line number."""
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataNotFoundError(
-                    f"{path}: line {number} is not valid JSON ({exc.msg}). Restore the verbatim file "
-                    "(see SOURCE.md)."
-                ) from exc
-            if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
-                raise DataNotFoundError(
-                    f"{path}: line {number} lacks string field(s) {', '.join(keys)}. Restore the verbatim "
-                    "file (see SOURCE.md)."
-                )
-            rows.append(row)
+    text = read_text(path, "restore the verbatim file (see SOURCE.md).")
+    # Only "\n" ends a line (str.splitlines would also split at U+2028 inside a JSON string).
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataNotFoundError(
+                f"{path}: line {number} is not valid JSON ({exc.msg}). Restore the verbatim file "
+                "(see SOURCE.md)."
+            ) from exc
+        if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
+            raise DataNotFoundError(
+                f"{path}: line {number} lacks string field(s) {', '.join(keys)}. Restore the verbatim "
+                "file (see SOURCE.md)."
+            )
+        rows.append(row)
     if not rows:
         raise DataNotFoundError(f"{path}: no rows; restore the verbatim file (see SOURCE.md).")
     return rows
@@ -183,10 +223,18 @@ def load_folder(
     n_distractors: int | str = 9,
     seed: int = 1234,
     relations: list[str] | tuple[str, ...] | None = None,
+    min_options: int = 1,
 ) -> datasets.DatasetDict:
-    """Load from a folder laid out like ``ROOT/lama_trex`` (``relations.jsonl``, ``facts/P<id>.jsonl``)."""
+    """Load from a folder laid out like ``ROOT/lama_trex`` (``relations.jsonl``, ``facts/P<id>.jsonl``).
+
+    ``min_options``: the fewest options a fact may have. Multiple-choice tasks pass 2; a relation whose facts
+    would get fewer (a relation with a single distinct object) is then an error naming it, rather than
+    facts scored "right" at confidence 1 by construction. The open-vocabulary task ignores options and
+    keeps the default 1.
+    """
     wanted = _check_relations(relations)
-    k = _check_n_distractors(n_distractors)
+    min_options = _check_min_options(min_options)
+    k = _check_n_distractors(n_distractors, min_options)
     missing = [p for p in _expected_files(base, wanted) if not p.is_file()]
     if missing:
         raise DataNotFoundError(
@@ -213,6 +261,14 @@ def load_folder(
             raise DataNotFoundError(f"{base / RELATIONS_FILE}: relation {relation}: {exc}") from exc
         facts = _read_jsonl(path, ("sub_label", "obj_label", "uuid"))
         objects = sorted({f["obj_label"] for f in facts})
+        n_options = len(objects) if k is None else min(1 + k, len(objects))
+        if n_options < min_options:
+            raise ValueError(
+                f"{path}: relation {relation} has {len(objects)} distinct object(s) "
+                f"({', '.join(map(repr, objects[:3]))}), so its facts would get {n_options} option(s); "
+                f"multiple-choice scoring needs at least {min_options}. Leave {relation} out with the "
+                "relations option, or restore the verbatim file (see SOURCE.md)."
+            )
         index = {obj: i for i, obj in enumerate(objects)}
         for fact in facts:
             options, target = _draw_options(fact["obj_label"], objects, index, k, _rng(seed, fact["uuid"]))
@@ -234,9 +290,10 @@ def load_local(
     n_distractors: int | str = 9,
     seed: int = 1234,
     relations: list[str] | tuple[str, ...] | None = None,
+    min_options: int = 1,
 ) -> datasets.DatasetDict:
     """Load from a local data root (``root/lama_trex``)."""
-    return load_folder(Path(root) / FOLDER, n_distractors, seed, relations)
+    return load_folder(Path(root) / FOLDER, n_distractors, seed, relations, min_options)
 
 
 def cache_dir() -> Path:
@@ -305,11 +362,13 @@ def load_lama(
     n_distractors: int | str = 9,
     seed: int = 1234,
     relations: list[str] | tuple[str, ...] | None = None,
+    min_options: int = 1,
 ) -> datasets.DatasetDict:
     """LAMA T-REx from the local data root when one is configured, else from the download cache.
 
-    Returns a DatasetDict with one split ``test`` and the columns in ``COLUMNS``.
+    Returns a DatasetDict with one split ``test`` and the columns in ``COLUMNS``. Options are checked before
+    anything is downloaded; ``min_options`` as in :func:`load_folder`.
     """
     _check_relations(relations)
-    _check_n_distractors(n_distractors)
-    return load_folder(_folder(data_dir, relations), n_distractors, seed, relations)
+    _check_n_distractors(n_distractors, _check_min_options(min_options))
+    return load_folder(_folder(data_dir, relations), n_distractors, seed, relations, min_options)

@@ -9,11 +9,12 @@ where the data came from.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import datasets
 
-from lm_eval_calib.data.root import DataNotFoundError, describe_missing, resolve_data_root
+from lm_eval_calib.data.root import DataNotFoundError, describe_missing, read_text, resolve_data_root
 
 HUB_PATH = "cais/mmlu"
 
@@ -37,7 +38,8 @@ SUBJECTS: tuple[str, ...] = (
 
 # hub split name -> (local folder, file suffix)
 _SPLITS = {"test": "test", "dev": "dev", "validation": "val"}
-_LETTERS = "ABCD"
+_LETTERS = ("A", "B", "C", "D")  # a tuple, not "ABCD": `in` must test the whole answer, not a substring
+_RESTORE = "Restore the file from the MMLU release (data.tar)."
 
 
 def _check_subject(subject: str | None) -> None:
@@ -46,24 +48,32 @@ def _check_subject(subject: str | None) -> None:
 
 
 def read_subject_csv(path: Path, subject: str) -> dict[str, list]:
-    """Parse one per-subject CSV into hub-schema columns, rejecting malformed rows with their line."""
+    """Parse one per-subject CSV into hub-schema columns, rejecting malformed rows with their line.
+
+    The answer must be exactly one of A, B, C, D (surrounding spaces allowed): an empty answer or ``CD`` is a
+    broken row, not a question to score as A or C.
+    """
     columns: dict[str, list] = {"question": [], "subject": [], "choices": [], "answer": []}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        for row in reader:
-            if len(row) != 6 or row[5].strip() not in _LETTERS:
-                raise DataNotFoundError(
-                    f"{path}: malformed MMLU row ending at line {reader.line_num}: expected 6 fields "
-                    f"(question, A, B, C, D, answer letter A-D), got {len(row)} field(s)"
-                    + (f" with answer {row[5]!r}" if len(row) == 6 else "")
-                    + ". Restore the file from the MMLU release (data.tar)."
-                )
-            columns["question"].append(row[0])
-            columns["subject"].append(subject)
-            columns["choices"].append(row[1:5])
-            columns["answer"].append(_LETTERS.index(row[5].strip()))
+    text = read_text(path, "restore the file from the MMLU release (data.tar).")
+    reader = csv.reader(io.StringIO(text, newline=""))  # newline="": quoted fields may hold line breaks
+    for row in reader:
+        if len(row) != 6:
+            raise DataNotFoundError(
+                f"{path}: malformed MMLU row ending at line {reader.line_num}: expected 6 fields "
+                f"(question, A, B, C, D, answer letter A-D), got {len(row)} field(s). " + _RESTORE
+            )
+        answer = row[5].strip()
+        if answer not in _LETTERS:
+            raise DataNotFoundError(
+                f"{path}: malformed MMLU row ending at line {reader.line_num}: the answer (6th field) must "
+                f"be exactly one of A, B, C, D; got answer {row[5]!r}. " + _RESTORE
+            )
+        columns["question"].append(row[0])
+        columns["subject"].append(subject)
+        columns["choices"].append(row[1:5])
+        columns["answer"].append(_LETTERS.index(answer))
     if not columns["question"]:
-        raise DataNotFoundError(f"{path}: no rows; restore the file from the MMLU release (data.tar).")
+        raise DataNotFoundError(f"{path}: no rows. " + _RESTORE)
     return columns
 
 
@@ -104,8 +114,39 @@ def load_hub(subject: str | None = None) -> datasets.DatasetDict:
             f"could not load {HUB_PATH!r} from the hub ({type(exc).__name__}: {exc}). Offline? Set "
             "LM_EVAL_CALIB_DATA=ROOT or --metadata '{\"data_dir\": ROOT}' with the CSVs under ROOT/mmlu/."
         ) from exc
+    config = subject or "all"
     columns = ["question", "subject", "choices", "answer"]
-    return datasets.DatasetDict({split: loaded[split].select_columns(columns) for split in _SPLITS})
+    splits = {}
+    for split in _SPLITS:
+        where = f"{HUB_PATH!r} config {config!r} split {split!r}"
+        if split not in loaded:
+            raise DataNotFoundError(f"{where}: missing; expected splits {', '.join(_SPLITS)}.")
+        missing = [c for c in columns if c not in loaded[split].column_names]
+        if missing:
+            raise DataNotFoundError(f"{where}: missing column(s) {', '.join(missing)}.")
+        splits[split] = loaded[split].select_columns(columns)
+        check_hub_rows(splits[split], where)
+    return datasets.DatasetDict(splits)
+
+
+def check_hub_rows(split: datasets.Dataset, where: str) -> None:
+    """Reject a hub-copy row without exactly 4 choices and an answer index 0-3, naming the row.
+
+    The CSV path checks the answer letter; a hub copy (or a local snapshot of one) can be broken the same
+    way, and an out-of-range index would be scored against the wrong option or crash mid-run.
+    """
+    for row, (choices, answer) in enumerate(zip(split["choices"], split["answer"], strict=True)):
+        problems = []
+        if not isinstance(choices, list) or len(choices) != 4:
+            count = len(choices) if isinstance(choices, list) else type(choices).__name__
+            problems.append(f"{count} choices")
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < 4:
+            problems.append(f"answer {answer!r}")
+        if problems:
+            raise DataNotFoundError(
+                f"{where} row {row}: {' and '.join(problems)}; every MMLU row needs 4 choices and an answer "
+                "index 0-3. Re-download the hub copy, or use the CSVs with LM_EVAL_CALIB_DATA=ROOT."
+            )
 
 
 def load_mmlu(data_dir: str | None = None, subject: str | None = None) -> datasets.DatasetDict:

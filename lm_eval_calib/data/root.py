@@ -1,12 +1,14 @@
 """Where a task's data come from: a local data root, or the public hub copy.
 
-One root serves every task of a run (``ROOT/mmlu/``, ``ROOT/lama_trex/``, ``ROOT/wikitext2/``), because
+One root serves every task of a run (``ROOT/mmlu/``, ``ROOT/lama_trex/``, ``ROOT/wikitext2/``, and
+``ROOT/hub/<dataset_path>/`` for the lm-eval tasks that ``calib_<task>`` wraps), because
 on offline clusters all data arrive together. The root is given per run with
 ``--metadata '{"data_dir": ROOT}'`` or for a whole shell with ``LM_EVAL_CALIB_DATA=ROOT``.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 
@@ -40,3 +42,66 @@ def describe_missing(missing: list[Path], root: Path, shown: int = 5) -> str:
     """``a, b, c and N more``: the first missing files relative to ``root``, for error messages."""
     names = ", ".join(str(path.relative_to(root)) for path in missing[:shown])
     return names + (f" and {len(missing) - shown} more" if len(missing) > shown else "")
+
+
+def read_text(path: Path, fix: str) -> str:
+    """The text of a data file decoded as UTF-8 (a leading byte-order mark dropped), line endings untouched.
+
+    Reading through ``open(encoding="utf-8")`` fails on a stray byte with a bare ``UnicodeDecodeError`` that
+    names neither the file nor the line; decoding the bytes here lets the error say both, plus ``fix``.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data.count(b"\n", 0, offset) + 1
+        raise DataNotFoundError(
+            f"{path}: line {line} is not valid UTF-8 (byte {data[offset : offset + 1]!r} at offset "
+            f"{offset}). Save the file as UTF-8 or {fix}"
+        ) from exc
+
+
+# -- hub-layout snapshots for lm-eval's own tasks (calib_<task> wrappers) -----------------------------------
+HUB_DIR = "hub"
+"""``ROOT/hub/<dataset_path>/``: a snapshot of the hub dataset ``dataset_path`` (what
+``huggingface-cli download --repo-type dataset ORG/NAME --local-dir ROOT/hub/ORG/NAME`` writes)."""
+
+
+def _is_hub_dataset(dataset_path: str) -> bool:
+    """Whether ``dataset_path`` names a hub dataset, not a local folder or one of ``datasets``' file builders
+    (``json``, ``csv``, ``parquet``, ...), which read files the config names and never need a snapshot."""
+    if Path(dataset_path).expanduser().exists() or Path(dataset_path).is_absolute():
+        return False
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES as builders
+    except ImportError:  # a datasets release that moved it: the builders every release has
+        builders = {"json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder"}
+    return dataset_path not in builders
+
+
+def hub_snapshot(
+    dataset_path: str | None, data_dir: str | os.PathLike | None = None, task: str = ""
+) -> Path | None:
+    """The local snapshot folder to read instead of the hub dataset ``dataset_path``, or None to use the hub.
+
+    With a data root set (``data_dir`` from ``--metadata``, else ``$LM_EVAL_CALIB_DATA``), a hub dataset is
+    read from ``ROOT/hub/<dataset_path>/`` (``datasets.load_dataset(that folder, dataset_name)``); a missing
+    folder is an error naming it. Without a root, or for local files and file builders: None (lm-eval's own
+    loading).
+    """
+    if not dataset_path or not _is_hub_dataset(dataset_path):
+        return None
+    root = resolve_data_root(data_dir)
+    if root is None:
+        return None
+    folder = root / HUB_DIR / dataset_path
+    if not folder.is_dir():
+        source = "data_dir in --metadata" if data_dir not in (None, "") else f"${DATA_ENV}"
+        raise DataNotFoundError(
+            f"{task + ': ' if task else ''}the data root {str(root)!r} (from {source}) has no snapshot of "
+            f"the hub dataset {dataset_path!r}: expected the folder {str(folder)!r}. Put a hub-layout copy "
+            f"there (`huggingface-cli download --repo-type dataset {dataset_path} --local-dir {folder}`), "
+            "or unset the data root to read the hub."
+        )
+    return folder

@@ -27,13 +27,14 @@ Both sources give a split ``test`` with columns ``page`` and ``title`` (the firs
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
 
 import datasets
 
-from lm_eval_calib.data.root import DATA_ENV, DataNotFoundError, resolve_data_root
+from lm_eval_calib.data.root import DATA_ENV, DataNotFoundError, read_text, resolve_data_root
 
 HUB_PATH = "EleutherAI/wikitext_document_level"
 HUB_CONFIG = "wikitext-2-raw-v1"
@@ -94,8 +95,8 @@ def title_of(page: str) -> str:
 
 def read_raw(path: Path) -> list[str]:
     """The documents of one ``wiki.*.raw`` file (CRLF or LF, with or without blank separator lines)."""
-    with path.open(encoding="utf-8") as handle:  # universal newlines: CRLF copies read as LF
-        text = handle.read()
+    text = read_text(path, "restore wiki.test.raw as described in SOURCE.md.")
+    text = io.StringIO(text, newline=None).read()  # universal newlines: CRLF copies read as LF
     if not text.strip():
         raise DataNotFoundError(f"{path}: empty; restore wiki.test.raw as described in SOURCE.md.")
     lines = text.split("\n")

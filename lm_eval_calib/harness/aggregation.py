@@ -14,6 +14,29 @@ from lm_eval_calib.records import records_to_data
 logger = logging.getLogger("lm_eval_calib")
 
 
+def _failed(task_name: str, key: str, what: str, exc: Exception, logged: list[str]) -> float:
+    """Log one clear error for a metric that could not be computed; its value becomes NaN.
+
+    ``logged`` holds the last message of this metric: its stderr usually fails for the same reason right
+    after its aggregation, and that repeat goes to the debug log, so each failing metric costs one error line.
+    """
+    cause = f"{type(exc).__name__}: {exc}"
+    if cause in logged:
+        logger.debug("[%s] %s: %s failed too (%s); reported as NaN", task_name, key, what, cause)
+    else:
+        logged[:] = [cause]
+        logger.error(
+            "[%s] %s: %s failed (%s); reported as NaN. The other metrics, the results file and the "
+            "per-document records (--log_samples) are still written, so nothing the model computed is lost.",
+            task_name,
+            key,
+            what,
+            cause,
+        )
+    logger.debug("[%s] %s: traceback of the failure", task_name, key, exc_info=exc)
+    return float("nan")
+
+
 def make_aggregation(
     key: str, options: CalibrationOptions, task_name: str, warned: set[int] | None = None
 ) -> Callable[[Sequence], float]:
@@ -21,25 +44,39 @@ def make_aggregation(
 
     ``warned`` is shared by a task's aggregations so the small-sample warning is logged once per task and
     sample size, not once per binned metric.
+
+    lm-eval aggregates every task before it writes anything, so an exception here would throw away the whole
+    run's model outputs. A metric that fails (bad records, an allocation error, a bug) therefore logs one
+    error naming the task and metric and reports NaN; so does its stderr. With ``options.max_bootstrap == 0``
+    the stderr is "N/A", as lm-eval writes for metrics without one.
     """
     warned = set() if warned is None else warned
+    logged: list[str] = []  # the last failure logged for this metric (see _failed)
 
     def aggregate(records: Sequence[dict[str, Any]]) -> float:
-        data = records_to_data(records)
-        message = small_sample_warning(key, len(data))
-        if message and len(data) not in warned:
-            warned.add(len(data))
-            logger.warning("[%s] %s", task_name, message)
-        return compute_metric(key, data, n_bins=options.n_bins)
+        try:
+            data = records_to_data(records)
+            message = small_sample_warning(key, len(data))
+            if message and len(data) not in warned:
+                warned.add(len(data))
+                logger.warning("[%s] %s", task_name, message)
+            return compute_metric(key, data, n_bins=options.n_bins)
+        except Exception as exc:  # any failure must cost one metric, not the run
+            return _failed(task_name, key, "aggregation", exc, logged)
 
-    def stderr(records: Sequence[dict[str, Any]], n_resamples: int) -> float:
-        return bootstrap_stderr(
-            key,
-            records_to_data(records),
-            n_resamples=min(n_resamples, options.max_bootstrap),
-            seed=options.bootstrap_seed,
-            n_bins=options.n_bins,
-        )
+    def stderr(records: Sequence[dict[str, Any]], n_resamples: int) -> float | str:
+        if options.max_bootstrap == 0:
+            return "N/A"  # what lm-eval writes for a metric without a stderr
+        try:
+            return bootstrap_stderr(
+                key,
+                records_to_data(records),
+                n_resamples=min(n_resamples, options.max_bootstrap),
+                seed=options.bootstrap_seed,
+                n_bins=options.n_bins,
+            )
+        except Exception as exc:  # as above
+            return _failed(task_name, key, "bootstrap stderr", exc, logged)
 
     aggregate.__name__ = f"calib_{key}"
     aggregate.__qualname__ = aggregate.__name__

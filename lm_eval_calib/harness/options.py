@@ -1,16 +1,31 @@
 """Per-run calibration options, read from lm-eval's task metadata.
 
 lm-eval merges ``--model_args`` and ``--metadata`` into one flat metadata dict, so our options live under
-their own key to avoid clashes: ``--metadata '{"calibration": {"n_bins": 15}}'``. Unknown option names
-are an error at task construction, before any inference, so a typo never silently runs the default.
+their own key to avoid clashes: ``--metadata '{"calibration": {"n_bins": 15}}'``. Unknown option names,
+out-of-range values and a ``calibration`` value that is not a mapping are an error at task construction,
+before any inference, so a typo never silently runs the default and a huge value never fails only after the
+model has run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
+
+from lm_eval_calib.generation.estimators import DEFAULT_ESTIMATORS, check_estimator_names
 
 OPTIONS_KEY = "calibration"
+
+
+N_BINS_MAX = 1000
+"""More bins than this cannot be estimated (1000 bins over MMLU's 14,042 questions already hold ~14 each), and
+the bootstrap holds (resamples per chunk) x n_bins floats: ``n_bins: 1000000`` asked for 22 GiB after
+inference had finished."""
+MAX_BOOTSTRAP_MAX = 10_000
+"""A stderr from 10,000 resamples is within ~1% of its own value; more only costs time and memory."""
+SAMPLES_MAX = 100
+"""Sampling consistency with K answers resolves confidence in steps of 1/K; 100 is finer than any ECE bin."""
 
 
 @dataclass(frozen=True)
@@ -18,17 +33,34 @@ class CalibrationOptions:
     """Settings of the corpus-level calibration metrics of one task."""
 
     n_bins: int = 10
-    """Bins of the binned estimators (ece, ece_em, ece_debiased, mce, rmsce)."""
+    """Bins of the binned estimators (ece, ece_em, ece_debiased, mce, rmsce); 1 to ``N_BINS_MAX``."""
     bootstrap_seed: int = 1234
     """Seed of the bootstrap that gives every metric its stderr; fixed so reruns report the same."""
     max_bootstrap: int = 1000
     """Cap on bootstrap resamples: lm-eval's default --bootstrap_iters (100000) is far more than a stderr
-    needs and would cost minutes on 14k documents."""
+    needs and would cost minutes on 14k documents. 0 turns the calibration stderrs off ("N/A"): lm-eval
+    0.4.13's CLI has no --bootstrap_iters, so this is how a command line skips them."""
+    confidence: tuple[str, ...] = DEFAULT_ESTIMATORS
+    """Confidence estimators of generation tasks (lm_eval_calib.generation.estimators), several at once; each
+    adds its metrics with the suffix ``_<name>`` (``ece_seqprob``, ``ece_verbal``)."""
+    samples: int = 5
+    """K, the answers sampled per document by the ``consistency`` estimator (2 to ``SAMPLES_MAX``)."""
+
+    # name -> (smallest, largest or None, what the message says)
+    _BOUNDS: ClassVar[dict[str, tuple[int, int | None, str]]] = {
+        "n_bins": (1, N_BINS_MAX, f"a positive integer (1 to {N_BINS_MAX})"),
+        "bootstrap_seed": (0, None, "an integer >= 0"),
+        "max_bootstrap": (0, MAX_BOOTSTRAP_MAX, f"an integer from 0 (no stderrs) to {MAX_BOOTSTRAP_MAX}"),
+        "samples": (2, SAMPLES_MAX, f"an integer from 2 to {SAMPLES_MAX} (answers sampled per document)"),
+    }
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any] | None) -> CalibrationOptions:
-        raw = (metadata or {}).get(OPTIONS_KEY) or {}
-        if not isinstance(raw, dict):
+        """Options from lm-eval's task metadata, every value checked before any inference."""
+        raw = (metadata or {}).get(OPTIONS_KEY)
+        if raw is None:  # absent, or `calibration: null`
+            raw = {}
+        if not isinstance(raw, Mapping):  # not `raw or {}`: 0, false, "" and [] are mistakes, not defaults
             raise ValueError(
                 f"metadata[{OPTIONS_KEY!r}] must be a mapping such as "
                 f'{{"{OPTIONS_KEY}": {{"n_bins": 15}}}}, got {type(raw).__name__} {raw!r}'
@@ -42,11 +74,16 @@ class CalibrationOptions:
             )
         values = {}
         for name, value in raw.items():
+            if name == "confidence":
+                values[name] = check_estimator_names(value)
+                continue
+            low, high, wanted = cls._BOUNDS[name]
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int)
-                or value < (0 if name == "bootstrap_seed" else 1)
+                or value < low
+                or (high is not None and value > high)
             ):
-                raise ValueError(f"calibration option {name!r} must be a positive integer, got {value!r}")
+                raise ValueError(f"calibration option {name!r} must be {wanted}, got {value!r}")
             values[name] = value
         return cls(**values)

@@ -70,8 +70,26 @@ class CalibrationTask(CalibrationTaskBase):
             )
         return int(target)
 
+    def _check_options(self, doc: dict, choices: list) -> None:
+        """Refuse a document with fewer than two options: its one option is the prediction at confidence 1
+        and always 'right', so acc 1 and ECE 0 would be reported whatever the model does."""
+        if len(choices) < 2:
+            raise ValueError(
+                f"{self.config.task}: document {str(self.doc_to_text(doc))[:60]!r} has {len(choices)} "
+                f"option(s) {choices!r}; calibration needs at least two options per document (with one, "
+                "confidence is 1 and the answer is always right: acc 1, ECE 0). Fix the task's doc_to_choice "
+                "or its data, or leave such documents out."
+            )
+
+    def construct_requests(self, doc: dict, ctx: Any, **kwargs: Any) -> Any:
+        # Checked here as well as in process_results: this runs before any inference.
+        if self.OUTPUT_TYPE == "multiple_choice":
+            self._check_options(doc, self.doc_to_choice(doc))
+        return super().construct_requests(doc, ctx, **kwargs)
+
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
         choices = self.doc_to_choice(doc)
+        self._check_options(doc, choices)
         where = repr(self.doc_to_text(doc)[:60])
         logliks = option_logliks(results, len(choices), self.config.task, where)
         record = make_record(logliks, self._target_index(doc, choices), self.category(doc))

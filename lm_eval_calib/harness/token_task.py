@@ -32,7 +32,14 @@ class TokenCalibrationTask(CalibrationTaskBase):
     first_token_only: ClassVar[bool] = False
     """Score only the first continuation token (open-vocabulary facts) instead of every token."""
 
+    def _where(self, doc: dict) -> str:
+        """The document in an error message: its prompt, or its category when the prompt is empty (text)."""
+        text = str(self.doc_to_text(doc))
+        return repr(text[:60]) if text.strip() else f"{self.category_field}={self.category(doc)!r}"
+
     def token_record(self, doc: dict, results: list) -> dict:
+        """The token record of one document; missing or non-finite token statistics are an error naming the
+        task, the document and the fix."""
         stats = token_stats_of(results[0]) if results else None
         if stats is None:
             raise ModelOutputError(
@@ -41,6 +48,15 @@ class TokenCalibrationTask(CalibrationTaskBase):
             )
         if self.first_token_only:
             stats = stats[:1]
+        bad = stats.first_non_finite()
+        if bad is not None:
+            name, position, value = bad
+            raise ModelOutputError(
+                f"{self.config.task}: document {self._where(doc)}: the model returned non-finite token "
+                f"statistics ({name} is {value} at token {position} of {len(stats)}). Its scores overflow or "
+                "its weights hold NaN: run it in full precision (`--model_args ...,dtype=float32`) and check "
+                "the checkpoint."
+            )
         return token_record(stats.confidence, stats.correct, -stats.token_logprobs, self.category(doc))
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:

@@ -118,6 +118,20 @@ class TokenStats:
         more = "..." if len(self) > 8 else ""
         return f"TokenStats(n={len(self)}, token_ids={self.token_ids.tolist()[:8]}{more})"
 
+    def first_non_finite(self) -> tuple[str, int, float] | None:
+        """``(field, position, value)`` of the first NaN or infinite log-probability, or None.
+
+        A model in half precision can overflow, and a broken checkpoint gives NaN logits; tasks check this
+        where each record is made, so the error names the task and document instead of surfacing as a
+        NaN metric at aggregation.
+        """
+        for name in ("token_logprobs", "top1_logprobs"):
+            values = getattr(self, name)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                return name, int(bad[0]), float(values[bad[0]])
+        return None
+
     # -- derived quantities -------------------------------------------------------------------------------
     @property
     def confidence(self) -> np.ndarray:
