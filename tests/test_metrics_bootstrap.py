@@ -189,3 +189,17 @@ def test_aurc_closed_form_equals_mean_of_risk_coverage_curve() -> None:
     weights = np.concatenate([np.ones((1, 300), dtype=np.int64), next(resample_multiplicities(300, 20, 1))])
     curve = risk_coverage_curve(sample, weights).mean(axis=1)
     assert np.allclose(aurc_batched(sample, weights), curve, rtol=0, atol=1e-13)
+
+
+def test_stderr_depends_on_the_items_not_their_order():
+    """Records gathered from several ranks arrive interleaved; the stderr must not change with the order."""
+    rng = np.random.default_rng(7)
+    confidence = rng.choice([0.25, 0.5, 0.75], size=400)  # many ties, as for tokens of a random model
+    correct = (rng.random(400) < confidence).astype(float)
+    brier = (confidence - correct) ** 2
+    nll = -np.log(np.where(correct == 1, confidence, 1 - confidence))
+    data = CalibrationData(confidence=confidence, correct=correct, brier=brier, nll=nll)
+    p = rng.permutation(400)
+    other = CalibrationData(confidence=confidence[p], correct=correct[p], brier=brier[p], nll=nll[p])
+    for key in ("acc", "ece", "brier", "auroc"):
+        assert bootstrap_stderr(key, data, 200, seed=3) == bootstrap_stderr(key, other, 200, seed=3), key

@@ -19,7 +19,7 @@ from lm_eval_calib.metrics import (
     recalibrate_held_out,
     temperature_scaled,
 )
-from lm_eval_calib.metrics.recalibration import TEMPERATURE_RANGE, fold_of_units
+from lm_eval_calib.metrics.recalibration import fold_of_units, temperature_range
 
 
 def _ragged_sample(n: int, true_temperature: float, seed: int) -> tuple[list[np.ndarray], list[int]]:
@@ -42,7 +42,8 @@ def test_temperature_is_the_nll_minimiser_and_recovers_the_generating_one():
     def nll(t: float) -> float:
         return float(temperature_scaled(scores, t).nll.mean())
 
-    reference = minimize_scalar(nll, bounds=TEMPERATURE_RANGE, method="bounded", options={"xatol": 1e-10})
+    bounds = temperature_range(scores)
+    reference = minimize_scalar(nll, bounds=bounds, method="bounded", options={"xatol": 1e-10})
     assert fit.temperature == pytest.approx(reference.x, rel=1e-6) and not fit.at_bound
     assert nll(fit.temperature) <= nll(fit.temperature * 1.001) and nll(fit.temperature) <= nll(
         0.999 * fit.temperature
@@ -65,11 +66,44 @@ def test_temperature_one_is_the_model_and_no_temperature_changes_a_prediction():
 
 def test_temperature_bounds_and_no_signal():
     sharp = OptionScores.build([[0.0, -50.0, -60.0]] * 30, [0] * 30)  # always right with a wide margin
-    assert fit_temperature(sharp).at_bound and fit_temperature(sharp).temperature == TEMPERATURE_RANGE[0]
+    fit = fit_temperature(sharp)
+    assert fit.at_bound and fit.temperature == temperature_range(sharp)[0]
     wrong = OptionScores.build([[0.0, -1.0]] * 30, [1] * 30)  # always wrong: as flat as allowed
-    assert fit_temperature(wrong).at_bound and fit_temperature(wrong).temperature == TEMPERATURE_RANGE[1]
+    fit = fit_temperature(wrong)
+    assert fit.at_bound and fit.temperature == temperature_range(wrong)[1]
+    # At the upper bound the map is uniform to within 1e-3, whatever the scale of the log-likelihoods.
+    flattest = temperature_scaled(wrong, temperature_range(wrong)[1])
+    assert abs(flattest.confidence - 0.5).max() < 1e-3
     flat = OptionScores.build([[-3.0, -3.0, -3.0]] * 10, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     assert fit_temperature(flat).temperature == 1.0 and not fit_temperature(flat).at_bound
+
+
+def test_temperature_is_not_clamped_for_log_likelihoods_spread_over_hundreds_of_nats():
+    """A fixed bound of 100 once gave ECE 0.205 where the optimum (T about 250) gives about 0.01."""
+    rng = np.random.default_rng(5)
+    logits, targets = [], []
+    for _ in range(4000):
+        row = rng.normal(size=4) * 400.0 - 3000.0  # option log-likelihoods hundreds of nats apart
+        p = np.exp((row - row.max()) / 250.0)
+        logits.append(row)
+        targets.append(int(rng.choice(4, p=p / p.sum())))
+    fit_on = OptionScores.build(logits[:2000], targets[:2000])
+    score_on = OptionScores.build(logits[2000:], targets[2000:])
+    fit = fit_temperature(fit_on)
+    assert not fit.at_bound and fit.temperature == pytest.approx(250.0, rel=0.1)
+    low, high = temperature_range(fit_on)
+    assert low < fit.temperature < high
+    result = recalibrate_held_out("temperature", fit_on, score_on)
+    assert not result.at_bound and compute_metric("ece", result.after) < 0.03
+    assert compute_metric("ece", temperature_scaled(score_on, 100.0)) > 0.1  # what the old bound gave
+
+
+def test_the_temperature_range_scales_with_the_spread_of_the_log_likelihoods():
+    logits, targets = _ragged_sample(300, true_temperature=1.0, seed=6)
+    base = OptionScores.build(logits, targets)
+    scaled = OptionScores.build([row * 1000.0 for row in logits], targets)
+    np.testing.assert_allclose(temperature_range(scaled), np.multiply(temperature_range(base), 1000.0))
+    assert fit_temperature(scaled).temperature == pytest.approx(1000.0 * fit_temperature(base).temperature)
 
 
 def test_platt_is_the_smoothed_logistic_fit():

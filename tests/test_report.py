@@ -14,6 +14,7 @@ import csv
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -36,8 +37,10 @@ from lm_eval_calib.metrics import (
     compute_metric,
     recalibrate_held_out,
 )
-from lm_eval_calib.report.build import build_report
+from lm_eval_calib.report import leaderboard
+from lm_eval_calib.report.build import MARKER, build_report
 from lm_eval_calib.report.figures import DPI, FIGSIZE, OVERLAY_FIGSIZE, reliability_figure
+from lm_eval_calib.report.html import anchor
 from lm_eval_calib.report.labels import resolve_label
 from lm_eval_calib.report.leaderboard import COLUMNS
 from lm_eval_calib.report.runs import ReportInputError
@@ -109,9 +112,9 @@ def runs(tiny_model_dir, data_root, tmp_path_factory) -> Path:
     return base
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     cli = Path(sys.executable).parent / "lm-eval-calib"
-    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 @pytest.fixture(scope="session")
@@ -141,17 +144,18 @@ def test_every_bad_input_is_named_and_the_rest_is_reported(report, runs):
         f"{runs / 'unlogged'}: no samples for calib_mmlu" in said
         and "rerun lm_eval with --log_samples" in said
     )
-    assert "task plain_anatomy is not an lm-eval-calib calibration task" in said
+    assert f"{SFT_LABEL} / plain_anatomy: ece, ece_em" in said  # plain lm-eval task: scored from samples
     assert f"{runs / 'empty'}: no results_*.json found" in said
     assert "calib_mmlu was run with different task versions (v0.9: " in said
     assert "runs of tiny-llama0 on calib_facts" in said and "--label RUN_DIR=NAME" in said
-    assert "[1/10]" in said and "[10/10]" in said  # progress, one line per model x task
+    assert "[1/12]" in said and "[12/12]" in said  # progress, one line per model x task
     assert (out / "messages.txt").read_text().count("\n") >= 8
     rows = _rows(out / "leaderboard.csv")
     assert sorted((r["model"], r["task"]) for r in rows) == sorted(
         [(f"tiny-llama0 [{copy}]", task) for copy in ("base", "base-again")
          for task in ("calib_clm", "calib_facts", "calib_mmlu v1", "calib_mmlu_val")]
         + [(SFT_LABEL, "calib_mmlu v1"), (OLD_LABEL, "calib_mmlu v0.9")]
+        + [(SFT_LABEL, "plain_anatomy"), (OLD_LABEL, "plain_anatomy")]
     )  # fmt: skip
     assert {r["stage"] for r in rows if "SFT" in r["model"]} == {"sft"}
     assert "| stage |" in (out / "leaderboard.md").read_text()
@@ -165,6 +169,8 @@ def test_leaderboard_numbers_are_lm_evals(report, runs):
         lm_eval = results["results"][task]
         assert int(row["n"]) == results["n-samples"][task]["effective"] or task == "calib_clm"
         for key in COLUMNS:
+            if f"{key},none" not in lm_eval:  # plain lm-eval task: computed (test_report_existing_runs.py)
+                continue
             assert float(row[key]) == lm_eval[f"{key},none"], (row["model"], task, key)
             stderr = lm_eval[f"{key}_stderr,none"]
             assert (row[f"{key}_stderr"] == "") if stderr == "N/A" else float(row[f"{key}_stderr"]) == stderr
@@ -258,11 +264,13 @@ def test_diagrams_draw_exactly_the_metric_cores_bins(report, runs):
         with Image.open(stem.with_name(stem.name + ".png")) as image:
             assert image.format == "PNG" and image.size == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
         assert stem.with_name(stem.name + ".svg").read_text().lstrip().startswith("<?xml")
-        # The bars in the figure are those numbers: one accuracy bar per filled bin, its count below.
-        fig = reliability_figure(stats, numbers["ece"], len(data), "t", scheme)
-        accuracy_bars, count_bars = fig.axes[0].containers[0], fig.axes[1].containers[0]
+        # The bars in the figure are those numbers: one accuracy bar per filled bin, over its drawn interval.
+        fig = reliability_figure(stats, numbers["ece"], len(data), "t", scheme, data.confidence)
+        accuracy_bars = fig.axes[0].containers[0]
         assert [bar.get_height() for bar in accuracy_bars] == stats.accuracy[stats.count > 0].tolist()
-        assert [bar.get_height() for bar in count_bars] == stats.count[stats.count > 0].tolist()
+        filled = [b for b in numbers["bins"] if b["count"]]
+        assert [bar.get_x() for bar in accuracy_bars] == pytest.approx([b["draw_x0"] for b in filled])
+        assert sum(numbers["histogram"]["counts"]) == len(data)  # the confidence histogram below
     overlay = json.loads((out / "figures" / "overlay__calib_mmlu_v1.json").read_text())
     assert {c["label"] for c in overlay["curves"]} == {
         "tiny-llama0 [base]",
@@ -271,6 +279,29 @@ def test_diagrams_draw_exactly_the_metric_cores_bins(report, runs):
     }
     with Image.open(out / "figures" / "overlay__calib_mmlu_v1.png") as image:
         assert image.size == (int(OVERLAY_FIGSIZE[0] * DPI), int(OVERLAY_FIGSIZE[1] * DPI))
+    for curve in overlay["curves"]:  # the smoothed curve is drawn inside the data, with its band
+        smooth = curve["smooth"]
+        shown = [i for i, y in enumerate(smooth["accuracy"]) if y is not None]
+        assert shown and all(smooth["lower"][i] is not None for i in shown)
+
+
+def test_page_has_contents_task_sections_and_messages_first(report):
+    out, _ = report
+    page = (out / "index.html").read_text()
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    links = re.findall(r'href="#([^"]+)"', page)
+    assert links and set(links) <= ids  # every link of the contents lands somewhere
+    for row in _rows(out / "leaderboard.csv"):  # every task and every model in it has its anchor
+        assert anchor(row["task"]) in ids and anchor(row["task"], row["model"]) in ids
+    assert page.index('id="messages"') < page.index('<nav class="toc"') < page.index('id="task-')
+    assert "no samples for calib_mmlu" in page[: page.index('<nav class="toc"')]
+    # The main leaderboard holds the columns read first; the rest is one click away, all in the CSV.
+    section = page[page.index(f'id="{anchor("calib_facts")}"') :]
+    first_table = section[: section.index("</table>")]
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", first_table)
+    assert headers == ["model", "stage", "n-shot", "n", "Accuracy ↑", "ECE ↓", "ECE 95% CI", "ECE recal. ↓",
+                       "Brier ↓", "AUROC ↑"]  # fmt: skip
+    assert "<summary>More columns" in section and "smECE" in section[: section.index("</details>")]
 
 
 def _browser_check(page: Path, timeout: float = 90.0) -> tuple[dict, list[str]]:
@@ -287,7 +318,8 @@ def _browser_check(page: Path, timeout: float = 90.0) -> tuple[dict, list[str]]:
 
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]  # fmt: skip
+             "--window-size=1280,900", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+             "about:blank"]  # fmt: skip
     # close_fds=False: the dup2'ed fds 3 and 4 are inheritable, every other fd of ours is close-on-exec.
     proc = subprocess.Popen([str(CHROMIUM), *flags], close_fds=False, preexec_fn=child_fds,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -331,7 +363,10 @@ def _browser_check(page: Path, timeout: float = 90.0) -> tuple[dict, list[str]]:
         call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
         receive(lambda m: m.get("method") == "Page.loadEventFired")
         script = ("JSON.stringify({text: document.body.innerText, images: Array.from(document.images).map("
-                  "i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}))})")  # fmt: skip
+                  "i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})), "
+                  "width: window.innerWidth, page: document.documentElement.scrollWidth, "
+                  "tables: Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent)"
+                  ".map(t => [t.scrollWidth, t.parentElement.clientWidth])})")  # fmt: skip
         value = call("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session)
         call("Browser.close")
     finally:
@@ -367,6 +402,9 @@ def test_html_page_loads_offline_in_a_real_browser(report, tmp_path):
     expected = {f"figures/{p.name}" for p in (out / "figures").glob("*.png")}
     assert {i["src"] for i in page["images"]} == expected and all(i["ok"] for i in page["images"])
     assert "Recalibration" in page["text"] and "abstract_algebra" in html  # breakdown in the page source
+    # Nothing scrolls sideways on a 1280-pixel screen: neither the page nor any table shown.
+    assert page["width"] == 1280 and page["page"] <= page["width"]
+    assert page["tables"] and all(width <= room for width, room in page["tables"]), page["tables"]
     # The checker itself catches a broken page: a copy with one figure missing.
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
@@ -391,8 +429,55 @@ def test_failures_write_nothing_and_a_rerun_replaces_the_report(runs, tmp_path):
     assert [p.name for p in precious.iterdir()] == ["notes.txt"]
     for label in ("first", "second"):  # an earlier report is replaced as a whole
         build_report([runs / "sft"], out, labels={runs / "sft": label}, log=lambda message: None)
-    assert [r["model"] for r in _rows(out / "leaderboard.csv")] == ["second"]
+    assert {r["model"] for r in _rows(out / "leaderboard.csv")} == {"second"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious", "r"]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_out_folder_that_holds_an_input_is_refused_and_nothing_is_deleted(runs, tmp_path):
+    """``report myrep/newrun --out myrep`` once replaced myrep as a whole, deleting the run it just read."""
+    myrep = tmp_path / "myrep"
+    build_report([runs / "sft"], myrep, log=lambda message: None)  # an earlier report, replaceable
+    shutil.copytree(runs / "sft", myrep / "newrun")
+    before = _tree(myrep)
+    proc = _cli("report", str(myrep / "newrun"), "--out", str(myrep))
+    assert proc.returncode == 2 and "--out" in proc.stderr and "contains the input folder" in proc.stderr
+    assert _tree(myrep) == before
+    # The same through a relative path, and --out inside an input folder, or the input itself.
+    proc = _cli("report", "myrep/newrun", "--out", "myrep/.", cwd=tmp_path)
+    assert proc.returncode == 2 and "contains the input folder" in proc.stderr
+    with pytest.raises(ReportInputError, match="is inside the input folder"):
+        build_report([myrep / "newrun"], myrep / "newrun" / "report", log=lambda message: None)
+    with pytest.raises(ReportInputError, match="is the input folder"):
+        build_report([myrep / "newrun"], myrep / "newrun", log=lambda message: None)
+    assert _tree(myrep) == before and sorted(p.name for p in tmp_path.iterdir()) == ["myrep"]
+
+
+def test_out_dot_in_an_empty_folder_writes_the_report_there(runs, tmp_path):
+    """``report RUN --out .`` from an empty folder once built everything, then refused with a wrong reason."""
+    here = tmp_path / "here"
+    here.mkdir()
+    for label in ("first", "second"):  # the second replaces the first, in place
+        proc = _cli("report", str(runs / "sft"), "--out", ".", "--label", f"{runs / 'sft'}={label}", cwd=here)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert {r["model"] for r in _rows(here / "leaderboard.csv")} == {label}
+    assert (here / "index.html").is_file() and (here / "figures").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # no temporary folder left next to it
+    assert not [p for p in here.iterdir() if p.name.startswith(".") and p.name != MARKER]
+
+
+def test_a_temperature_at_its_bound_is_flagged_in_the_leaderboard():
+    row = {"model": "m", "stage": None, "task": "calib_mmlu", "n_shot": 0, "n": 100, "ece_ci_low": 0.1,
+           "ece_ci_high": 0.2, "ece_recal": 0.0123, "recal_at_bound": True,
+           "recal_summary": "T = 5176 (at the bound), calib_mmlu_val",
+           **leaderboard.lm_eval_numbers({"ece,none": 0.15, "ece_stderr,none": 0.02})}  # fmt: skip
+    text = leaderboard.to_markdown([row])
+    main = text[: text.index("Details:")]
+    assert "| 0.0123 (T at bound) |" in main and "(at the bound)" in text
+    assert "(T at bound)" not in leaderboard.to_markdown([{**row, "recal_at_bound": False}])
 
 
 def test_manifest_labels_and_a_malformed_manifest(runs, tmp_path):
@@ -419,7 +504,7 @@ def test_records_that_disagree_with_lm_evals_numbers_are_flagged(runs, tmp_path)
     said: list[str] = []
     build_report([tmp_path / "edited"], tmp_path / "out", log=said.append)
     assert any("the logged records give ece" in m and "from another run" in m for m in said)
-    (row,) = _rows(tmp_path / "out" / "leaderboard.csv")
+    (row,) = [r for r in _rows(tmp_path / "out" / "leaderboard.csv") if r["task"] == "calib_mmlu"]
     assert float(row["ece"]) == results["results"]["calib_mmlu"]["ece,none"]  # the table stays lm-eval's
 
 

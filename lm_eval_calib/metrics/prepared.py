@@ -17,14 +17,19 @@ from .sorted_sample import SortedSample
 
 @dataclass(frozen=True)
 class PreparedData:
-    """``data`` sorted by confidence (stable) and its run structure; ``sample.order`` is the identity."""
+    """``data`` sorted by confidence and its run structure; ``sample.order`` is the identity.
+
+    Ties in confidence are broken by correctness, Brier and NLL, so the order (and with it every bootstrap
+    draw, which picks sorted positions) depends only on the multiset of items, not on the order they came
+    in: records gathered from several processes give the same stderrs as a single-process run.
+    """
 
     data: CalibrationData
     sample: SortedSample
 
     @classmethod
     def build(cls, data: CalibrationData) -> PreparedData:
-        order = np.argsort(data.confidence, kind="stable")
+        order = np.lexsort((data.nll, data.brier, data.correct, data.confidence))  # last key is primary
         ordered = CalibrationData(
             confidence=data.confidence[order],
             correct=data.correct[order],

@@ -33,8 +33,12 @@ from .ragged import RaggedRows
 from .scoring import brier_terms, nll_terms
 from .validation import check_confidence_correct, check_option_logprobs
 
-TEMPERATURE_RANGE = (0.01, 100.0)
-"""Fitted temperatures are clipped to this range (``at_bound`` says when); beyond it the map is degenerate."""
+RELATIVE_TEMPERATURE_RANGE = (1e-3, 1e3)
+"""Fitted temperatures are searched in this range times the spread of the log-likelihoods (see
+:func:`temperature_range`; ``at_bound`` says when the optimum lies outside). At the upper end the typical
+option gap becomes 0.001 nats (a uniform map), at the lower end 1000 nats (a one-hot map): beyond either
+the map no longer changes. An absolute range would not do: log-likelihoods summed over long options spread
+over hundreds of nats, and a cap of T = 100 stopped well short of their optimum."""
 PROBABILITY_CLIP = 1e-12
 """Top-label confidences are clipped to [eps, 1 - eps] before the logit and the binary log loss."""
 METHODS = ("temperature", "platt")
@@ -146,7 +150,21 @@ def check_seed(seed: object) -> int:
 class TemperatureFit:
     temperature: float
     at_bound: bool
-    """True when the optimum lies outside :data:`TEMPERATURE_RANGE` and was clipped to its edge."""
+    """True when the optimum lies outside :func:`temperature_range` and was clipped to its edge."""
+
+
+def temperature_range(scores: OptionScores) -> tuple[float, float]:
+    """The temperatures searched for ``scores``: :data:`RELATIVE_TEMPERATURE_RANGE` times their spread.
+
+    The spread is the median, over items with two or more options, of the gap between the highest and the
+    lowest option log-likelihood (the median, so that a few extreme items do not set the scale); 1 when
+    every item is flat or has a single option, where no temperature changes anything.
+    """
+    rows = scores.rows
+    gaps = rows.row_max(rows.values) + rows.row_max(-rows.values)  # max - min of each row
+    gaps = gaps[(rows.lengths > 1) & (gaps > 0.0)]
+    spread = float(np.median(gaps)) if gaps.shape[0] else 1.0
+    return RELATIVE_TEMPERATURE_RANGE[0] * spread, RELATIVE_TEMPERATURE_RANGE[1] * spread
 
 
 def _temperature_gradient(shifted: RaggedRows, target_values: np.ndarray, beta: float) -> tuple[float, float]:
@@ -167,13 +185,14 @@ def fit_temperature(scores: OptionScores, tol: float = 1e-10, max_iter: int = 20
     rows = scores.rows
     shifted = RaggedRows(rows.values - rows.repeat(rows.row_max(rows.values)), rows.starts, rows.lengths)
     target_values = shifted.at(shifted.values, scores.targets)
-    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]  # bounds on beta = 1 / T
+    t_min, t_max = temperature_range(scores)
+    low, high = 1.0 / t_max, 1.0 / t_min  # bounds on beta = 1 / T
     g_low, _ = _temperature_gradient(shifted, target_values, low)
     if g_low >= 0.0:  # NLL increases from the smallest beta on: flattest allowed map (or no signal at all)
         flat = g_low == 0.0 and _temperature_gradient(shifted, target_values, high)[0] == 0.0
-        return TemperatureFit(1.0, False) if flat else TemperatureFit(TEMPERATURE_RANGE[1], True)
+        return TemperatureFit(1.0, False) if flat else TemperatureFit(t_max, True)
     if _temperature_gradient(shifted, target_values, high)[0] <= 0.0:
-        return TemperatureFit(TEMPERATURE_RANGE[0], True)
+        return TemperatureFit(t_min, True)
     beta = 1.0 if low < 1.0 < high else np.sqrt(low * high)
     for _ in range(max_iter):
         grad, hess = _temperature_gradient(shifted, target_values, beta)
@@ -184,7 +203,8 @@ def fit_temperature(scores: OptionScores, tol: float = 1e-10, max_iter: int = 20
         else:
             high = beta
         step = beta - grad / hess if hess > 0.0 else np.nan
-        beta = step if low < step < high else 0.5 * (low + high)  # Newton inside the bracket, else bisect
+        # Newton inside the bracket, else bisect geometrically (the bracket spans six orders of magnitude)
+        beta = step if low < step < high else float(np.sqrt(low * high))
         if high - low <= tol * beta:
             break
     return TemperatureFit(float(1.0 / beta), False)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lm_eval_calib.metrics import CalibrationInputError, bootstrap_interval, compute_metric
 from lm_eval_calib.report import breakdown, html, leaderboard
-from lm_eval_calib.report.figures import Curve, overlay_diagram, reliability_diagram
+from lm_eval_calib.report.figures import Curve, overlay_diagram, reliability_diagram, smooth_reliability
 from lm_eval_calib.report.labels import parse_label_overrides
 from lm_eval_calib.report.recalibrate import RecalRow, recalibrate_run
 from lm_eval_calib.report.runs import ReportInputError, TaskRun, load_run
@@ -108,24 +108,75 @@ def _interval(run: TaskRun) -> tuple[float, float]:
     n_resamples = (
         min(iters, opts.max_bootstrap) if isinstance(iters, int) and iters > 0 else opts.max_bootstrap
     )
+    if n_resamples < 1:  # max_bootstrap: 0 turned the stderrs off; the interval goes with them
+        return float("nan"), float("nan")
     return bootstrap_interval(
         "ece", run.data, n_resamples=n_resamples, seed=opts.bootstrap_seed, n_bins=opts.n_bins
     )
 
 
+def _replaceable(out: Path) -> bool:
+    """A folder the report may be written into: absent, empty, or an earlier report (and nothing else)."""
+    return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file()))
+
+
+def check_out(out: Path, run_dirs: Sequence[Path]) -> Path:
+    """``out`` made absolute, after refusing every ``--out`` that would overwrite or swallow an input.
+
+    An earlier report is replaced as a whole, so an input folder inside ``out`` would be deleted by the
+    very report that read it; ``out`` inside an input would put the report among the runs.
+    """
+    resolved = out.resolve()
+    for folder in run_dirs:
+        source = Path(folder).resolve()
+        if source == resolved:
+            why = f"is the input folder {folder}"
+        elif resolved in source.parents:
+            why = f"contains the input folder {folder}, which replacing the report would delete"
+        elif source in resolved.parents:
+            why = f"is inside the input folder {folder}"
+        else:
+            continue
+        raise ReportInputError(f"--out {out} {why}; choose a folder outside every input folder")
+    if not _replaceable(out):
+        raise ReportInputError(
+            f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
+        )
+    return resolved
+
+
 def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished report into ``out``, replacing an earlier report there (and nothing else)."""
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file()):
-            raise ReportInputError(
-                f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
-            )
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / "report")
+    """Move the finished report into ``out``, replacing an earlier report there (and nothing else).
+
+    An existing ``out`` keeps its own folder and only its entries are swapped (old ones aside, new ones
+    in, old ones deleted), so ``--out .`` works and a shell inside ``out`` is not left in a deleted folder.
+    """
+    if not out.exists():
         tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+        return
+    if not _replaceable(out):
+        raise ReportInputError(
+            f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
+        )
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    moved_old: list[str] = []
+    moved_new: list[str] = []
+    try:
+        for entry in list(out.iterdir()):
+            entry.rename(old / entry.name)
+            moved_old.append(entry.name)
+        for entry in list(tmp.iterdir()):
+            entry.rename(out / entry.name)
+            moved_new.append(entry.name)
+    except BaseException:  # put the earlier report back as it was
+        for name in moved_new:
+            (out / name).rename(tmp / name)
+        for name in moved_old:
+            (old / name).rename(out / name)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    tmp.rmdir()
+    shutil.rmtree(old)
 
 
 def build_report(
@@ -147,11 +198,8 @@ def build_report(
     """
     started = time.perf_counter()
     run_dirs = [Path(d) for d in run_dirs]
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise ReportInputError(
-            f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
-        )
+    shown_out = Path(out)
+    out = check_out(shown_out, run_dirs)  # absolute: "." has no name and no parent to build next to
     if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
         raise ReportInputError(f"--folds must be an integer >= 2, got {n_folds!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -252,7 +300,7 @@ def build_report(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"report of {len(runs)} run(s) written to {out} in {time.perf_counter() - started:.1f} s")
+    log(f"report of {len(runs)} run(s) written to {shown_out} in {time.perf_counter() - started:.1f} s")
     return runs
 
 
@@ -281,6 +329,7 @@ def _leaderboard_row(run: TaskRun, interval: tuple[float, float], recal: list[Re
     row["recal_method"] = primary.method if primary else None
     row["recal_fitted_on"] = primary.fitted_on if primary else None
     row["temperature"] = primary.result.parameters.get("temperature") if primary else None
+    row["recal_at_bound"] = primary.result.at_bound if primary else None
     row["recal_summary"] = _short_summary(primary) if primary else ""
     row["source"] = str(run.source)
     return row
@@ -288,7 +337,9 @@ def _leaderboard_row(run: TaskRun, interval: tuple[float, float], recal: list[Re
 
 def _short_summary(recal: RecalRow) -> str:
     """``T = 1.23, fitted on calib_mmlu_val`` / ``Platt, 5-fold cross-fit``: the table cell (CSV has more)."""
-    what = f"T = {recal.result.parameters['temperature']:.2f}" if recal.method == "temperature" else "Platt"
+    what = f"T = {recal.result.parameters['temperature']:.4g}" if recal.method == "temperature" else "Platt"
+    if recal.result.at_bound:
+        what += " (at the bound)"
     where = (
         recal.run_fit_task if recal.result.scheme == "held-out" else f"{recal.result.n_folds}-fold cross-fit"
     )
@@ -307,6 +358,8 @@ def _overlays(runs: list[TaskRun], tmp: Path) -> dict[str, str]:
                 bin_statistics(r.data.confidence, r.data.correct, n_bins=r.options.n_bins),
                 compute_metric("ece", r.data, n_bins=r.options.n_bins),
                 len(r.data),
+                smooth_reliability(r.data.confidence, r.data.correct),
+                r.data.confidence,
             )
             for r in members
         ]

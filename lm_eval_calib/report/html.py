@@ -2,10 +2,17 @@
 
 No server, no network, no scripts: CSS is inline, fonts are the system's, and every image is a relative
 path into ``figures/`` next to the page, so the folder can be zipped, mailed or served as is.
+
+Layout, so that one model's or one task's numbers are a click away: messages first (when there are any),
+a table of contents with an anchor for every task section and every model in it, then one section per
+task holding its leaderboard (the columns a reader compares first; the rest under "More columns"), its
+overlay, its recalibrations, each model's diagrams and the per-category breakdowns. Tables fit the page:
+text cells wrap, and the wide material sits in collapsed ``<details>``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -15,21 +22,25 @@ from lm_eval_calib.report import leaderboard
 from lm_eval_calib.report.leaderboard import fmt
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto; max-width: 110rem;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem auto; max-width: 80rem;
        padding: 0 1rem; color: #222; line-height: 1.4; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #ccc; }
-h3 { font-size: 1.05rem; }
-.scroll { overflow-x: auto; }
+h3 { font-size: 1.05rem; margin-top: 1.5rem; } h4 { font-size: 0.95rem; margin: 1rem 0 0.3rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1rem; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.45rem; text-align: right; white-space: nowrap; }
-th { background: #f2f2f2; } td.text, th.text { text-align: left; }
+td.text, th.text { text-align: left; white-space: normal; overflow-wrap: anywhere; max-width: 18rem; }
+th { background: #f2f2f2; white-space: normal; }
 tbody tr:nth-child(even) { background: #fafafa; }
 .figures { display: flex; flex-wrap: wrap; gap: 1rem; }
-figure { margin: 0; display: inline-block; }
+figure { margin: 0.5rem 0; display: inline-block; max-width: 100%; }
 figcaption { font-size: 0.8rem; color: #555; text-align: center; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.messages { background: #fff8e1; border: 1px solid #e0c060; padding: 0.3rem 1rem; }
 .messages li { font-family: ui-monospace, monospace; font-size: 0.8rem; }
-.note { color: #555; font-size: 0.85rem; }
+nav.toc li { margin: 0.15rem 0; } nav.toc .models { font-size: 0.85rem; color: #555; }
+.note { color: #555; font-size: 0.85rem; } .top { font-size: 0.8rem; }
+details { margin: 0.3rem 0 1rem; } summary { cursor: pointer; color: #335; }
 """
 
 
@@ -57,6 +68,11 @@ class PageContent:
     notes: list[str] = field(default_factory=list)
 
 
+def anchor(*parts: str) -> str:
+    """A stable HTML id from a task section (and a model label): ``task-calib_mmlu--SmolLM2-135M``."""
+    return "--".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", part).strip("-") or "x" for part in ("task", *parts))
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int) -> str:
     def cell(tag: str, i: int, value: str) -> str:
         css = ' class="text"' if i < text_columns else ""
@@ -75,115 +91,131 @@ def _img(path: str, alt: str, width: int) -> str:
     )
 
 
+def _without(cells: list[str], index: int) -> list[str]:
+    return cells[:index] + cells[index + 1 :]
+
+
+def _leaderboard(rows: list[dict], table: list[dict]) -> list[str]:
+    """One section's leaderboard: main columns, the rest collapsed (the task column would only repeat the
+    section's title, so it is dropped). Columns follow the whole ``table`` (a stage column in every section
+    when any row has a stage)."""
+    with_stage = leaderboard.has_stages(table)
+    n_text = 2 if with_stage else 1
+    header = leaderboard.main_header(table)
+    drop = header.index("task")
+    parts = [_table(_without(header, drop), [_without(leaderboard.main_cells(r, with_stage), drop)
+                                              for r in rows], n_text)]  # fmt: skip
+    header = leaderboard.details_header(table)
+    body = [_without(leaderboard.details_cells(r, with_stage), drop) for r in rows]
+    parts.append(
+        "<details><summary>More columns: equal-mass ECE, MCE, smECE, NLL, recalibration "
+        f"(all in leaderboard.csv)</summary>{_table(_without(header, drop), body, n_text + 0)}</details>"
+    )
+    return parts
+
+
+def _recalibration(rows: list[dict]) -> list[str]:
+    main = [[r["model"], r["method"], r["fitted_on"], r["parameters"], fmt(r["ece_before"]),
+             fmt(r["ece_after"])] for r in rows]  # fmt: skip
+    head = ["model", "method", "fitted on", "parameters", "ECE before", "ECE after"]
+    more = [[r["model"], r["method"], str(r["n_scored"]), fmt(r["nll_before"]), fmt(r["nll_after"]),
+             fmt(r["brier_before"]), fmt(r["brier_after"])] for r in rows]  # fmt: skip
+    more_head = ["model", "method", "n scored", "NLL before", "NLL after", "Brier before", "Brier after"]
+    return [
+        _table(head, main, 4),
+        f"<details><summary>NLL and Brier before and after</summary>{_table(more_head, more, 2)}</details>",
+    ]
+
+
 def render(page: PageContent) -> str:
     """The whole page as one string."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(page.title)}</title><style>{STYLE}</style></head><body>",
+        f'<title>{escape(page.title)}</title><style>{STYLE}</style></head><body id="top">',
         f"<h1>{escape(page.title)}</h1>",
         f'<p class="note">Made by <code>lm-eval-calib report</code> on {escape(page.created)} from: '
         + ", ".join(f"<code>{escape(i)}</code>" for i in page.inputs)
         + "</p>",
     ]
-    with_stage = leaderboard.has_stages(page.leaderboard)
+    if page.messages:
+        parts.append(f'<section id="messages" class="messages"><h2>Messages ({len(page.messages)})</h2><ul>')
+        parts += [f"<li>{escape(m)}</li>" for m in page.messages]
+        parts.append("</ul></section>")
     groups = list(dict.fromkeys(row["task"] for row in page.leaderboard))
-    parts.append("<h2>Leaderboard</h2>")
-    parts += [f'<p class="note">{escape(note)}</p>' for note in page.notes]
-    header = leaderboard.markdown_header(page.leaderboard)
-    drop = header.index("task")  # each table is one task's section, so the column would only repeat it
-    header = header[:drop] + header[drop + 1 :]
-    n_text = 2 if with_stage else 1
+    models = {g: list(dict.fromkeys(r["model"] for r in page.leaderboard if r["task"] == g)) for g in groups}
+    ids: dict[tuple[str, ...], str] = {}  # (task,) or (task, model) -> a unique id
+    for key in [(g,) for g in groups] + [(g, m) for g in groups for m in models[g]]:
+        candidate = anchor(*key)
+        while candidate in ids.values():
+            candidate += "-"
+        ids[key] = candidate
+    toc = ['<nav class="toc"><h2>Contents</h2><ul>']
+    if page.messages:
+        toc.append(f'<li><a href="#messages">Messages ({len(page.messages)})</a></li>')
     for group in groups:
-        rows = [leaderboard.markdown_cells(r, with_stage) for r in page.leaderboard if r["task"] == group]
-        rows = [cells[:drop] + cells[drop + 1 :] for cells in rows]
-        anchor = "task-" + "".join(c if c.isalnum() or c in "_-" else "-" for c in group)
-        parts.append(f'<h3 id="{escape(anchor, quote=True)}">{escape(group)}</h3>')
-        parts.append(_table(header, rows, n_text))
+        links = ", ".join(
+            f'<a href="#{escape(ids[group, m], quote=True)}">{escape(m)}</a>' for m in models[group]
+        )
+        toc.append(
+            f'<li><a href="#{escape(ids[(group,)], quote=True)}">{escape(group)}</a> '
+            f'<span class="models">({len(models[group])} model{"s" if len(models[group]) != 1 else ""}: '
+            f"{links})</span></li>"
+        )
+    toc.append('<li><a href="#reading">How to read the numbers</a></li></ul></nav>')
+    parts += toc
+    for group in groups:
+        rows = [r for r in page.leaderboard if r["task"] == group]
+        parts.append(f'<section id="{escape(ids[(group,)], quote=True)}"><h2>{escape(group)}</h2>')
+        parts += _leaderboard(rows, page.leaderboard)
         if group in page.overlays:
             parts.append(
-                f"<figure>{_img(page.overlays[group], f'reliability overlay, {group}', 600)}"
-                f"<figcaption>All models on {escape(group)}</figcaption></figure>"
+                f"<figure>{_img(page.overlays[group], f'reliability overlay, {group}', 1100)}"
+                f"<figcaption>All models on {escape(group)}: smoothed reliability curves with 95% bootstrap "
+                "bands (left), equal-width bins with 95% intervals (right)</figcaption></figure>"
             )
-    if page.recalibration:
-        parts.append("<h2>Recalibration</h2>")
-        parts.append(
-            '<p class="note">Fitted on held-out items only (the validation split, or the other folds of a '
-            "cross-fit); before and after are the same scored items. For Platt scaling NLL is the top-label "
-            "(binary) log loss of correctness and Brier the top-label Brier.</p>"
-        )
-        head = [
-            "model",
-            "task",
-            "method",
-            "fitted on",
-            "n scored",
-            "parameters",
-            "ECE before",
-            "ECE after",
-            "NLL before",
-            "NLL after",
-            "Brier before",
-            "Brier after",
-        ]
-        rows = [
-            [
-                r["model"],
-                r["task"],
-                r["method"],
-                r["fitted_on"],
-                str(r["n_scored"]),
-                r["parameters"],
-                fmt(r["ece_before"]),
-                fmt(r["ece_after"]),
-                fmt(r["nll_before"]),
-                fmt(r["nll_after"]),
-                fmt(r["brier_before"]),
-                fmt(r["brier_after"]),
-            ]
-            for r in page.recalibration
-        ]
-        parts.append(_table(head, rows, 6))
-    if page.diagrams:
-        parts.append("<h2>Reliability diagrams</h2>")
-        for group in dict.fromkeys(d.group for d in page.diagrams):
-            parts.append(f'<h3>{escape(group)}</h3><div class="figures">')
-            for diagram in (d for d in page.diagrams if d.group == group):
-                for scheme, path in diagram.images.items():
-                    caption = f"{diagram.label} · {group} · equal-{scheme} bins"
-                    parts.append(
-                        f"<figure>{_img(path, caption, 500)}<figcaption>{escape(caption)}"
-                        "</figcaption></figure>"
-                    )
-            parts.append("</div>")
-    if page.breakdowns:
-        parts.append("<h2>Per-category breakdown</h2>")
-        parts.append(
-            '<p class="note">Computed from the logged records with the metric core; ECE of a '
-            "category with few items is biased upward and noisy.</p>"
-        )
-        head = ["category", "n", "Accuracy", "mean confidence", "ECE", "Brier", "NLL"]
-        for group, label, rows in page.breakdowns:
-            body = [
-                [
-                    r["category"],
-                    str(r["n"]),
-                    fmt(r["acc"]),
-                    fmt(r["confidence"]),
-                    fmt(r["ece"]),
-                    fmt(r["brier"]),
-                    fmt(r["nll"]),
-                ]
-                for r in rows
-            ]
+        recal = [r for r in page.recalibration if r["task"] == group]
+        if recal:
+            parts.append("<h3>Recalibration</h3>")
+            parts += _recalibration(recal)
+        diagrams = [d for d in page.diagrams if d.group == group]
+        if diagrams:
+            parts.append("<h3>Reliability diagrams</h3>")
+        for diagram in diagrams:
+            element = ids.get((group, diagram.label), anchor(group, diagram.label))
+            parts.append(f'<div id="{escape(element, quote=True)}"><h4>{escape(diagram.label)}</h4>')
+            parts.append('<div class="figures">')
+            for scheme, path in diagram.images.items():
+                caption = f"{diagram.label} · {group} · equal-{scheme} bins"
+                parts.append(
+                    f"<figure>{_img(path, caption, 500)}<figcaption>{escape(caption)}</figcaption></figure>"
+                )
+            parts.append("</div></div>")
+        breakdowns = [(label, rows) for g, label, rows in page.breakdowns if g == group]
+        if breakdowns:
             parts.append(
-                f"<details><summary>{escape(group)} · {escape(label)} ({len(rows)} categories)"
-                f"</summary>{_table(head, body, 1)}</details>"
+                '<h3>Per-category breakdown</h3><p class="note">Computed from the logged records with the '
+                "metric core; ECE of a category with few items is biased upward and noisy.</p>"
             )
-    if page.messages:
-        parts.append('<h2>Messages</h2><ul class="messages">')
-        parts += [f"<li>{escape(m)}</li>" for m in page.messages]
-        parts.append("</ul>")
-    parts.append("</body></html>")
+        head = ["category", "n", "Accuracy", "mean confidence", "ECE", "Brier", "NLL"]
+        for label, rows in breakdowns:
+            body = [[r["category"], str(r["n"]), fmt(r["acc"]), fmt(r["confidence"]), fmt(r["ece"]),
+                     fmt(r["brier"]), fmt(r["nll"])] for r in rows]  # fmt: skip
+            parts.append(
+                f"<details><summary>{escape(label)} ({len(rows)} categories)</summary>"
+                f"{_table(head, body, 1)}</details>"
+            )
+        parts.append('<p class="top"><a href="#top">↑ contents</a></p></section>')
+    parts.append('<section id="reading"><h2>How to read the numbers</h2>')
+    parts += [f'<p class="note">{escape(note)}</p>' for note in page.notes]
+    if page.recalibration:
+        parts.append(
+            '<p class="note">Recalibration is fitted on held-out items only (the validation split, or the '
+            "other folds of a cross-fit); before and after are the same scored items. For Platt scaling NLL "
+            "is the top-label (binary) log loss of correctness and Brier the top-label Brier. "
+            "\u201cT at bound\u201d: the best temperature lies outside the range searched (relative to the "
+            "spread of the log-likelihoods), so the map shown is the flattest or sharpest one tried.</p>"
+        )
+    parts.append("</section></body></html>")
     return "\n".join(parts) + "\n"

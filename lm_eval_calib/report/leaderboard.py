@@ -40,40 +40,81 @@ def has_stages(table: Sequence[dict]) -> bool:
     return any(row.get("stage") for row in table)
 
 
-def markdown_header(table: Sequence[dict]) -> list[str]:
-    arrows = {key: "↑" if METRICS[key].higher_is_better else "↓" for key in COLUMNS}
-    names = [f"{METRICS[key].display_name} {arrows[key]}" for key in COLUMNS]
-    names.insert(2, "ECE 95% CI")
-    stage = ["stage"] if has_stages(table) else []
-    return ["model", *stage, "task", "n-shot", "n", *names, "ECE recal. ↓", "recalibration"]
+MAIN = ("acc", "ece", "brier", "auroc")
+"""The numbers a reader compares first (with the ECE interval and ECE after recalibration)."""
+DETAILS = ("ece_em", "mce", "smece", "nll")
+"""The rest of lm-eval's numbers: the details table (the CSV keeps every column)."""
 
 
-def markdown_cells(row: dict, with_stage: bool) -> list[str]:
-    cells = [
-        row["model"],
-        *([row.get("stage") or ""] if with_stage else []),
-        row["task"],
+def _name(key: str) -> str:
+    return f"{METRICS[key].display_name} {'↑' if METRICS[key].higher_is_better else '↓'}"
+
+
+def _with_stderr(row: dict, key: str) -> str:
+    value, stderr = row[key], row[f"{key}_stderr"]
+    return fmt(value) + ("" if stderr is None or value is None else f" ± {fmt(stderr)}")
+
+
+def recal_cell(row: dict) -> str:
+    """ECE after recalibration, flagged when the fitted temperature sits at the edge of its search range
+    (the optimum is flatter or sharper than any map tried, so the number is not the best one possible)."""
+    text = fmt(row.get("ece_recal"))
+    return text + (" (T at bound)" if text and row.get("recal_at_bound") else "")
+
+
+def _identity(table: Sequence[dict]) -> list[str]:
+    return ["model", *(["stage"] if has_stages(table) else []), "task"]
+
+
+def _identity_cells(row: dict, with_stage: bool) -> list[str]:
+    return [row["model"], *([row.get("stage") or ""] if with_stage else []), row["task"]]
+
+
+def main_header(table: Sequence[dict]) -> list[str]:
+    """model, [stage], task, n-shot, n, accuracy, ECE, its interval, ECE recal., Brier, AUROC."""
+    acc, ece, brier, auroc = (_name(key) for key in MAIN)
+    return [*_identity(table), "n-shot", "n", acc, ece, "ECE 95% CI", "ECE recal. ↓", brier, auroc]
+
+
+def main_cells(row: dict, with_stage: bool) -> list[str]:
+    low, high = row.get("ece_ci_low"), row.get("ece_ci_high")
+    return [
+        *_identity_cells(row, with_stage),
         "" if row["n_shot"] is None else str(row["n_shot"]),
         str(row["n"]),
+        _with_stderr(row, "acc"),
+        _with_stderr(row, "ece"),
+        "" if low is None else f"[{fmt(low, 3)}, {fmt(high, 3)}]",
+        recal_cell(row),
+        _with_stderr(row, "brier"),
+        _with_stderr(row, "auroc"),
     ]
-    for key in COLUMNS:
-        value, stderr = row[key], row[f"{key}_stderr"]
-        cells.append(fmt(value) + ("" if stderr is None or value is None else f" ± {fmt(stderr)}"))
-        if key == "ece":
-            low, high = row.get("ece_ci_low"), row.get("ece_ci_high")
-            cells.append("" if low is None else f"[{fmt(low, 3)}, {fmt(high, 3)}]")
-    cells += [fmt(row.get("ece_recal")), row.get("recal_summary") or ""]
-    return cells
+
+
+def details_header(table: Sequence[dict]) -> list[str]:
+    """model, [stage], task, equal-mass ECE, MCE, smECE, NLL, and which recalibration was done."""
+    return [*_identity(table), *(_name(key) for key in DETAILS), "recalibration"]
+
+
+def details_cells(row: dict, with_stage: bool) -> list[str]:
+    return [
+        *_identity_cells(row, with_stage),
+        *(_with_stderr(row, key) for key in DETAILS),
+        row.get("recal_summary") or "",
+    ]
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
 
 
 def to_markdown(table: Sequence[dict]) -> str:
-    header = markdown_header(table)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    """The main table, then the details table (same rows, same order)."""
     with_stage = has_stages(table)
-    lines += [
-        "| " + " | ".join(c.replace("|", "\\|") for c in markdown_cells(row, with_stage)) + " |"
-        for row in table
-    ]
+    lines = _markdown_table(main_header(table), [main_cells(row, with_stage) for row in table])
+    lines += ["", "Details:", ""]
+    lines += _markdown_table(details_header(table), [details_cells(row, with_stage) for row in table])
     return "\n".join(lines) + "\n"
 
 

@@ -43,7 +43,7 @@ class RecalRow:
     def parameters(self) -> str:
         p = self.result.parameters
         text = (
-            f"T = {p['temperature']:.3f}"
+            f"T = {p['temperature']:.4g}"
             if self.method == "temperature"
             else f"a = {p['slope']:.3f}, b = {p['intercept']:.3f}"
         )
