@@ -63,6 +63,48 @@ def patch_task_manager(module) -> None:
     cls.__init__ = __init__
 
 
+WRAP_PREFIX = "calib_"
+"""``calib_<task>``: a name lm-eval does not index, resolved by wrapping ``<task>`` (see harness/wrap.py)."""
+
+
+def patch_load_spec_and_match_tasks(module) -> None:
+    """Resolve ``calib_<task>`` names that lm-eval does not index by wrapping ``<task>``.
+
+    Relies on two ``TaskManager`` internals of lm-eval 0.4.13: ``_load_spec`` (one name -> Task, Group or
+    tags' tasks; ``load()`` calls it) and ``match_tasks`` (the CLI's check that every ``--tasks`` name exists,
+    before the model loads). Names lm-eval indexes (ours included) never reach the wrapper, so they keep their
+    meaning; the wrapping itself is :mod:`lm_eval_calib.harness.wrap`, imported on first use.
+    """
+    cls = module.TaskManager
+    load_spec, match_tasks = cls._load_spec, cls.match_tasks
+    if getattr(load_spec, _PATCHED_FLAG, False):
+        return
+
+    def wanted(manager, name) -> bool:
+        return isinstance(name, str) and name.startswith(WRAP_PREFIX) and name not in manager.task_index
+
+    @functools.wraps(load_spec)
+    def _load_spec(self, spec):
+        if wanted(self, spec):
+            from lm_eval_calib.harness import wrap
+
+            return wrap.load(self, spec)
+        return load_spec(self, spec)
+
+    @functools.wraps(match_tasks)
+    def _match_tasks(self, task_list):
+        matched = match_tasks(self, task_list)
+        patterns = [task_list] if isinstance(task_list, str) else list(task_list)
+        if not any(wanted(self, pattern) for pattern in patterns):
+            return matched
+        from lm_eval_calib.harness import wrap
+
+        return wrap.match(self, patterns, matched)
+
+    setattr(_load_spec, _PATCHED_FLAG, True)
+    cls._load_spec, cls.match_tasks = _load_spec, _match_tasks
+
+
 # lm-eval model name -> lazy "module:Class" target; imported only when a run asks for that model.
 MODELS = {
     "hf-calib": "lm_eval_calib.models.hf_calib:HFCalibLM",
@@ -83,29 +125,40 @@ def register_models(module) -> None:
             model_registry.register(name, target=target)
 
 
-_PATCHERS = {"lm_eval.tasks.manager": patch_task_manager, "lm_eval.models": register_models}
+# module -> the patches applied right after it executes, in order; each fails on its own, with one warning
+_PATCHERS = {
+    "lm_eval.tasks.manager": (patch_task_manager, patch_load_spec_and_match_tasks),
+    "lm_eval.models": (register_models,),
+}
+
+
+def _fallback(patch) -> str:
+    """What still works when ``patch`` could not be applied (for its warning)."""
+    if patch is patch_load_spec_and_match_tasks:
+        return "calib_<task> wrappers of lm-eval's tasks are off (lm-eval-calib's own tasks still work)"
+    return f"pass `--include_path {task_dir()}` to lm_eval instead"
 
 
 class _PatchingLoader:
-    """Delegates to the real loader, then applies our patch to the freshly executed module."""
+    """Delegates to the real loader, then applies our patches to the freshly executed module."""
 
-    def __init__(self, loader, patch):
+    def __init__(self, loader, patches):
         self._loader = loader
-        self._patch = patch
+        self._patches = patches
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        try:
-            self._patch(module)
-        except Exception as exc:  # lm_eval changed shape: degrade to the manual --include_path route
-            warnings.warn(
-                f"lm-eval-calib: could not register with {module.__name__} ({exc!r}); "
-                f"pass `--include_path {task_dir()}` to lm_eval instead",
-                stacklevel=2,
-            )
+        for patch in self._patches:
+            try:
+                patch(module)
+            except Exception as exc:  # lm_eval changed shape: degrade to the manual route
+                warnings.warn(
+                    f"lm-eval-calib: could not register with {module.__name__} ({exc!r}); {_fallback(patch)}",
+                    stacklevel=2,
+                )
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -113,11 +166,11 @@ class _PatchingLoader:
 
 def find_spec(fullname: str, path=None):
     """Find ``fullname`` on the normal path and return its spec with a patching loader, or None."""
-    patch = _PATCHERS.get(fullname)
-    if patch is None:
+    patches = _PATCHERS.get(fullname)
+    if patches is None:
         return None
     spec = importlib.machinery.PathFinder.find_spec(fullname, path)
     if spec is None or spec.loader is None:
         return None
-    spec.loader = _PatchingLoader(spec.loader, patch)
+    spec.loader = _PatchingLoader(spec.loader, patches)
     return spec
