@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from lm_eval_calib.bundled_models import BUNDLED_MODELS
 
 
 def _model_args(args: argparse.Namespace) -> int:
@@ -18,6 +21,31 @@ def _tasks_dir(_args: argparse.Namespace) -> int:
 
     print(task_dir())
     return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_calib.harness import wrap
+    from lm_eval_calib.registration import task_dir
+
+    manager = TaskManager(include_path=args.include_path)
+    if not args.wrappable:
+        ours = task_dir().resolve()
+        own = [
+            name
+            for name, entry in manager.task_index.items()
+            if entry.yaml_path is not None and Path(entry.yaml_path).resolve().is_relative_to(ours)
+        ]
+        print(wrap.NAMING + "\n\nlm-eval-calib's own tasks:")
+        print("\n".join(f"  {name}" for name in sorted(own)))
+        return 0
+    rows = wrap.wrappable(manager, args.pattern)
+    print(f"# {len(rows)} calib_<x> name(s) that can be wrapped (see `lm-eval-calib tasks`)", file=sys.stderr)
+    width = max((len(name) for name, _, _ in rows), default=0)
+    for name, kind, output_type in rows:
+        print(f"{name:<{width}}  {kind:<5}  {output_type}")
+    return 0 if rows else 1
 
 
 def metrics_markdown() -> str:
@@ -56,12 +84,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from lm_eval_calib.study.checks import check_study
     from lm_eval_calib.study.config import StudyConfigError, load_study
     from lm_eval_calib.study.plan import build_plan, describe
     from lm_eval_calib.study.runner import run_study
 
     try:
         config = load_study(args.study)
+        check_study(config)  # tasks, backends, files: everything that would fail after the first cell
     except StudyConfigError as exc:
         print(f"lm-eval-calib: error: {exc}", file=sys.stderr)
         return 2
@@ -81,12 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     model_args = commands.add_parser(
         "model-args", help="print lm_eval --model_args for a model installed from the package registry"
     )
-    model_args.add_argument("name", choices=["smollm2", "gemma3"])
+    model_args.add_argument("name", choices=list(BUNDLED_MODELS))
     model_args.set_defaults(run=_model_args)
     tasks_dir = commands.add_parser(
         "tasks-dir", help="print the task folder, for `lm_eval --include_path` when the start-up hook is off"
     )
     tasks_dir.set_defaults(run=_tasks_dir)
+    tasks = commands.add_parser(
+        "tasks",
+        help="explain task names (calib_<task> wraps any lm-eval multiple-choice task) and list our own "
+        "tasks; --wrappable lists every calib_<task> that can be built",
+    )
+    tasks.add_argument("pattern", nargs="?", help="with --wrappable: only names matching this glob ('mmlu*')")
+    tasks.add_argument("--wrappable", action="store_true", help="list calib_<x> for each x that can be built")
+    tasks.add_argument("--include_path", help="a folder of your own task YAMLs, as for lm_eval")
+    tasks.set_defaults(run=_tasks)
     metrics = commands.add_parser("metrics", help="print the metric table (key, direction, range, meaning)")
     metrics.set_defaults(run=_metrics)
     report = commands.add_parser(

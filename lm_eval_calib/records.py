@@ -2,9 +2,10 @@
 
 A task writes one record per lm-eval document; lm-eval logs it with ``--log_samples`` under
 :data:`RECORD_LOG_KEY`; the aggregations, the report and the study read it back. The record is a plain
-JSON-able dict, so a samples file is enough to rebuild every metric and diagram without the model.
+JSON-able dict, so a samples file is enough to rebuild every metric and diagram without the model. The one
+reader of samples files is :mod:`lm_eval_calib.records_io` (see docs/records.md); this module does no I/O.
 
-Schema (one of two shapes; ``category`` is whatever breakdown the task has, or ``null``):
+Schema (one of three shapes; ``category`` is whatever breakdown the task has, or ``null``):
 
 Option record (one item: a question with options, written by :func:`make_record`)::
 
@@ -18,11 +19,27 @@ Token record (many items: the scored tokens of a document, written by :func:`tok
     {"confidence": [...], "correct": [...], "brier": [...], "nll": [...],   # one entry per token
      "category": null}
 
+Generation record (one generated answer of a ``generate_until`` task and one confidence estimator, written by
+:func:`generation_record`; logged under ``RECORD_LOG_KEY + "_" + estimator``, e.g. ``ece_seqprob``)::
+
+    {"confidence": 0.42, "correct": 1, "brier": 0.34, "nll": 0.87,   # binary: is the answer right?
+     "category": null, "estimator": "seqprob",
+     ...}                                                             # estimator-specific fields, e.g.
+     # seqprob/seqprob_mean: "logprob" (sum), "n_tokens", "source" ("generation" | "rescored" | "empty")
+     # ptrue: "loglik" ([A, B]); verbal: "reply" (the model's text), "parsed" (0-100 value or null)
+     # consistency: "agree", "samples"
+
+``correct`` is the task's own primary metric (> 0.5) after the filter of that line. ``confidence`` is
+``null`` (and ``brier``/``nll`` too) when the estimator gave none (an unparseable verbalised reply): such
+records are counted (``n_unparsed_verbal``) and left out of that estimator's metrics. ``nll`` is the binary
+-log p(correctness), with p floored at :data:`NLL_FLOOR`.
+
 Every item weighs the same when records are pooled (:func:`records_to_data`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,6 +94,32 @@ def token_record(confidence: np.ndarray, correct: np.ndarray, nll: np.ndarray, c
         "brier": ((confidence - correct) ** 2).tolist(),  # top-label (binary) Brier: no full distribution
         "nll": nll.tolist(),
         "category": category,
+    }
+
+
+NLL_FLOOR = 1e-12
+"""Smallest probability a generation record's binary NLL uses: a confidence of exactly 1 on a wrong answer
+(an empty generation's sequence probability, a verbalised 100) costs 27.6 nats instead of infinity."""
+
+
+def generation_record(
+    confidence: float | None, correct: bool | int, category: Any = None, **extras: Any
+) -> dict[str, Any]:
+    """The generation record of one answer under one estimator (see the module docstring)."""
+    y = int(bool(correct))
+    if confidence is None:
+        return {"confidence": None, "correct": y, "brier": None, "nll": None, "category": category, **extras}
+    c = float(confidence)
+    if not 0.0 <= c <= 1.0:
+        raise ValueError(f"a confidence must lie in [0, 1], got {c}")
+    p = c if y else 1.0 - c
+    return {
+        "confidence": c,
+        "correct": y,
+        "brier": (c - y) ** 2,
+        "nll": -math.log(max(p, NLL_FLOOR)),
+        "category": category,
+        **extras,
     }
 
 

@@ -85,8 +85,11 @@ def read_run(output_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
     results_files = sorted(output_dir.rglob("results_*.json"))
     assert results_files, f"no results_*.json under {output_dir}"
     results = json.loads(results_files[-1].read_text())
+    from lm_eval_calib.records_io import newest_samples, samples_name
+
+    tasks = {parsed[0] for p in output_dir.rglob("samples_*.jsonl") if (parsed := samples_name(p.name))}
     samples: dict[str, list[dict]] = {}
-    for path in output_dir.rglob("samples_*.jsonl"):
-        task = path.name[len("samples_") :].rsplit("_", 1)[0]
+    for task in sorted(tasks):  # the newest file of exactly this task (the reader the report uses)
+        path = newest_samples(output_dir, task)
         samples[task] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return results, samples

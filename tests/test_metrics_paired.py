@@ -119,3 +119,77 @@ def test_unequal_samples_without_documents_are_refused():
     b = CalibrationData.from_top_label([0.5, 0.7], [1, 0])
     with pytest.raises(CalibrationInputError, match="3 and 2 items"):
         paired_difference("ece", a, b)
+
+
+# --- p-values (the test inversion of the percentile interval) and Holm's correction across claims ---------
+
+
+def _difference(low: float, high: float, draws: np.ndarray) -> PairedDifference:
+    return PairedDifference(key="ece", value_a=0.1, value_b=0.1, difference=float(np.mean(draws)), low=low,
+                            high=high, level=0.95, n_documents=50, n_resamples=draws.size,
+                            differences=draws)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("expect", "margin", "draws", "expected"),
+    [
+        # higher / lower: 2 x the smaller share of resampled differences on one side of 0 (+1 / B+1)
+        ("higher", None, np.r_[np.full(990, 0.02), np.full(9, -0.01)], 2 * (9 + 1) / 1000),
+        ("lower", None, np.r_[np.full(990, 0.02), np.full(9, -0.01)], 2 * (9 + 1) / 1000),
+        ("higher", None, np.zeros(999), 1.0),  # a model against itself: no evidence either way
+        ("higher", None, np.full(999, 0.3), 2 / 1000),  # never 0: B resamples cannot show p < 2/(B+1)
+        # same: 2 x the larger share beyond either margin (inside), or the smaller share inside (outside)
+        ("same", 0.05, np.r_[np.full(980, 0.0), np.full(19, 0.06)], 2 * (19 + 1) / 1000),
+        ("same", 0.05, np.full(999, 0.2), 2 / 1000),  # wholly outside the margin: decisive (contradicted)
+        ("same", 0.05, np.r_[np.full(500, 0.1), np.full(499, 0.0)], 1.0),
+    ],
+)
+def test_p_value_is_the_level_at_which_the_interval_becomes_decisive(expect, margin, draws, expected):
+    assert _difference(0.0, 0.0, draws).p_value(expect, margin) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_p_value_below_5_percent_agrees_with_the_95_percent_interval_verdict(seed):
+    rng = np.random.default_rng(seed)
+    a, b = _sample(rng, 150, 0.15), _sample(rng, 150, 0.15 - 0.05 * seed)
+    result = paired_difference("ece", a, b, n_resamples=400, seed=seed)
+    assert result.differences is not None and result.differences.size == result.n_resamples
+    for expect, margin in (("higher", None), ("lower", None), ("same", 0.04)):
+        decisive = result.verdict(expect, margin) != "inconclusive"
+        p = result.p_value(expect, margin)
+        assert 0 < p <= 1
+        if abs(p - 0.05) > 0.01:  # away from the boundary, where counting and interpolating may differ
+            assert decisive == (p < 0.05), (expect, p, result.low, result.high)
+
+
+def test_p_value_needs_the_resampled_differences():
+    result = PairedDifference(key="ece", value_a=0.1, value_b=0.2, difference=0.1, low=0.05, high=0.15,
+                              level=0.95, n_documents=50, n_resamples=9)  # fmt: skip
+    with pytest.raises(CalibrationInputError, match="resampled differences"):
+        result.p_value("higher")
+
+
+def test_holm_adjustment_matches_the_step_down_by_hand():
+    from lm_eval_calib.metrics.paired import holm_adjust
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max -> 0.06
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm_adjust([0.2]) == pytest.approx([0.2])  # one claim: nothing to correct
+    assert holm_adjust([]) == []
+    with pytest.raises(CalibrationInputError, match="p-values"):
+        holm_adjust([0.1, float("nan")])
+
+
+@pytest.mark.parametrize(
+    ("expect", "margin", "draws", "decision"),
+    [
+        ("higher", None, np.full(99, 0.1), "supported"),
+        ("lower", None, np.full(99, 0.1), "contradicted"),
+        ("lower", None, np.full(99, -0.1), "supported"),
+        ("same", 0.05, np.full(99, 0.01), "supported"),
+        ("same", 0.05, np.full(99, -0.2), "contradicted"),
+    ],
+)
+def test_decision_names_the_verdict_the_p_value_is_evidence_for(expect, margin, draws, decision):
+    assert _difference(0.0, 0.0, draws).decision(expect, margin) == decision

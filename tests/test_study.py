@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -168,7 +169,8 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
         "models": {
             "tiny-a": {"pretrained": str(tiny_model_dir), "stage": "pretrained"},
             "tiny-b": {"pretrained": str(tiny_model_dir)},
-            "broken": {"pretrained": str(tmp_path / "no-such-model")},
+            # passes the up-front checks (the folder exists) but cannot load: its cell fails alone
+            "broken": {"pretrained": str(tmp_path / "not-a-model")},
         },
         "findings": [
             {
@@ -198,6 +200,8 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
             },
         ],  # fmt: skip
     }
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "config.json").write_text("{}")
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(body))
 
@@ -248,3 +252,146 @@ def test_a_verdict_is_withheld_when_too_few_documents_back_the_interval():
     few = judge(spec, PairedDifference(n_documents=2, n_resamples=9, **clear))
     assert few.verdict == "inconclusive"
     assert "only 2 documents" in few.note and "raise calib_clm's limit" in few.note
+
+
+def _claim(name: str, draws, expect: str = "higher", margin: float | None = None, n_documents: int = 50):
+    from lm_eval_calib.metrics.paired import PairedDifference
+    from lm_eval_calib.study.config import FindingSpec
+
+    draws = np.asarray(draws, dtype=float)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    result = PairedDifference(key="ece", value_a=0.1, value_b=0.1 + float(np.mean(draws)),
+                              difference=float(np.mean(draws)), low=float(low), high=float(high), level=0.95,
+                              n_documents=n_documents, n_resamples=draws.size, differences=draws)  # fmt: skip
+    return FindingSpec(name, "calib_mmlu", "ece", "a", "b", expect, margin), result
+
+
+def test_holm_correction_is_reported_beside_the_raw_interval_and_can_withdraw_a_verdict():
+    """Ten claims at once: one with p = 0.02 is supported by its own 95% interval but not after Holm."""
+    from lm_eval_calib.study.findings import FindingResult, findings_markdown, judge, with_holm
+
+    strong = np.r_[np.full(999, 0.05)]  # p = 2/1000
+    weak = np.r_[np.full(990, 0.05), np.full(9, -0.01)]  # p = 2 * 10/1000 = 0.02
+    null = np.r_[np.full(500, 0.02), np.full(499, -0.02)]
+    claims = [
+        _claim("strong", strong),
+        _claim("weak", weak),
+        _claim("same", np.full(999, 0.001), "same", 0.02),
+    ]
+    claims += [_claim(f"null {i}", null) for i in range(7)]
+    results = [judge(spec, result) for spec, result in claims]
+    results.append(FindingResult(claims[0][0], None, "not run", "an evaluation it needs did not finish"))
+    corrected = with_holm(results)
+    by_name = {item.spec.claim: item for item in corrected[:-1]}
+    assert by_name["weak"].verdict == "supported"  # its own interval excludes 0 ...
+    assert by_name["weak"].p_value == pytest.approx(0.02)
+    assert by_name["weak"].p_holm == pytest.approx(min(1.0, 0.02 * 8))  # ... 10 claims, 2 ranked below it
+    assert by_name["weak"].holm_verdict == "inconclusive"  # ... but not after the correction
+    assert by_name["strong"].holm_verdict == "supported" and by_name["same"].holm_verdict == "supported"
+    assert by_name["strong"].p_holm == pytest.approx(10 * 2 / 1000)
+    assert corrected[-1].p_holm is None and corrected[-1].holm_verdict == ""  # not run: not in the family
+    table = findings_markdown(results)  # applies the correction itself
+    header = "| difference [95% CI] | documents | verdict | p | p (Holm, 10 claims) | verdict after Holm |"
+    assert header in table
+    weak_row = next(line for line in table.splitlines() if line.startswith("| weak |"))
+    assert weak_row.endswith("| supported | 0.020 | 0.160 | inconclusive |")
+
+
+def test_too_few_documents_withholds_the_holm_verdict_too():
+    from lm_eval_calib.study.findings import judge, with_holm
+
+    (item,) = with_holm([judge(*_claim("few", np.full(999, 0.05), n_documents=3))])
+    assert item.verdict == item.holm_verdict == "inconclusive"
+    assert item.p_holm == pytest.approx(2 / 1000)  # reported, but not acted on
+
+
+@pytest.fixture(scope="session")
+def finding_runs(tiny_model_dir, data_root, tmp_path_factory) -> Path:
+    """Two real runs of calib_mmlu with 15 bins and bootstrap seed 7 (0-shot and 1-shot, so they differ);
+    the first also ran calib_mmlu_anatomy, whose samples file starts with ``samples_calib_mmlu_``.
+
+    The tiny model's final norm is scaled up: its logits grow 40-fold, so its confidences spread over many
+    bins instead of all sitting near 0.27 (where 10 and 15 bins would give the same ECE).
+    """
+    import shutil
+
+    import torch
+    from conftest import run_lm_eval
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path_factory.mktemp("finding-runs")
+    model = base / "sharp-model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = load_file(model / "model.safetensors")
+    with torch.no_grad():
+        weights["model.norm.weight"] *= 40.0
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    metadata = {"data_dir": str(data_root), "calibration": {"n_bins": 15, "bootstrap_seed": 7}}
+    common = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
+              "--device", "cpu", "--batch_size", "8", "--limit", "40", "--log_samples",
+              "--metadata", json.dumps(metadata)]  # fmt: skip
+    run_lm_eval([*common, "--tasks", "calib_mmlu,calib_mmlu_anatomy", "--num_fewshot", "0",
+                 "--output_path", str(base / "a")])  # fmt: skip
+    run_lm_eval([*common, "--tasks", "calib_mmlu", "--num_fewshot", "1", "--output_path", str(base / "b")])
+    return base
+
+
+def test_a_finding_reads_exactly_its_tasks_samples(finding_runs):
+    """Issue 16 item 6: ``samples_calib_mmlu_*`` also matched calib_mmlu_anatomy's file; findings read it."""
+    from conftest import read_run
+
+    from lm_eval_calib.study.config import FindingSpec
+    from lm_eval_calib.study.findings import check_finding
+
+    spec = FindingSpec("c", "calib_mmlu", "brier", "a", "b", "lower")  # Brier: no bins involved
+    result = check_finding(spec, finding_runs / "a", finding_runs / "b", n_resamples=50)
+    reported_a, reported_b = (read_run(finding_runs / side)[0]["results"]["calib_mmlu"] for side in "ab")
+    assert result.n_documents == 40
+    assert result.value_a == pytest.approx(reported_a["brier,none"], abs=1e-12)
+    assert result.value_b == pytest.approx(reported_b["brier,none"], abs=1e-12)
+
+
+def test_findings_use_the_runs_bins_and_bootstrap_seed(finding_runs, tmp_path):
+    """Issue 15 item 1: a study run with ``calibration.n_bins: 15`` compared 10-bin values in findings.md.
+
+    MCE shows it: this model is overconfident in every bin, which makes ECE the same at any bin count."""
+    import shutil
+
+    from conftest import read_run
+
+    from lm_eval_calib.metrics import compute_metric
+    from lm_eval_calib.metrics.paired import paired_difference
+    from lm_eval_calib.records import records_to_data
+    from lm_eval_calib.study.config import FindingSpec
+    from lm_eval_calib.study.findings import check_finding
+
+    baseline = tmp_path / "a"  # the first run as if it had run calib_mmlu alone
+    shutil.copytree(finding_runs / "a", baseline)
+    for path in baseline.rglob("samples_calib_mmlu_anatomy_*.jsonl"):
+        path.unlink()
+    spec = FindingSpec("c", "calib_mmlu", "mce", "a", "b", "lower")
+    result = check_finding(spec, baseline, finding_runs / "b", n_resamples=200)
+
+    (results_a, samples_a), (results_b, samples_b) = read_run(baseline), read_run(finding_runs / "b")
+    order = sorted((row["doc_id"] for row in samples_a["calib_mmlu"]), key=str)  # findings' document order
+    data_a, data_b = (
+        records_to_data([{row["doc_id"]: row["ece"] for row in samples["calib_mmlu"]}[d] for d in order])
+        for samples in (samples_a, samples_b)
+    )
+    reported = results_a["results"]["calib_mmlu"]["mce,none"]
+    assert compute_metric("mce", data_a, n_bins=10) != pytest.approx(reported)  # the bins tell them apart
+    assert result.value_a == pytest.approx(reported, abs=1e-12)
+    assert result.value_b == pytest.approx(results_b["results"]["calib_mmlu"]["mce,none"], abs=1e-12)
+    expected = paired_difference("mce", data_a, data_b, n_resamples=200, seed=7, n_bins=15)
+    assert (result.low, result.high) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    default_seed = paired_difference("mce", data_a, data_b, n_resamples=200, n_bins=15)
+    assert (default_seed.low, default_seed.high) != pytest.approx((result.low, result.high))
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_examples_pass_the_full_check(example, data_root, monkeypatch):
+    """Their tasks and backends are known to lm_eval and their local files exist (with the real data root)."""
+    from lm_eval_calib.study.checks import check_study
+
+    monkeypatch.setenv("LM_EVAL_CALIB_DATA", str(data_root))
+    check_study(load_study(example))

@@ -8,11 +8,19 @@ models at once. One item per document (MMLU, facts) makes this the ordinary pair
 pair with different tokenizers still pairs, because documents, not tokens, are what is drawn.
 
 The interval is the percentile interval of (metric(B) - metric(A)) over resamples.
+
+A study states ten or more claims at once, so each claim also gets a p-value and the family a Holm
+correction (:func:`holm_adjust`). The p-value is the test inversion of that same percentile interval: the
+smallest ``alpha`` at which the ``1 - alpha`` interval would be decisive for the claim (exclude 0 for
+``higher``/``lower``; lie wholly inside or wholly outside ``±margin`` for ``same``). So a raw verdict at 95%
+and ``p < 0.05`` say the same thing, and Holm's adjusted p-value reads on the same scale. Counts use the
+Monte Carlo ``(k + 1) / (B + 1)`` rule, so B resamples never claim ``p`` below ``2 / (B + 1)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +46,51 @@ class PairedDifference:
     level: float
     n_documents: int
     n_resamples: int
+    differences: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The resampled differences behind the interval (what :meth:`p_value` counts); None when unknown."""
+
+    def _draws(self) -> np.ndarray:
+        if self.differences is None:
+            raise CalibrationInputError(
+                "this PairedDifference carries no resampled differences; compute it with paired_difference"
+            )
+        d = np.asarray(self.differences, dtype=float)
+        return d[~np.isnan(d)]
+
+    def _one_sided(self, expect: str, margin: float | None) -> tuple[float, float]:
+        """(p for *supported*, p for *contradicted*), each before the cap at 1; see :meth:`p_value`."""
+        d = self._draws()
+
+        def share(mask: np.ndarray) -> float:
+            return (np.count_nonzero(mask) + 1.0) / (d.size + 1.0)
+
+        if expect == "same":
+            if margin is None or not margin > 0:
+                raise CalibrationInputError(f"expect 'same' needs a margin > 0, got {margin!r}")
+            inside = 2.0 * max(share(d <= -margin), share(d >= margin))
+            outside = 2.0 * min(share(d <= margin), share(d >= -margin))
+            return inside, outside
+        if expect not in ("higher", "lower"):
+            raise CalibrationInputError(f"expect must be 'higher', 'lower' or 'same', got {expect!r}")
+        above, below = 2.0 * share(d <= 0), 2.0 * share(d >= 0)  # evidence that B - A > 0, resp. < 0
+        return (above, below) if expect == "higher" else (below, above)
+
+    def p_value(self, expect: str, margin: float | None = None) -> float:
+        """The smallest ``alpha`` at which the ``1 - alpha`` percentile interval makes the verdict decisive.
+
+        ``higher``/``lower`` (two-sided, since a claim can also be contradicted): ``2 * min(P(d <= 0),
+        P(d >= 0))`` over the resampled differences ``d``. ``same`` with ``margin`` M: the interval lies
+        inside ±M once ``alpha >= 2 * max(P(d <= -M), P(d >= M))`` (TOST, each side at ``alpha / 2``, like
+        the 95% interval rule) and wholly outside once ``alpha > 2 * min(P(d <= M), P(d >= -M))``; the p-value
+        is the smaller of the two (for a given true difference only one of those two errors is possible).
+        Each share is ``(k + 1) / (B + 1)``; the result is capped at 1.
+        """
+        return float(min(1.0, *self._one_sided(expect, margin)))
+
+    def decision(self, expect: str, margin: float | None = None) -> str:
+        """The decisive verdict (*supported* or *contradicted*) whose evidence :meth:`p_value` measures."""
+        supported, contradicted = self._one_sided(expect, margin)
+        return "supported" if supported <= contradicted else "contradicted"
 
     def verdict(self, expect: str, margin: float | None = None) -> str:
         """How the interval reads against a claim about B - A.
@@ -168,4 +221,26 @@ def paired_difference(
         level=float(level),
         n_documents=n_docs,
         n_resamples=int(values.size),
+        differences=values,
     )
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given.
+
+    Sort ascending; the i-th smallest (1-based) is multiplied by ``m - i + 1``, then made non-decreasing
+    (a running maximum) and capped at 1. A claim "holds after correction" when its adjusted p-value is below
+    the level. Holm needs no independence between the claims (the claims of one study share models and
+    documents), and it is uniformly more powerful than Bonferroni.
+    """
+    values = np.asarray(list(p_values), dtype=float)
+    if values.size == 0:
+        return []
+    if np.isnan(values).any() or (values < 0).any() or (values > 1).any():
+        raise CalibrationInputError(f"p-values must lie in [0, 1], got {values.tolist()}")
+    m = values.size
+    order = np.argsort(values, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * values[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()

@@ -4,23 +4,35 @@ Everything is rebuilt from what lm-eval wrote: the results JSON for the reported
 ``--log_samples`` JSONL for the per-document records, so a report never needs the model again. A folder may
 hold several results files (several models, or several lm_eval calls into one ``--output_path``); each is
 read, and where the same model and task appear twice in one folder the newest file wins.
+
+Records are read by :mod:`lm_eval_calib.records_io` (the one reader, shared with the study): an lm-eval-calib
+task's logged records, or those of any plain lm-eval multiple-choice task built from its logged
+log-likelihoods, whose calibration metrics the report then computes as the calibration task would have.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.metrics import CalibrationData, CalibrationInputError, OptionScores
-from lm_eval_calib.records import RECORD_LOG_KEY, records_to_data
+from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
+from lm_eval_calib.metrics import METRICS, CalibrationData, CalibrationInputError, OptionScores
+from lm_eval_calib.records import NORM_SUFFIX
+from lm_eval_calib.records_io import (
+    SamplesError,
+    TaskRecords,
+    has_records,
+    read_results,
+    read_task,
+    results_stamp,
+    samples_for_results,
+)
 from lm_eval_calib.report.labels import resolve_label
-
-TASK_PREFIX = "calib_"
 
 
 class ReportInputError(ValueError):
@@ -29,7 +41,7 @@ class ReportInputError(ValueError):
 
 @dataclass
 class TaskRun:
-    """One calibration task of one lm-eval run, with its records decoded into arrays."""
+    """One task of one lm-eval run under one prediction rule, with its records decoded into arrays."""
 
     label: str
     task: str
@@ -66,67 +78,89 @@ class TaskRun:
         )
 
 
-def _samples_file(results_file: Path, task: str) -> Path | None:
-    stamp = results_file.stem[len("results_") :]
-    exact = results_file.parent / f"samples_{task}_{stamp}.jsonl"
-    return exact if exact.is_file() else None
-
-
-def read_records(path: Path) -> list[dict]:
-    """The calibration record of every logged document, in file order."""
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line).get(RECORD_LOG_KEY)
-            except (json.JSONDecodeError, AttributeError) as exc:
-                raise ReportInputError(f"{path} line {number} is not a JSON object ({exc})") from exc
-            if not isinstance(record, dict) or "confidence" not in record:
-                raise ReportInputError(
-                    f"{path} line {number} has no calibration record under {RECORD_LOG_KEY!r}; was it "
-                    "written by an lm-eval-calib task with --log_samples?"
-                )
-            records.append(record)
-    if not records:
-        raise ReportInputError(f"{path} holds no logged documents")
-    return records
-
-
-def decode_records(records: list[dict]) -> dict[str, Any]:
-    """Arrays behind one task's report: data, per-item document and category, and option scores if any."""
-    data = records_to_data(records)
-    sizes = np.fromiter(
-        (len(r["confidence"]) if isinstance(r["confidence"], list) else 1 for r in records),
-        dtype=np.int64,
-        count=len(records),
-    )
-    names = sorted({str(r["category"]) for r in records if r.get("category") is not None})
-    code = {name: i for i, name in enumerate(names)}
-    per_record = np.array(
-        [-1 if r.get("category") is None else code[str(r["category"])] for r in records], dtype=np.int64
-    )
-    scores = None
-    if all(not isinstance(r["confidence"], list) and "loglik" in r and "target" in r for r in records):
-        scores = OptionScores.build([r["loglik"] for r in records], [int(r["target"]) for r in records])
-    return {
-        "data": data,
-        "scores": scores,
-        "item_record": np.repeat(np.arange(len(records), dtype=np.int64), sizes),
-        "item_category": np.repeat(per_record, sizes),
-        "categories": names,
-    }
+ACC_NORM_SUFFIX = " (acc_norm rule)"
+"""Appended to a task's name for its rows under lm-eval's ``acc_norm`` prediction rule."""
 
 
 def _results_files(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("results_*.json"), key=lambda p: (p.stem, str(p)))
+    """Every results file under ``folder``, oldest first (by lm-eval's time stamp)."""
+    files = folder.rglob("results_*.json")
+    return sorted(files, key=lambda p: (results_stamp(p.name) or p.stem, str(p)))
+
+
+def _bootstrap_iters(results: dict) -> int | None:
+    iters = (results.get("config") or {}).get("bootstrap_iters")
+    return iters if isinstance(iters, int) and not isinstance(iters, bool) else None
+
+
+def task_numbers(
+    metrics: dict, records: TaskRecords, bootstrap_iters: int | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The leaderboard numbers of one task under ``records.rule``, and the keys the report computed itself.
+
+    Numbers lm-eval wrote win (under the ``acc_norm`` rule: its ``acc_norm`` and a calibration task's
+    ``ece_norm``, ...). For a plain lm-eval task, the keys its run did not compute (every calibration metric,
+    and accuracy when documents were left out) are computed here exactly as a calibration task's aggregation
+    computes them (:func:`lm_eval_calib.harness.aggregation.make_aggregation`: the run's ``n_bins``,
+    bootstrap seed and ``min(--bootstrap_iters, max_bootstrap)`` resamples; no stderr when
+    ``--bootstrap_iters`` was 0), accuracy as lm-eval's mean with its stderr.
+    """
+    suffix = "" if records.rule == "acc" else NORM_SUFFIX
+    numbers: dict[str, Any] = dict(metrics) if not suffix else {}
+    for key in METRICS:
+        for name in (key, f"{key}_stderr"):
+            value = metrics.get(f"{name.replace(key, key + suffix, 1)},none")
+            if value is not None:
+                numbers[f"{name},none"] = value
+    computed = [key for key in METRICS if not isinstance(numbers.get(f"{key},none"), int | float)]
+    if records.origin != "lm-eval":  # a calibration task's own numbers are shown as it reported them
+        return numbers, []
+    if records.n_skipped and "acc" not in computed:  # lm-eval's accuracy counts documents left out here
+        computed.insert(0, "acc")
+    iters = 100000 if bootstrap_iters is None else bootstrap_iters  # lm-eval's default --bootstrap_iters
+    warned: set[int] = set()  # one small-sample warning per task, as in the calibration task
+    for key in computed:
+        if key == "acc":  # lm-eval's own mean and its stderr, as a calibration task reports acc
+            from lm_eval.api.metrics import mean_stderr
+
+            correct = records.data.correct.tolist()
+            numbers["acc,none"] = float(np.mean(correct))
+            numbers["acc_stderr,none"] = mean_stderr(correct) if iters > 0 and len(correct) > 1 else "N/A"
+            continue
+        aggregate = make_aggregation(key, records.options, records.task, warned)
+        numbers[f"{key},none"] = aggregate(records.records)
+        stderr = getattr(aggregate, STDERR_ATTRIBUTE)
+        many = iters > 0 and len(records.records) > 1  # lm-eval's rule for reporting a stderr at all
+        numbers[f"{key}_stderr,none"] = stderr(records.records, n_resamples=iters) if many else "N/A"
+    return numbers, computed
+
+
+def _read_rules(
+    results_file: Path, task: str, results: dict, metrics: dict
+) -> tuple[list[TaskRecords], list[str]]:
+    """The task's records under the ``acc`` rule and, where the run has them, the ``acc_norm`` rule."""
+    first = read_task(results_file, task, results, "acc")
+    found, notes = [first], list(first.skipped)
+    if first.origin == "record":
+        norm = first.source is not None and has_records(first.source, "acc_norm")
+    else:
+        norm = "acc_norm,none" in metrics
+    if norm:
+        second = read_task(results_file, task, results, "acc_norm")
+        found.append(second)
+        notes += [n for n in second.skipped if n not in notes]
+    return found, notes
 
 
 def load_run(
     folder: Path, label: str | None = None, log=lambda message: None
 ) -> tuple[list[TaskRun], list[str]]:
-    """The calibration tasks of every results file under ``folder``, and messages about what was skipped."""
+    """The scorable tasks of every results file under ``folder``, and messages about what was skipped.
+
+    A task is scorable when its samples hold calibration records (an lm-eval-calib task) or it is a plain
+    lm-eval multiple-choice task (records built from its logged log-likelihoods); a task whose run reported
+    ``acc_norm`` (or logged ``ece_norm`` records) also gets a ``<task> (acc_norm rule)`` run.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ReportInputError(f"{folder}: no such folder; pass the folder given to lm_eval --output_path")
@@ -139,18 +173,19 @@ def load_run(
     messages: list[str] = []
     for results_file in results_files:  # oldest first, so a newer file replaces an older one
         try:
-            results = json.loads(results_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            messages.append(f"skipped: {results_file} is not valid JSON ({exc})")
+            results = read_results(results_file)
+        except SamplesError as exc:
+            messages.append(f"skipped: {exc}")
             continue
         named = resolve_label(results, label)
         if named.warning:
             messages.append(f"warning: {named.warning}")
-        for task, metrics in sorted((results.get("results") or {}).items()):
-            if not task.startswith(TASK_PREFIX) or task not in (results.get("configs") or {}):
+        configs = results.get("configs") if isinstance(results.get("configs"), dict) else {}
+        for task, metrics in sorted(results["results"].items()):
+            if task not in configs or not isinstance(metrics, dict):
                 messages.append(
-                    f"skipped: {folder}: task {task} is not an lm-eval-calib calibration task (calib_*); "
-                    "report only calibration tasks"
+                    f"skipped: {folder}: {task} is a group of tasks, not one task; its tasks are reported "
+                    "one by one"
                 )
                 continue
             key = (named.label, task)
@@ -162,38 +197,47 @@ def load_run(
             chosen[key] = (results_file, results, {"metrics": metrics, "stage": named.stage})
     runs = []
     for (name, task), (results_file, results, extra) in chosen.items():
-        samples = _samples_file(results_file, task)
-        if samples is None:
+        if samples_for_results(results_file, task) is None:
             messages.append(
                 f"skipped: {folder}: no samples for {task} ({name}); rerun lm_eval with --log_samples to "
                 "report it"
             )
             continue
         try:
-            decoded = decode_records(read_records(samples))
-        except (ReportInputError, CalibrationInputError, KeyError, TypeError, ValueError) as exc:
-            messages.append(f"skipped: {samples}: unreadable calibration records ({exc})")
+            found, notes = _read_rules(results_file, task, results, extra["metrics"])
+        except (SamplesError, CalibrationInputError, KeyError, TypeError, ValueError) as exc:
+            messages.append(f"skipped: {folder}: {task} ({name}): {exc}")
             continue
-        config = (results.get("configs") or {}).get(task) or {}
-        try:
-            options = CalibrationOptions.from_metadata(config.get("metadata"))
-        except ValueError as exc:
-            messages.append(f"warning: {results_file}: {exc}; using the default calibration options")
-            options = CalibrationOptions()
-        runs.append(
-            TaskRun(
-                label=name,
-                task=task,
-                results=extra["metrics"],
-                source=results_file,
-                folder=folder,
-                stage=extra["stage"],
-                version=(results.get("versions") or {}).get(task),
-                n_shot=(results.get("n-shot") or {}).get(task),
-                options=options,
-                bootstrap_iters=(results.get("config") or {}).get("bootstrap_iters"),
-                **decoded,
+        messages += [f"note: {name} / {note}" for note in notes]
+        for records in found:
+            numbers, computed = task_numbers(extra["metrics"], records, _bootstrap_iters(results))
+            shown = task if records.rule == "acc" else task + ACC_NORM_SUFFIX
+            if computed:
+                opts = records.options
+                what = "log-likelihoods" if records.origin == "lm-eval" else "records"
+                messages.append(
+                    f"note: {name} / {shown}: {', '.join(computed)} computed by the report from the logged "
+                    f"{what} (n_bins {opts.n_bins}, bootstrap seed {opts.bootstrap_seed}); lm-eval's run did "
+                    "not compute them"
+                )
+            runs.append(
+                TaskRun(
+                    label=name,
+                    task=shown,
+                    results=numbers,
+                    data=records.data,
+                    source=results_file,
+                    folder=folder,
+                    stage=extra["stage"],
+                    version=(results.get("versions") or {}).get(task),
+                    n_shot=(results.get("n-shot") or {}).get(task),
+                    options=records.options,
+                    bootstrap_iters=_bootstrap_iters(results),
+                    scores=records.scores,
+                    item_record=records.item_document,
+                    item_category=records.item_category,
+                    categories=records.categories,
+                )
             )
-        )
-        log(f"  read {name} / {task}: {len(decoded['data'])} items")
+            log(f"  read {name} / {shown}: {len(records.data)} items")
     return runs, messages

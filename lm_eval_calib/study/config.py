@@ -1,8 +1,12 @@
 """A study file (YAML): which models and training stages, which tasks, where the output goes, what to test.
 
 The file is validated as a whole before anything runs, so a typo in the last stage does not surface after an
-hour of training. Every error names the key, what was wrong, and what would be right. Strings may use
-``${VAR}`` (e.g. ``${LM_EVAL_CALIB_DATA}/alpaca/alpaca_data_1k.json``); an unset variable is an error.
+hour of training: keys, names, each stage's ``args:`` against that stage's settings schema
+(``lm_eval_calib_train.config``, the one its CLI flags come from), and the claims. What needs this machine
+(task and backend names known to lm_eval, files that exist) is checked by
+:func:`lm_eval_calib.study.checks.check_study`. Every error names the key, what was wrong, and what would be
+right. Strings may use ``${VAR}`` (e.g. ``${LM_EVAL_CALIB_DATA}/alpaca/alpaca_data_1k.json``); an unset
+variable is an error.
 
 Schema (see ``examples/offline_mini.yaml``)::
 
@@ -20,7 +24,8 @@ Schema (see ``examples/offline_mini.yaml``)::
       gemma3-270m: {bundled: gemma3, stage: pretrained}
       pythia-70m-step1000: {pretrained: EleutherAI/pythia-70m, model_args: {revision: step1000}}
     train:                               # checkpoints to produce first, in dependency order
-      gemma3-sft-lora-alpaca: {kind: sft, from: gemma3-270m, method: lora, data: ..., max_steps: 50}
+      gemma3-sft-lora-alpaca: {kind: sft, from: gemma3-270m, method: lora, data: ..., max_steps: 50,
+                               args: {lora_r: 16, learning_rate: 1.0e-4}}   # any `train sft` setting
       gemma3-rm: {kind: reward, from: gemma3-270m, data: ..., max_steps: 50}
       gemma3-ppo: {kind: ppo, policy: gemma3-sft-lora-alpaca, reward_model: gemma3-rm, data: ...}
     findings:                            # claims checked with a paired bootstrap
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,7 @@ import yaml
 
 from lm_eval_calib.metrics import METRICS
 
-TRAIN_KINDS = ("sft", "reward", "ppo")
+TRAIN_KINDS = ("sft", "reward", "rloo", "ppo")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -63,6 +69,9 @@ class EvalSettings:
         None  # (start, stop, step): lm_eval --samples, a spread of documents
     )
     metadata: dict[str, Any] = field(default_factory=dict)
+    launcher: tuple[str, ...] = ()
+    """A launcher prefix that replaces ``python`` (e.g. ``torchrun --nproc_per_node 8``): the cell runs
+    ``<launcher> -m lm_eval ...``; part of the cell's fingerprint like every other setting."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,8 @@ class TrainSpec:
     max_steps: int
     source: str | None = None  # sft / reward: the model or stage it starts from
     method: str | None = None  # sft: full | lora
-    policy: str | None = None  # ppo
-    reward_model: str | None = None  # ppo
+    policy: str | None = None  # rloo / ppo
+    reward_model: str | None = None  # rloo / ppo
     args: dict[str, Any] = field(default_factory=dict)
     evaluate: bool = True
 
@@ -167,7 +176,17 @@ def _check_name(name: Any, where: str) -> str:
     return name
 
 
-_EVAL_KEYS = {"backend", "model_args", "device", "batch_size", "limit", "num_fewshot", "samples", "metadata"}
+_EVAL_KEYS = {
+    "backend",
+    "model_args",
+    "device",
+    "batch_size",
+    "limit",
+    "num_fewshot",
+    "samples",
+    "metadata",
+    "launcher",
+}
 
 
 def _samples(raw: Any, where: str) -> tuple[int, int, int] | None:
@@ -207,7 +226,24 @@ def _eval_settings(raw: dict, base: EvalSettings, where: str) -> EvalSettings:
         num_fewshot=shots,
         samples=samples,
         metadata={**base.metadata, **_mapping(raw.get("metadata"), f"{where}.metadata")},
+        launcher=_launcher(raw["launcher"], f"{where}.launcher") if "launcher" in raw else base.launcher,
     )
+
+
+def _launcher(value: Any, where: str) -> tuple[str, ...]:
+    """``"torchrun --nproc_per_node 2"`` -> its words; a launcher must run ``-m lm_eval`` after them."""
+    if isinstance(value, str):
+        words = tuple(shlex.split(value))
+    elif isinstance(value, list) and all(isinstance(word, str) for word in value):
+        words = tuple(value)
+    else:
+        raise StudyConfigError(f"{where} must be a command line such as 'torchrun --nproc_per_node 8'")
+    if not words or words[-1] == "-m" or "lm_eval" in words:
+        raise StudyConfigError(
+            f"{where}: give only the launcher ({' '.join(words) or 'empty'}); the study appends "
+            "`-m lm_eval ...` itself, e.g. 'torchrun --nproc_per_node 8' or 'accelerate launch --multi_gpu'"
+        )
+    return words
 
 
 def _model(name: str, raw: dict, where: str) -> ModelSpec:
@@ -231,6 +267,7 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
     if kind not in TRAIN_KINDS:
         raise StudyConfigError(f"{where}.kind must be one of {', '.join(TRAIN_KINDS)}, got {kind!r}")
     required = {"sft": ("from", "data", "max_steps", "method"), "reward": ("from", "data", "max_steps"),
+                "rloo": ("policy", "reward_model", "data", "max_steps"),
                 "ppo": ("policy", "reward_model", "data", "max_steps")}[kind]  # fmt: skip
     allowed = {"kind", "args", "evaluate", *required}
     _check_keys(raw, allowed, where)
@@ -242,6 +279,7 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
         raise StudyConfigError(f"{where}.max_steps must be an integer >= 1")
     if kind == "sft" and raw["method"] not in ("full", "lora"):
         raise StudyConfigError(f"{where}.method must be full or lora, got {raw['method']!r}")
+    args = _stage_args(kind, raw, _mapping(raw.get("args"), f"{where}.args"), f"{where}.args")
     return TrainSpec(
         name=name,
         kind=kind,
@@ -251,9 +289,60 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
         method=raw.get("method"),
         policy=raw.get("policy"),
         reward_model=raw.get("reward_model"),
-        args=_mapping(raw.get("args"), f"{where}.args"),
+        args=args,
         evaluate=bool(raw.get("evaluate", kind != "reward")),  # a reward model is a classifier, not an LM
     )
+
+
+# Stage settings the study file gives as the stage's own keys (`from:` is the train CLI's --model), and those
+# the study itself decides (where the checkpoint goes, whether to resume or overwrite).
+_STAGE_OWN_KEYS = {"model": "from", "policy": "policy", "reward_model": "reward_model", "data": "data",
+                   "max_steps": "max_steps", "method": "method"}  # fmt: skip
+_STUDY_SETS = ("output", "overwrite", "resume", "config")
+
+
+def _stage_args(kind: str, raw: dict, args: dict, where: str) -> dict[str, Any]:
+    """``args:`` of a stage, checked against that stage's settings (``lm_eval_calib_train.config``).
+
+    The same dataclass builds the train CLI's flags, so a key it lacks would be an "unrecognized argument"
+    after every earlier stage had trained; a value of the wrong type or out of range likewise. The whole
+    stage config is built and validated here (with the study's own keys filled in), before anything runs.
+    Keys may be spelled with ``_`` or ``-``; they are returned with ``_``.
+    """
+    import dataclasses
+
+    from lm_eval_calib_train.config import STAGES, TrainInputError, build_config, coerce
+
+    cls = STAGES[kind]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    valid = sorted(fields - set(_STAGE_OWN_KEYS) - set(_STUDY_SETS))
+    settings: dict[str, Any] = {}
+    for key, value in args.items():
+        name = str(key).replace("-", "_")
+        if name in _STAGE_OWN_KEYS and name in fields:
+            raise StudyConfigError(
+                f"{where}.{key}: give it as the stage's own key `{_STAGE_OWN_KEYS[name]}:`, not under args"
+            )
+        if name in _STUDY_SETS:
+            raise StudyConfigError(f"{where}.{key}: the study sets it (checkpoint folder, resume); drop it")
+        if name not in fields:
+            raise StudyConfigError(
+                f"{where}: unknown key {key!r} for `train {kind}`; valid: {', '.join(valid)}"
+            )
+        try:
+            settings[name] = coerce(cls, name, value)
+        except TrainInputError as exc:
+            raise StudyConfigError(f"{where}.{key}: {exc}") from None
+    own = {"output": "checkpoint", "data": str(raw["data"]), "max_steps": raw["max_steps"]}
+    rl = kind in ("rloo", "ppo")
+    own.update({"policy": "policy", "reward_model": "reward"} if rl else {"model": "model"})
+    if kind == "sft":
+        own["method"] = raw["method"]
+    try:
+        build_config(cls, {**settings, **own})
+    except TrainInputError as exc:
+        raise StudyConfigError(f"{where}: {exc}") from None
+    return settings
 
 
 def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingSpec:
@@ -270,6 +359,11 @@ def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingS
     for key in ("baseline", "treatment"):
         if raw[key] not in evaluated:
             raise StudyConfigError(f"{where}.{key} {raw[key]!r} is not an evaluated model or stage")
+    if raw["baseline"] == raw["treatment"]:
+        raise StudyConfigError(
+            f"{where}: compares {raw['baseline']} with itself (baseline and treatment are both "
+            f"{raw['baseline']!r}); a claim needs two different models or stages"
+        )
     if raw["expect"] not in ("higher", "lower", "same"):
         raise StudyConfigError(
             f"{where}.expect must be higher, lower or same (the treatment's value vs the baseline's)"
@@ -321,7 +415,7 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
                     f"train.{n}: {parent!r} is neither a model nor a stage listed above it (stages run in "
                     "file order, so a stage can only start from one listed earlier)"
                 )
-        if spec.kind == "ppo" and (
+        if spec.kind in ("rloo", "ppo") and (
             spec.reward_model not in train or train[spec.reward_model].kind != "reward"
         ):
             raise StudyConfigError(f"train.{n}.reward_model must name a `kind: reward` stage listed above it")

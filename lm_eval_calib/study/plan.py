@@ -6,16 +6,24 @@ everything that decides its result (settings, data, and the fingerprints of the 
 a stage's steps and that stage and everything downstream is "stale" and runs again; nothing else does.
 Folders appear only complete (the runner builds them under a temporary name and renames), so a killed study
 resumes by re-running just the cells it had not finished.
+
+The data enter by content, not by path (:func:`content_digest`): an evaluation's share of the data root (the
+folder its task reads, or the whole root for a task this package does not ship), a stage's training file, a
+local model folder. Same bytes give the same result wherever they lie, so a data root moved or copied reuses
+finished cells; any changed, added or removed file reruns exactly the cells that read it. Hub data (no data
+root, or a hub dataset name) enter by name: they cannot be hashed without downloading them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lm_eval_calib.data.root import DATA_ENV  # the cells' lm_eval inherits this environment
 from lm_eval_calib.study.config import EvalSettings, ModelSpec, StudyConfig, TrainSpec
 
 CELL_FILE = "study_cell.json"
@@ -33,10 +41,123 @@ class Cell:
     needs: list[str] = field(default_factory=list)  # cells that must finish first
     status: str = "missing"  # done | missing | stale | blocked
     reason: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # local data / folder it reads -> content digest
 
 
 def _fingerprint(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+HASH_CACHE = ".study_hashes.json"
+# Task-family folder in this package's tasks/ -> the folder of the data root its tasks read.
+TASK_DATA_FOLDERS = {"mmlu": "mmlu", "facts": "lama_trex", "facts_gen": "lama_trex", "clm": "wikitext2"}
+DATA_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".gz")
+
+
+class FileHashes:
+    """SHA-256 of files, remembered in ``OUTPUT/.study_hashes.json`` so that an unchanged file is read once.
+
+    A remembered hash is reused only while the file's size, modification time (ns), status-change time (ns)
+    and inode are all unchanged. Any write to a file updates its status-change time, which (unlike the
+    modification time) cannot be set back by a user or a copying tool, so a file rewritten with other bytes
+    of the same length and its old mtime is still hashed again. A copy is a new inode: hashed again, same
+    digest. The worst a stale cache entry can do is cost a re-hash, never a wrong "done".
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.known: dict[str, list] = {}
+        if path is not None and path.is_file():
+            try:
+                self.known = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                self.known = {}
+        self.changed = False
+
+    def file(self, path: Path) -> str:
+        stat = path.stat()
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        name = str(path.resolve())
+        entry = self.known.get(name)
+        if entry is not None and entry[:4] == key:
+            return entry[4]
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        self.known[name] = [*key, digest.hexdigest()]
+        self.changed = True
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        """Write the remembered hashes when the output folder exists (a dry run creates nothing)."""
+        if self.path is None or not self.changed or not self.path.parent.is_dir():
+            return
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.known))
+        tmp.replace(self.path)
+
+
+def content_digest(path: Path, hashes: FileHashes) -> str:
+    """A digest of the bytes under ``path`` (a file, or every file below a folder with its relative path);
+    ``missing`` when there is nothing (the study's checks report that before anything runs)."""
+    if path.is_file():
+        return hashes.file(path)[:16]
+    if not path.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{item.relative_to(path).as_posix()}\0{hashes.file(item)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def is_local_data(spec: str) -> bool:
+    """Whether the train CLI reads ``spec`` as a local file or folder (else: a hub dataset name); the same
+    rule as ``lm_eval_calib_train.data``."""
+    return (
+        Path(spec).expanduser().exists()
+        or spec.startswith(("/", "./", "../", "~"))
+        or spec.endswith(DATA_SUFFIXES)
+    )
+
+
+def is_local_model(spec: ModelSpec) -> bool:
+    """A ``pretrained:`` that names a folder (it exists, or is written as a path) rather than a hub id."""
+    if not spec.pretrained:
+        return False
+    return Path(spec.pretrained).expanduser().exists() or spec.pretrained.startswith(("/", "./", "../", "~"))
+
+
+def data_root(settings: EvalSettings) -> Path | None:
+    """The data root an evaluation reads (``metadata: {data_dir: ...}``, else ``$LM_EVAL_CALIB_DATA``), or
+    None for the hub copy; resolved as lm_eval_calib.data.root does, in the same working directory."""
+    raw = settings.metadata.get("data_dir") or os.environ.get(DATA_ENV) or None
+    return None if raw is None else Path(str(raw)).expanduser()
+
+
+def task_data_folder(task: str) -> str | None:
+    """The folder of the data root that one of this package's tasks reads (``mmlu`` for ``calib_mmlu`` and
+    every ``calib_mmlu_<subject>``), or None for any other task (a ``calib_<task>`` wrapper may read
+    ``ROOT/hub/...`` or more: the whole root counts, which is safe and at worst reruns a cell)."""
+    from lm_eval_calib.registration import task_dir
+
+    try:
+        tasks = task_dir()
+    except FileNotFoundError:
+        return None
+    for family, folder in TASK_DATA_FOLDERS.items():
+        if (tasks / family / f"{task}.yaml").is_file():
+            return folder
+    return None
+
+
+def eval_data(task: str, settings: EvalSettings) -> Path | None:
+    """The local data an evaluation of ``task`` reads, or None when it reads the hub copy."""
+    root = data_root(settings)
+    if root is None:
+        return None
+    folder = task_data_folder(task)
+    return root / folder if folder else root
 
 
 def _args_string(args: dict) -> str:
@@ -81,7 +202,7 @@ def train_command(config: StudyConfig, spec: TrainSpec) -> list[str]:
         return model.bundled or str(model.pretrained)  # the train CLI resolves bundled names itself
 
     command = _cli("train", spec.kind)
-    if spec.kind == "ppo":
+    if spec.kind in ("rloo", "ppo"):
         command += ["--policy", weights(spec.policy), "--reward-model", weights(spec.reward_model)]
     else:
         command += ["--model", weights(spec.source)]
@@ -89,13 +210,22 @@ def train_command(config: StudyConfig, spec: TrainSpec) -> list[str]:
         command += ["--method", spec.method]
     command += ["--data", spec.data, "--max-steps", str(spec.max_steps)]
     for key, value in spec.args.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+        command += [f"--{key.replace('_', '-')}", _flag_value(value)]
     return command + ["--output", str(checkpoint_folder(config, spec.name))]
+
+
+def _flag_value(value: object) -> str:
+    """A stage setting as the train CLI parses it back: lists comma-separated, booleans lower-case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    return str(value)
 
 
 def eval_command(model_args: dict, settings: EvalSettings, task: str, output: Path) -> list[str]:
     """``lm_eval`` exactly as a user would type it for this cell (``--log_samples`` for the report)."""
-    command = [sys.executable, "-m", "lm_eval", "--model", settings.backend,
+    command = [*(settings.launcher or (sys.executable,)), "-m", "lm_eval", "--model", settings.backend,
                "--model_args", _args_string({**model_args, **settings.model_args}),
                "--tasks", task, "--output_path", str(output), "--log_samples"]  # fmt: skip
     if settings.limit is not None:
@@ -123,27 +253,48 @@ def read_cell(folder: Path) -> dict | None:
 
 def build_plan(config: StudyConfig) -> list[Cell]:
     """Every cell of the study in the order it runs: training stages (file order), then evaluations."""
+    hashes = FileHashes(config.output / HASH_CACHE)
     cells: list[Cell] = []
     prints: dict[str, str] = {}  # model or stage -> fingerprint of its weights
+    folders: dict[str, dict[str, str]] = {}  # model -> {its local folder: content digest}
     for spec in config.models.values():
-        prints[spec.name] = _fingerprint({"model": spec.bundled or spec.pretrained, "args": spec.model_args})
+        if is_local_model(spec):
+            folder = str(spec.pretrained)
+            folders[spec.name] = {folder: content_digest(Path(folder).expanduser(), hashes)}
+        payload = {"model": spec.bundled or spec.pretrained, "args": spec.model_args,
+                   "files": folders.get(spec.name, {})}  # fmt: skip
+        prints[spec.name] = _fingerprint(payload)
     for spec in config.train.values():
-        payload = {"spec": spec.__dict__, "parents": [prints[p] for p in spec.parents()]}
+        if is_local_data(spec.data):
+            inputs = {spec.data: content_digest(Path(spec.data).expanduser(), hashes)}
+            data = list(inputs.values())[0]
+        else:
+            inputs, data = {}, f"hub:{spec.data}"
+        for parent in spec.parents():
+            inputs.update(folders.get(parent, {}))
+        # the data enter by content (the path string is left out: the same bytes elsewhere are the same data)
+        payload = {"spec": {**spec.__dict__, "data": data}, "parents": [prints[p] for p in spec.parents()]}
         prints[spec.name] = _fingerprint(payload)
         cell = Cell(name=f"train/{spec.name}", kind="train", folder=checkpoint_folder(config, spec.name),
-                    command=[], fingerprint=prints[spec.name], model=spec.name,
+                    command=[], fingerprint=prints[spec.name], model=spec.name, inputs=inputs,
                     needs=[f"train/{p}" for p in spec.parents() if p in config.train])  # fmt: skip
         try:
             cell.command = train_command(config, spec)
         except (FileNotFoundError, KeyError) as exc:
             cell.status, cell.reason = "blocked", str(exc.args[0] if exc.args else exc)
         cells.append(cell)
+    task_data = {}
+    for task, settings in config.tasks.items():
+        path = eval_data(task, settings)
+        task_data[task] = {} if path is None else {str(path): content_digest(path, hashes)}
     for name in config.evaluated():
         for task, settings in config.tasks.items():
             folder = eval_folder(config, name, task)
-            payload = {"weights": prints[name], "task": task, "settings": settings.__dict__}
+            data = list(task_data[task].values())[0] if task_data[task] else "hub"
+            payload = {"weights": prints[name], "task": task, "settings": settings.__dict__, "data": data}
             cell = Cell(name=f"eval/{name}/{task}", kind="eval", folder=folder, command=[],
-                        fingerprint=_fingerprint(payload), model=name, task=task)  # fmt: skip
+                        fingerprint=_fingerprint(payload), model=name, task=task,
+                        inputs={**task_data[task], **folders.get(name, {})})  # fmt: skip
             if name in config.train:
                 cell.needs = [f"train/{name}"]
                 source = {"pretrained": str(checkpoint_folder(config, name))}
@@ -158,6 +309,7 @@ def build_plan(config: StudyConfig) -> list[Cell]:
                     continue
             cell.command = eval_command(source, settings, task, folder)
             cells.append(cell)
+    hashes.save()
     for cell in cells:
         if cell.status == "blocked":
             continue
@@ -165,12 +317,22 @@ def build_plan(config: StudyConfig) -> list[Cell]:
         if recorded is not None and recorded.get("fingerprint") == cell.fingerprint:
             cell.status = "done"
         elif cell.folder.exists():
-            cell.status, cell.reason = (
-                "stale",
-                "settings changed since it ran (or it was not made by a study)",
-            )
+            cell.status, cell.reason = "stale", _why_stale(cell, recorded)
     _propagate(cells)
     return cells
+
+
+def _why_stale(cell: Cell, recorded: dict | None) -> str:
+    """Name the data that changed when the cell file says what it read, else the general reason."""
+    if recorded is not None and isinstance(recorded.get("inputs"), dict):
+        before = recorded["inputs"]
+        changed = [path for path, digest in cell.inputs.items() if path in before and before[path] != digest]
+        if changed:
+            return "data changed since it ran: " + ", ".join(changed)
+        moved = sorted(set(cell.inputs) - set(before))
+        if moved and sorted(cell.inputs.values()) != sorted(before.values()):
+            return "data changed since it ran: " + ", ".join(moved)
+    return "settings changed since it ran (or it was not made by a study)"
 
 
 def _propagate(cells: list[Cell]) -> None:

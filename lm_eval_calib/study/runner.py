@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lm_eval_calib.study.checks import check_study
 from lm_eval_calib.study.config import StudyConfig
 from lm_eval_calib.study.findings import (
     FindingInputError,
@@ -45,6 +46,7 @@ def _write_cell_file(folder: Path, cell: Cell, seconds: float) -> None:
         "fingerprint": cell.fingerprint,
         "command": cell.command,
         "seconds": round(seconds, 1),
+        "inputs": cell.inputs,  # the local data it read, by content digest: names what changed when stale
     }
     (folder / CELL_FILE).write_text(json.dumps(body, indent=2) + "\n")
 
@@ -87,7 +89,13 @@ def _tail(path: Path) -> str:
 
 
 def run_study(config: StudyConfig, log: Callable[[str], None] = print, n_resamples: int = 1000) -> int:
-    """Run what is missing, then report; returns 0 when every cell is done at the end, else 1."""
+    """Run what is missing, then report; returns 0 when every cell is done at the end, else 1.
+
+    Raises :class:`~lm_eval_calib.study.config.StudyConfigError` before any cell runs when the study names a
+    task or backend lm_eval does not know, or a file that is missing (:func:`check_study`).
+    """
+    check_study(config)
+    config.output.mkdir(parents=True, exist_ok=True)  # so build_plan keeps the file hashes it computes
     cells = build_plan(config)
     todo = [c for c in cells if c.status in ("missing", "stale")]
     log(f"study {config.name}: {len(cells)} cells, {len(todo)} to run, the rest done or blocked")

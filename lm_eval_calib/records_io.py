@@ -1,0 +1,341 @@
+"""The one reader of per-document calibration records: lm-eval ``--log_samples`` files back into arrays.
+
+Every consumer of a finished run (the report, the study's findings, the tests) reads a task's records here,
+so which file belongs to a task, which document an item came from, the categories and the run's
+calibration options are decided once:
+
+* **Which file.** lm-eval writes ``samples_<task>_<stamp>.jsonl`` beside ``results_<stamp>.json``, the stamp
+  being ``datetime.now().isoformat()`` with ``:`` replaced by ``-``. Names are matched exactly (so
+  ``calib_mmlu`` never reads ``calib_mmlu_anatomy``'s file) and the newest stamp wins.
+* **Which records.** A calibration task logs its record under :data:`~lm_eval_calib.records.RECORD_LOG_KEY`
+  (and the ``acc_norm`` rule's under ``RECORD_LOG_KEY + NORM_SUFFIX``); a plain lm-eval multiple-choice task
+  logs its option log-likelihoods, from which :mod:`lm_eval_calib.plain_records` builds the same records.
+* **Which options.** ``n_bins``, the bootstrap seed and cap come from the results file's
+  ``configs[task].metadata.calibration`` (:meth:`CalibrationOptions.from_metadata`), so every number read back
+  is computed as the run computed it.
+
+The metric core stays pure; all file reading lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lm_eval_calib.harness.options import CalibrationOptions
+from lm_eval_calib.metrics import CalibrationData, OptionScores
+from lm_eval_calib.plain_records import RULES, SkipDocument, option_record, target_delimiter
+from lm_eval_calib.records import NORM_SUFFIX, RECORD_LOG_KEY, records_to_data
+
+STAMP = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?"
+"""lm-eval's file time stamp: ``datetime.now().isoformat().replace(":", "-")``."""
+SAMPLES_NAME = re.compile(rf"^samples_(?P<task>.+)_(?P<stamp>{STAMP})\.jsonl$")
+RESULTS_NAME = re.compile(rf"^results_(?P<stamp>{STAMP})\.json$")
+RECORD_KEYS = {"acc": RECORD_LOG_KEY, "acc_norm": RECORD_LOG_KEY + NORM_SUFFIX}
+"""Where a calibration task logs the record of each prediction rule."""
+
+
+class SamplesError(ValueError):
+    """A samples file (or the results file beside it) cannot be read into records; the message says how to
+    fix it."""
+
+
+def samples_name(name: str) -> tuple[str, str] | None:
+    """``(task, stamp)`` of an lm-eval samples file name, or ``None`` when it is not one."""
+    match = SAMPLES_NAME.match(name)
+    return (match["task"], match["stamp"]) if match else None
+
+
+def results_stamp(name: str) -> str | None:
+    """The time stamp of an lm-eval results file name, or ``None`` when it is not one."""
+    match = RESULTS_NAME.match(name)
+    return match["stamp"] if match else None
+
+
+def samples_for_results(results_file: Path, task: str) -> Path | None:
+    """The samples file lm-eval wrote for ``task`` in the same call as ``results_file``, if any."""
+    stamp = results_stamp(Path(results_file).name)
+    if stamp is None:
+        return None
+    path = Path(results_file).parent / f"samples_{task}_{stamp}.jsonl"
+    return path if path.is_file() else None
+
+
+def newest_samples(folder: Path, task: str) -> Path | None:
+    """The newest ``samples_<task>_<stamp>.jsonl`` under ``folder`` for exactly ``task``."""
+    found = []
+    for path in Path(folder).rglob(f"samples_{task}_*.jsonl"):
+        parsed = samples_name(path.name)
+        if parsed is not None and parsed[0] == task:
+            found.append((parsed[1], str(path), path))
+    return max(found)[2] if found else None
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """An lm-eval results file as a dict, or :class:`SamplesError` saying what is wrong with it."""
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SamplesError(f"{path} is not a readable JSON file ({exc})") from exc
+    if not isinstance(results, dict) or not isinstance(results.get("results"), dict):
+        held = type(results).__name__ if not isinstance(results, dict) else "no 'results' mapping"
+        raise SamplesError(
+            f"{path} is not an lm-eval results file (it holds {held}); pass folders written by lm_eval "
+            "--output_path"
+        )
+    return results
+
+
+def calibration_options(config: Mapping[str, Any] | None) -> CalibrationOptions:
+    """The run's calibration options from its task config (lm-eval's ``configs[task]``)."""
+    metadata = (config or {}).get("metadata")
+    return CalibrationOptions.from_metadata(metadata if isinstance(metadata, dict) else None)
+
+
+@dataclass(frozen=True)
+class TaskRecords:
+    """One task's logged documents, decoded: the records and the arrays every consumer needs."""
+
+    task: str
+    records: list[dict[str, Any]]
+    """One record per scored document, in file order."""
+    doc_ids: list[Any]
+    """lm-eval's ``doc_id`` of each record (the key that pairs two runs of the same task)."""
+    data: CalibrationData
+    item_document: np.ndarray
+    """Index into ``records`` of each item (the tokens of a document share one)."""
+    item_category: np.ndarray
+    """Category code of each item (-1 = none); names in ``categories``."""
+    categories: list[str]
+    scores: OptionScores | None
+    """Per-option scores and gold indices when every record is an option record (for temperature scaling)."""
+    options: CalibrationOptions = field(default_factory=CalibrationOptions)
+    rule: str = "acc"
+    origin: str = "record"
+    """``record``: logged by a calibration task; ``lm-eval``: built from a plain task's log-likelihoods."""
+    source: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+    """Why documents were left out (one line per reason, with a count and an example doc_id)."""
+    n_skipped: int = 0
+    """Logged documents left out (a plain task's unscorable documents)."""
+
+    @classmethod
+    def build(cls, task: str, records: Sequence[dict[str, Any]], doc_ids: Sequence[Any], **extra: Any):
+        """Decode ``records`` (option or token records, :mod:`lm_eval_calib.records`) into arrays."""
+        records = list(records)
+        if not records:
+            raise SamplesError(f"{task}: no documents to read")
+        data = records_to_data(records)
+        sizes = np.fromiter(
+            (np.atleast_1d(np.asarray(r["confidence"])).shape[0] for r in records), np.int64, len(records)
+        )
+        names = sorted({str(r["category"]) for r in records if r.get("category") is not None})
+        code = {name: i for i, name in enumerate(names)}
+        per_record = np.array(
+            [-1 if r.get("category") is None else code[str(r["category"])] for r in records], dtype=np.int64
+        )
+        scores = None
+        if all(not isinstance(r["confidence"], list) and "loglik" in r and "target" in r for r in records):
+            scores = OptionScores.build([r["loglik"] for r in records], [int(r["target"]) for r in records])
+        return cls(
+            task=task,
+            records=records,
+            doc_ids=list(doc_ids),
+            data=data,
+            item_document=np.repeat(np.arange(len(records), dtype=np.int64), sizes),
+            item_category=np.repeat(per_record, sizes),
+            categories=names,
+            scores=scores,
+            **extra,
+        )
+
+    def select(self, doc_ids: Iterable[Any]) -> TaskRecords:
+        """The same task restricted to ``doc_ids``, in that order (to pair two runs document by document)."""
+        index = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
+        chosen = list(doc_ids)
+        missing = [d for d in chosen if d not in index]
+        if missing:
+            raise SamplesError(f"{self.task}: document(s) {missing[:5]} are not in {self.source}")
+        return TaskRecords.build(
+            self.task,
+            [self.records[index[d]] for d in chosen],
+            chosen,
+            options=self.options,
+            rule=self.rule,
+            origin=self.origin,
+            source=self.source,
+            skipped=self.skipped,
+            n_skipped=self.n_skipped,
+        )
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SamplesError(f"{path} line {number} is not JSON ({exc})") from exc
+            if not isinstance(row, dict):
+                raise SamplesError(f"{path} line {number} is not a JSON object")
+            rows.append((number, row))
+    if not rows:
+        raise SamplesError(f"{path} holds no logged documents")
+    return rows
+
+
+def _one_filter(rows: list[tuple[int, dict]], path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """lm-eval logs each document once per filter; keep ``none`` (multiple-choice tasks have only it)."""
+    filters = list(dict.fromkeys(row.get("filter", "none") for _, row in rows))
+    if len(filters) < 2:
+        return rows, []
+    keep = "none" if "none" in filters else filters[0]
+    note = f"{path.name}: responses under filters {filters}; read filter {keep!r}"
+    return [(n, row) for n, row in rows if row.get("filter", "none") == keep], [note]
+
+
+def has_records(path: Path, rule: str = "acc") -> bool:
+    """Whether the first logged document of ``path`` carries a calibration record for ``rule``."""
+    with Path(path).open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(row, dict) and isinstance(row.get(RECORD_KEYS[rule]), dict)
+    return False
+
+
+def read_samples(
+    path: Path,
+    task: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    rule: str = "acc",
+    chat_template: bool = False,
+) -> TaskRecords:
+    """Every document of one samples file as records, with the run's options (from ``config``).
+
+    A calibration task's file gives its logged records (``rule`` ``acc``: ``"ece"``, ``acc_norm``:
+    ``"ece_norm"``); any other file is read as a plain lm-eval multiple-choice task
+    (:mod:`lm_eval_calib.plain_records`; ``config`` gives its target delimiter and output type,
+    ``chat_template`` whether the run applied one). Unscorable documents of a plain task are skipped and
+    counted in ``skipped``; a file with nothing to score is a :class:`SamplesError`.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    path = Path(path)
+    parsed = samples_name(path.name)
+    task = task or (parsed[0] if parsed else path.stem)
+    try:
+        options = calibration_options(config)
+    except ValueError as exc:
+        raise SamplesError(f"{task}: {exc}") from exc
+    rows, notes = _one_filter(_rows(path), path)
+    key = RECORD_KEYS[rule]
+    logged = key in rows[0][1]
+    records, doc_ids = [], []
+    skipped: Counter[str] = Counter()
+    example: dict[str, Any] = {}
+    if not logged:
+        generation = sorted(
+            k for k, v in rows[0][1].items() if k.startswith(RECORD_LOG_KEY + "_") and isinstance(v, dict)
+        )
+        if generation and rule == "acc":
+            raise SamplesError(
+                f"{task} holds generation-task records ({', '.join(generation)}), which this reader does not "
+                "read yet; their metrics are in lm-eval's results file"
+            )
+        output_type = (config or {}).get("output_type")
+        if output_type not in (None, "multiple_choice"):
+            raise SamplesError(
+                f"{task} is a {output_type} task: only multiple-choice tasks (per-option "
+                "log-likelihoods) and lm-eval-calib calibration tasks can be calibrated from their samples"
+            )
+        delimiter = target_delimiter(config, chat_template)
+    for number, row in rows:
+        if "doc_id" not in row:
+            raise SamplesError(f"{path} line {number} has no doc_id; is it an lm-eval samples file?")
+        if logged:
+            record = row.get(key)
+            if not isinstance(record, dict) or "confidence" not in record:
+                raise SamplesError(
+                    f"{path} line {number} has no calibration record under {key!r} (the first line has one)"
+                )
+        else:
+            try:
+                record = option_record(row, rule, delimiter)
+            except SkipDocument as exc:
+                reason = str(exc)
+                skipped[reason] += 1
+                example.setdefault(reason, row["doc_id"])
+                continue
+        records.append(record)
+        doc_ids.append(row["doc_id"])
+    reasons = [
+        f"{task}: skipped {count} of {len(rows)} documents: {reason} (e.g. doc_id {example[reason]})"
+        for reason, count in skipped.most_common()
+    ]
+    if not records:
+        raise SamplesError(
+            f"{path}: no document of {task} could be scored ({'; '.join(reasons) or 'empty'}); only "
+            "single-answer multiple-choice tasks and lm-eval-calib calibration tasks can be calibrated"
+        )
+    repeated = [d for d, n in Counter(map(str, doc_ids)).items() if n > 1]
+    if repeated:
+        raise SamplesError(
+            f"{path}: doc_id {repeated[0]} is logged {Counter(map(str, doc_ids))[repeated[0]]} times"
+        )
+    return TaskRecords.build(
+        task,
+        records,
+        doc_ids,
+        options=options,
+        rule=rule,
+        origin="record" if logged else "lm-eval",
+        source=path,
+        skipped=notes + reasons,
+        n_skipped=sum(skipped.values()),
+    )
+
+
+def read_task(
+    results_file: Path, task: str, results: Mapping[str, Any] | None = None, rule: str = "acc"
+) -> TaskRecords:
+    """``task``'s records from the samples file written with ``results_file``, with that run's options."""
+    results = read_results(results_file) if results is None else results
+    samples = samples_for_results(results_file, task)
+    if samples is None:
+        raise SamplesError(
+            f"{Path(results_file).parent}: no samples for {task}; rerun lm_eval with --log_samples to "
+            "score it"
+        )
+    config = (results.get("configs") or {}).get(task)
+    return read_samples(samples, task, config, rule, chat_template=bool(results.get("chat_template")))
+
+
+def read_folder_task(folder: Path, task: str, rule: str = "acc") -> TaskRecords:
+    """The newest logged run of exactly ``task`` under ``folder`` (an lm-eval ``--output_path``)."""
+    samples = newest_samples(folder, task)
+    if samples is None:
+        raise SamplesError(
+            f"{folder}: no samples for {task}; the evaluation did not finish or lacked --log_samples"
+        )
+    stamp = samples_name(samples.name)[1]
+    results_file = samples.parent / f"results_{stamp}.json"
+    if not results_file.is_file():
+        raise SamplesError(
+            f"{samples} has no results_{stamp}.json beside it, so the run's calibration options are unknown; "
+            "keep lm-eval's output folder whole"
+        )
+    return read_task(results_file, task, rule=rule)
