@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO
 from lm_eval_calib_train.config import (
     PPOStageConfig,
+    RLOOStageConfig,
     SFTStageConfig,
     TrainInputError,
     config_from_args,
@@ -262,12 +263,21 @@ def test_flags_override_the_yaml_file_which_overrides_defaults(tmp_path):
     assert config.merge_lora is False and config.lora_target_modules == ["a", "b"]
     ppo = _parse(["ppo", "--policy=p", "--reward-model=r", "--data=d", "--output=o", "--target-kl=6"])
     assert isinstance(ppo, PPOStageConfig) and ppo.target_kl == 6.0 and ppo.kl_coef == 0.05
+    rloo = _parse(["rloo", "--policy=p", "--reward-model=r", "--data=d", "--output=o", "--num-generations=4",
+                   "--batch-size=8", "--normalize-advantages"])  # fmt: skip
+    assert isinstance(rloo, RLOOStageConfig) and rloo.num_generations == 4 and rloo.prompts_per_step() == 2
+    assert rloo.normalize_advantages is True and rloo.kl_coef == 0.05
+    for bad, message in [(["--num-generations=1"], "must be >= 2"), (["--batch-size=3"], "multiple of"),
+                         (["--kl-coef=-1"], "must be >= 0")]:  # fmt: skip
+        with pytest.raises(TrainInputError, match=message):
+            _parse(["rloo", "--policy=p", "--reward-model=r", "--data=d", "--output=o", *bad])
 
 
-@pytest.mark.parametrize("name", ["sft_lora", "sft_full", "reward_hh", "ppo_hh"])
+@pytest.mark.parametrize("name", ["sft_lora", "sft_full", "reward_hh", "rloo_hh", "ppo_hh"])
 def test_example_configs_parse(name):
     stage = name.split("_")[0]
-    required = {"sft": ["--model=m"], "reward": ["--model=m"], "ppo": ["--policy=p", "--reward-model=r"]}
+    policy = ["--policy=p", "--reward-model=r"]
+    required = {"sft": ["--model=m"], "reward": ["--model=m"], "rloo": policy, "ppo": policy}
     required = required[stage]
     path = REPO / "train" / "configs" / f"{name}.yaml"
     config = _parse([stage, "--config", str(path), *required, "--data=d", "--output=o"])
@@ -326,11 +336,11 @@ def test_cli_reports_bad_input_in_one_line_and_writes_nothing(tmp_path, capsys, 
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no work folder
 
 
-def test_ppo_refuses_a_reward_model_that_is_not_one(tmp_path, tiny_model_dir, data_root, capsys):
+def test_rloo_refuses_a_reward_model_that_is_not_one(tmp_path, tiny_model_dir, data_root, capsys):
     code = cli_main(
         [
             "train",
-            "ppo",
+            "rloo",
             "--policy",
             str(tiny_model_dir),
             "--reward-model",
@@ -338,10 +348,11 @@ def test_ppo_refuses_a_reward_model_that_is_not_one(tmp_path, tiny_model_dir, da
             "--data",
             str(data_root / "hh_rlhf"),
             "--output",
-            str(tmp_path / "ppo"),
+            str(tmp_path / "rloo"),
         ]
     )
     assert code == 2 and "is not a reward model" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_does_not_import_torch():
@@ -361,9 +372,14 @@ def test_help_does_not_import_torch():
 
 
 def test_output_rules_existing_checkpoint_interrupted_run_and_foreign_folder(tmp_path):
+    from lm_eval_calib.manifest import write_manifest
+
     done = tmp_path / "done"
     done.mkdir()
     (done / "config.json").write_text("{}")
+    manifest = dict.fromkeys(("stage", "method", "label", "base_model", "parent", "data", "hyperparameters",
+                              "versions", "seed", "wall_time_s", "created"), "x")  # fmt: skip
+    write_manifest(done, {**manifest, "files": ["config.json"]})  # a checkpoint this tool wrote
     with pytest.raises(TrainInputError, match="already holds a checkpoint; pass --overwrite"):
         StageOutput(done).preflight()
     with pytest.raises(TrainInputError, match="nothing to resume"):
@@ -374,7 +390,7 @@ def test_output_rules_existing_checkpoint_interrupted_run_and_foreign_folder(tmp
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "todo.txt").write_text("keep me")
-    with pytest.raises(TrainInputError, match="not a checkpoint"):
+    with pytest.raises(TrainInputError, match="lm-eval-calib did not write"):
         StageOutput(foreign, overwrite=True).preflight()
     assert (foreign / "todo.txt").read_text() == "keep me"
 

@@ -29,6 +29,7 @@ def test_installed_distribution_ships_the_add_on_under_a_prefixed_name():
         assert {f for f in files if f.startswith("lm_eval_calib_train/") and f.endswith(".py")} >= {
             "lm_eval_calib_train/__init__.py",
             "lm_eval_calib_train/ppo.py",
+            "lm_eval_calib_train/rloo.py",
         }
 
 

@@ -1,9 +1,11 @@
 """Training add-on, every stage for real on the tiny random Llama (conftest) and real data rows: SFT (full,
-LoRA merged, LoRA adapter), reward model, PPO; checkpoints load in lm-eval (one calib_mmlu run per stage),
-resume after an interruption, and the bad input that needs a model (LoRA targets, tokenizer mismatch)."""
+LoRA merged, LoRA adapter), reward model, RLOO (PPO: test_train_ppo, in the [train-ppo] environment);
+checkpoints load in lm-eval (one calib_mmlu run per stage), resume after an interruption, and the bad input
+that needs a model (LoRA targets, tokenizer mismatch)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import shutil
@@ -12,12 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import read_run, run_lm_eval
 from lm_eval_calib_train import (
-    PPOStageConfig,
     RewardStageConfig,
+    RLOOStageConfig,
     SFTStageConfig,
     TrainInputError,
-    train_ppo,
     train_reward,
+    train_rloo,
     train_sft,
 )
 from lm_eval_calib_train.callbacks import StopAfter
@@ -84,13 +86,13 @@ def _calib_mmlu(folder: Path, data_root: Path, out: Path, extra_args: str = "") 
     return results
 
 
-@pytest.fixture(scope="module")
-def sft_dir(tiny_model_dir, data_root, tmp_path_factory) -> Path:
+def make_sft(tiny_model_dir: Path, data_root: Path, tmp_path_factory) -> Path:
+    """The full SFT checkpoint of the tiny model the later stages start from (also used by test_train_ppo)."""
     return train_sft(_sft_config(tiny_model_dir, data_root, tmp_path_factory.mktemp("sft") / "full"))
 
 
-@pytest.fixture(scope="module")
-def rm_dir(sft_dir, data_root, tmp_path_factory) -> Path:
+def make_rm(sft_dir: Path, data_root: Path, tmp_path_factory) -> Path:
+    """A reward model on 8 HH-RLHF pairs, started from ``sft_dir`` (also used by test_train_ppo)."""
     config = RewardStageConfig(
         model=str(sft_dir),
         data=str(data_root / HH),
@@ -105,6 +107,16 @@ def rm_dir(sft_dir, data_root, tmp_path_factory) -> Path:
     return train_reward(config)
 
 
+@pytest.fixture(scope="module")
+def sft_dir(tiny_model_dir, data_root, tmp_path_factory) -> Path:
+    return make_sft(tiny_model_dir, data_root, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def rm_dir(sft_dir, data_root, tmp_path_factory) -> Path:
+    return make_rm(sft_dir, data_root, tmp_path_factory)
+
+
 # -- SFT --------------------------------------------------------------------------------------------------
 
 
@@ -115,7 +127,7 @@ def test_sft_checkpoint_has_manifest_and_loads_in_lm_eval(sft_dir, tiny_model_di
     assert manifest["data"]["rows"] == 32 and len(manifest["data"]["sha256"]) == 64
     assert manifest["parent"] == str(tiny_model_dir) and manifest["wall_time_s"] > 0
     assert (
-        manifest["versions"]["trl"].startswith("1.12")
+        manifest["versions"]["trl"] == importlib.metadata.version("trl")
         and manifest["hyperparameters"]["learning_rate"] == 1e-3
     )
     assert not sft_dir.with_name(f".{sft_dir.name}.work").exists()  # resumable checkpoints are cleaned up
@@ -187,6 +199,48 @@ def test_lora_targets_absent_from_the_model_are_refused_before_training(tiny_mod
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A 2-layer random GPT-2: its attention and MLP are transformers' ``Conv1D``, not ``nn.Linear``."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_lora_target_error_lists_conv1d_layers_of_gpt2(tiny_gpt2_dir, data_root, tmp_path):
+    config = _sft_config(
+        tiny_gpt2_dir, data_root, tmp_path / "bad", method="lora", lora_target_modules=["q_proj"]
+    )
+    with pytest.raises(TrainInputError, match=r"q_proj not found") as error:
+        train_sft(config)
+    listed = str(error.value).split("layers LoRA can adapt are ", 1)[1].split(":", 1)[0].split(", ")
+    assert listed == ["c_attn (Conv1D)", "c_fc (Conv1D)", "c_proj (Conv1D)", "lm_head (Linear)"]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_lora_on_a_gpt2_conv1d_layer_trains_and_merges(tiny_gpt2_dir, data_root, tmp_path):
+    import torch
+
+    config = _sft_config(
+        tiny_gpt2_dir, data_root, tmp_path / "gpt2-lora", method="lora", lora_target_modules=["c_attn"],
+        max_steps=2, learning_rate=1e-2,
+    )  # fmt: skip
+    folder = train_sft(config)
+    base, tuned = _state_dict(tiny_gpt2_dir), _state_dict(folder)
+    changed = {key for key in base if not torch.equal(base[key], tuned[key])}
+    assert changed == {key for key in base if key.endswith("attn.c_attn.weight")}
+
+
 def test_sft_resumes_an_interrupted_run_to_the_same_weights(sft_dir, tiny_model_dir, data_root, tmp_path):
     output = tmp_path / "resumed"
     config = _sft_config(tiny_model_dir, data_root, output)
@@ -242,58 +296,110 @@ def test_reward_model_learns_its_training_pairs_and_loads_in_lm_eval(rm_dir, dat
     _calib_mmlu(rm_dir, data_root, tmp_path / "eval")  # the classifier's backbone + tied head is a causal LM
 
 
-# -- PPO ----------------------------------------------------------------------------------------------------
+# -- RLOO ---------------------------------------------------------------------------------------------------
 
 
-def test_ppo_kl_starts_at_zero_stays_finite_and_resumes(sft_dir, rm_dir, data_root, tmp_path):
-    output = tmp_path / "ppo"
-    config = PPOStageConfig(
+def _rloo_config(sft_dir: Path, rm_dir: Path, data_root: Path, output: Path, **overrides) -> RLOOStageConfig:
+    settings = dict(
         policy=str(sft_dir),
         reward_model=str(rm_dir),
         data=str(data_root / HH),
         max_rows=16,
         max_steps=3,
-        batch_size=2,
-        response_length=8,
-        max_prompt_length=48,
-        num_ppo_epochs=1,
+        batch_size=2,  # one prompt, two answers per step
+        response_length=6,
+        max_prompt_length=96,
         save_steps=1,
-        target_kl=1.0,
-        kl_horizon=10,
+        learning_rate=1e-3,
         output=str(output),
     )
-    with pytest.raises(KeyboardInterrupt):
-        train_ppo(config, callbacks=[StopAfter(2)])
-    assert not output.exists()
-    state = json.loads((tmp_path / ".ppo.work" / "checkpoint-2" / "ppo_state.json").read_text())
-    assert state["global_step"] == 2
-    config.resume = True
-    folder = train_ppo(config)
-    log = _log(folder)
+    settings.update(overrides)
+    return RLOOStageConfig(**settings)
+
+
+def test_rloo_kl_starts_at_zero_resumes_to_the_same_weights_and_loads_in_lm_eval(
+    sft_dir, rm_dir, data_root, tmp_path
+):
+    import torch
+
+    straight = train_rloo(_rloo_config(sft_dir, rm_dir, data_root, tmp_path / "straight"))
+    log = [entry for entry in _log(straight) if "kl" in entry]
     assert [entry["step"] for entry in log] == [1, 2, 3]
-    assert abs(log[0]["objective/kl"]) < 1e-3  # the policy starts as its reference
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as its reference
     for entry in log:
-        for key in ("objective/kl", "objective/scores", "objective/entropy"):
+        for key in ("kl", "reward", "entropy", "rewards/reward_model/mean"):
             assert math.isfinite(entry[key]), (key, entry)
-    # adaptive KL control: a KL far below the target lowers the coefficient by the clipped 20% x batch /
-    # horizon each step, and the resumed run continues from the saved coefficient
-    assert [entry["kl_coef"] for entry in log] == pytest.approx([0.05, 0.05 * 0.96, 0.05 * 0.96**2])
-    manifest = read_manifest(folder)
-    assert (manifest["stage"], manifest["method"], manifest["parent"]) == ("ppo", "ppo", str(sft_dir))
-    assert manifest["label"].endswith("PPO (harmless-base/test)")
-    _calib_mmlu(folder, data_root, tmp_path / "eval")
+    tuned, parent = _state_dict(straight), _state_dict(sft_dir)
+    assert any(not torch.equal(tuned[key], parent[key]) for key in parent)  # the policy moved
+
+    config = _rloo_config(sft_dir, rm_dir, data_root, tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train_rloo(config, callbacks=[StopAfter(2)])  # killed after step 2; last checkpoint: step 1
+    assert not (tmp_path / "resumed").exists()
+    assert (tmp_path / ".resumed.work" / "checkpoint-1" / "trainer_state.json").is_file()
+    config.resume = True
+    resumed = train_rloo(config)
+    assert [entry["kl"] for entry in _log(resumed) if "kl" in entry] == [entry["kl"] for entry in log]
+    weights = _state_dict(resumed)
+    assert all(torch.allclose(weights[key], tuned[key], atol=1e-6) for key in tuned)
+
+    manifest = read_manifest(straight)
+    assert (manifest["stage"], manifest["method"], manifest["parent"]) == ("rloo", "rloo", str(sft_dir))
+    assert manifest["label"].endswith("RLOO (harmless-base/test)")
+    hyper = manifest["hyperparameters"]
+    assert (hyper["num_generations"], hyper["kl_coef"], hyper["prompts_per_step"]) == (2, 0.05, 1)
+    assert hyper["reward_model"] == str(rm_dir) and hyper["skipped_long_prompts"] >= 0
+    assert json.loads((straight / RESULTS_NAME).read_text())["kl"]["first"] == log[0]["kl"]
+    _calib_mmlu(straight, data_root, tmp_path / "eval")
 
 
-def test_ppo_refuses_a_reward_model_with_another_tokenizer(sft_dir, rm_dir, data_root, tmp_path):
+def test_rloo_scorer_scores_what_the_reward_stage_trained_on(rm_dir, data_root):
+    """The scorer reads prompt + answer + end-of-turn ids, as ``train reward`` tokenised its pairs; an answer
+    that never ended loses ``missing_eos_penalty``."""
+    import torch
+    from lm_eval_calib_train.data import preference_pairs, read_data
+    from lm_eval_calib_train.formatting import Formatter
+    from lm_eval_calib_train.rloo import RewardModelScorer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
+    formatter = Formatter(tokenizer, "auto")
+    chosen, rejected = preference_pairs(read_data(str(data_root / HH)))[0]
+    prompts = [formatter.prompt_ids(side[:-1]) for side in (chosen, rejected)]
+    answers = [
+        tokenizer(side[-1]["content"], add_special_tokens=False).input_ids + [formatter.turn_end_id]
+        for side in (chosen, rejected)
+    ]
+    scorer = RewardModelScorer(model, model.config.pad_token_id, [formatter.turn_end_id], 1.5)
+    scores = scorer(
+        prompts=[None] * 2, completions=[None] * 2, completion_ids=answers, prompt_token_ids=prompts
+    )
+    with torch.no_grad():
+        direct = [
+            model(torch.tensor([formatter.reward_ids(side, 10_000)])).logits.item()
+            for side in (chosen, rejected)
+        ]
+    assert scores == pytest.approx(direct, abs=1e-4)
+    unfinished = scorer(
+        prompts=[None], completions=[None], completion_ids=[answers[0][:-1]], prompt_token_ids=prompts[:1]
+    )
+    assert unfinished[0] == pytest.approx(scorer.score([prompts[0] + answers[0][:-1]])[0] - 1.5)
+
+
+def test_rloo_refuses_bad_input_before_training(sft_dir, rm_dir, data_root, tmp_path):
     from transformers import AutoTokenizer
 
     other = shutil.copytree(rm_dir, tmp_path / "other-rm")
     tokenizer = AutoTokenizer.from_pretrained(other)
     tokenizer.add_tokens(["<extra>"])
     tokenizer.save_pretrained(other)
-    config = PPOStageConfig(
-        policy=str(sft_dir), reward_model=str(other), data=str(data_root / HH), output=str(tmp_path / "ppo")
-    )
     with pytest.raises(TrainInputError, match="tokenizer .* differs from the policy's"):
-        train_ppo(config)
-    assert not (tmp_path / "ppo").exists() and not (tmp_path / ".ppo.work").exists()
+        train_rloo(_rloo_config(sft_dir, other, data_root, tmp_path / "out"))
+    with pytest.raises(TrainInputError, match=r"0 of 16 prompts fit in --max-prompt-length 8"):
+        train_rloo(_rloo_config(sft_dir, rm_dir, data_root, tmp_path / "out", max_prompt_length=8))
+    with pytest.raises(TrainInputError, match="must be a multiple of --num-generations"):
+        train_rloo(_rloo_config(sft_dir, rm_dir, data_root, tmp_path / "out", batch_size=3))
+    with pytest.raises(TrainInputError, match="is not a reward model"):
+        train_rloo(_rloo_config(sft_dir, sft_dir, data_root, tmp_path / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-rm"]  # no output, no work folder

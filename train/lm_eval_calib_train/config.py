@@ -47,7 +47,9 @@ class _StageConfig:
         None, "name of the data set in the manifest and label (default: from the file)"
     )
     max_rows: int | None = _f(None, "use at most this many training rows (file order)")
-    gguf_file: str | None = _f(None, "GGUF file inside the model folder (sft/reward: --model; ppo: --policy)")
+    gguf_file: str | None = _f(
+        None, "GGUF file inside the model folder (sft/reward: --model; rloo/ppo: --policy)"
+    )
     max_steps: int = _f(100, "optimizer steps")
     batch_size: int = _f(4, "examples per device per step (before gradient accumulation)")
     gradient_accumulation_steps: int = _f(1, "micro-batches accumulated per optimizer step")
@@ -206,9 +208,65 @@ class PPOStageConfig(_StageConfig):
         return self.learning_rate if self.learning_rate is not None else 3e-6
 
 
+@dataclass
+class RLOOStageConfig(_StageConfig):
+    """RLOO (trl ``RLOOTrainer``, Ahmadian et al. 2024): the SFT checkpoint is policy and, frozen,
+    reference; the reward checkpoint scores each sampled answer; the reward minus ``kl_coef`` times the
+    answer's KL to the reference (as in PPO-RLHF) is compared with the mean reward of the other answers to
+    the same prompt."""
+
+    policy: str | None = _f(None, "the SFT checkpoint: policy and (frozen) reference model")
+    reward_model: str | None = _f(None, "the reward checkpoint (`lm-eval-calib train reward`)")
+    num_generations: int = _f(
+        2, "answers sampled per prompt (k >= 2: each is compared with the mean of the other k-1)"
+    )
+    response_length: int = _f(48, "tokens generated per answer at most")
+    max_prompt_length: int = _f(
+        256, "prompts longer than this many tokens are skipped (counted in the manifest)"
+    )
+    temperature: float = _f(0.7, "sampling temperature of the answers")
+    kl_coef: float = _f(0.05, "KL penalty coefficient (trl's beta; 0: no reference model, no KL penalty)")
+    num_iterations: int = _f(1, "optimisation passes over each batch of answers (trl's mu)")
+    cliprange: float = _f(0.2, "policy ratio clip range (trl's epsilon; matters when --num-iterations > 1)")
+    normalize_advantages: bool = _f(False, "standardise advantages over each batch")
+    missing_eos_penalty: float | None = _f(None, "subtract this from the score of an answer that never ends")
+
+    stage = "rloo"
+    required = ("policy", "reward_model", "output", "data")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.response_length < 1 or self.max_prompt_length < 1:
+            raise TrainInputError("rloo: --response-length and --max-prompt-length must be >= 1")
+        if self.num_generations < 2:
+            raise TrainInputError(
+                "rloo: --num-generations must be >= 2 (the baseline is the other answers' mean)"
+            )
+        if (self.batch_size * self.gradient_accumulation_steps) % self.num_generations:
+            raise TrainInputError(
+                "rloo: --batch-size x --gradient-accumulation-steps (answers per step) must be a multiple of "
+                f"--num-generations ({self.num_generations})"
+            )
+        if self.num_iterations < 1:
+            raise TrainInputError("rloo: --num-iterations must be >= 1")
+        if self.kl_coef < 0:
+            raise TrainInputError("rloo: --kl-coef must be >= 0")
+        if not self.temperature > 0:
+            raise TrainInputError("rloo: --temperature must be > 0")
+        if not self.cliprange > 0:
+            raise TrainInputError("rloo: --cliprange must be > 0")
+
+    def resolved_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else 3e-6
+
+    def prompts_per_step(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps // self.num_generations
+
+
 STAGES: dict[str, type[_StageConfig]] = {
     "sft": SFTStageConfig,
     "reward": RewardStageConfig,
+    "rloo": RLOOStageConfig,
     "ppo": PPOStageConfig,
 }
 

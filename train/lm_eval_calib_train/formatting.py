@@ -141,13 +141,20 @@ class Formatter:
             return None
         return input_ids, labels
 
+    def prompt_text(self, messages: Conversation) -> str:
+        """A generation's prompt as text: the messages, then the assistant header (the tokenizer adds its
+        prefix, e.g. BOS, when it tokenises the text with special tokens)."""
+        if self.mode == "plain":
+            text = "".join(PLAIN_HEADERS[m["role"]] + m["content"] + "\n\n" for m in messages)
+            return text + PLAIN_HEADERS["assistant"]
+        return self._render(messages, generation_prompt=True)
+
     def prompt_ids(self, messages: Conversation, max_length: int | None = None) -> list[int]:
         """A generation's prompt: the messages, then the assistant header; long prompts keep their end."""
         if self.mode == "plain":
-            text = "".join(PLAIN_HEADERS[m["role"]] + m["content"] + "\n\n" for m in messages)
-            ids = self.text_prefix + self._ids(text + PLAIN_HEADERS["assistant"])
+            ids = self.text_prefix + self._ids(self.prompt_text(messages))
         else:
-            ids = self._ids(self._render(messages, generation_prompt=True))
+            ids = self._ids(self.prompt_text(messages))
         return ids[-max_length:] if max_length else ids
 
     def reward_ids(self, conversation: Conversation, max_length: int) -> list[int]:

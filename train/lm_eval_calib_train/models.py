@@ -216,16 +216,20 @@ def load_sequence_classifier(ref: ModelRef, trust_remote_code: bool = False):
     return model
 
 
-def linear_module_names(model) -> list[str]:
+def lora_candidate_names(model) -> list[str]:
+    """The layer names LoRA can adapt, each with its kind: ``nn.Linear`` and transformers' ``Conv1D`` (which
+    GPT-2-style models use for attention and MLP: ``c_attn``, ``c_fc``, ``c_proj``), as peft accepts both.
+    Listing ``nn.Linear`` alone told GPT-2 users that ``lm_head`` was their only choice."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
-    return sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear)
-        }
-    )
+    kinds = ((torch.nn.Linear, "Linear"), (Conv1D, "Conv1D"))
+    found: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        for cls, kind in kinds:
+            if isinstance(module, cls):
+                found.setdefault(name.rsplit(".", 1)[-1], set()).add(kind)
+    return [f"{name} ({'/'.join(sorted(found[name]))})" for name in sorted(found)]
 
 
 def check_lora_targets(model, targets: list[str] | None, model_name: str) -> None:
@@ -236,9 +240,9 @@ def check_lora_targets(model, targets: list[str] | None, model_name: str) -> Non
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         raise TrainInputError(
-            f"LoRA target module(s) {', '.join(missing)} not found in {model_name}; its linear layers are "
-            f"{', '.join(linear_module_names(model))}: pass some of these to --lora-target-modules "
-            "(or all-linear)"
+            f"LoRA target module(s) {', '.join(missing)} not found in {model_name}; its layers LoRA can "
+            f"adapt are {', '.join(lora_candidate_names(model))}: pass some of these names to "
+            "--lora-target-modules (or all-linear)"
         )
 
 

@@ -8,6 +8,18 @@ For ``--output PARENT/NAME``:
 - the finished model is written to ``PARENT/.NAME.tmp-<pid>/`` (model, tokenizer, ``train_log.jsonl``,
   ``train_results.json``, then the manifest) and renamed to ``PARENT/NAME`` in one step; only then is the
   work folder removed. ``PARENT/NAME`` therefore exists only when it is complete.
+
+``--overwrite`` (the rule, issue 16): an existing ``PARENT/NAME`` is replaced only when this tool wrote it,
+i.e. it holds our manifest (``lm_eval_calib_manifest.json``); a folder without one is never touched, whatever
+files it holds (a ``config.json`` proves nothing). The manifest lists the entries its stage wrote
+(``files``); replacing moves exactly those aside (the manifest first, so the folder stops claiming to be
+finished), moves the new checkpoint's entries in (its manifest last) and deletes the old ones. Anything else
+in the folder (notes, code, a ``src/``) stays as it is. A checkpoint written before manifests listed their
+files counts as owning only the file names a stage writes (:data:`KNOWN_CHECKPOINT_FILES`). A file we did not
+write that has a name a checkpoint uses is never overwritten: the run is refused before training, or, if the
+file appeared during training, the finished checkpoint is set aside beside the folder and the error says
+where. The work folder ``.NAME.work`` is deleted by ``--overwrite`` only when it holds nothing but what a run
+writes there.
 """
 
 from __future__ import annotations
@@ -23,14 +35,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lm_eval_calib.manifest import MANIFEST_NAME, write_manifest
+from lm_eval_calib.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from lm_eval_calib_train.config import TrainInputError
 
-CHECKPOINT_MARKERS = ("config.json", "adapter_config.json", MANIFEST_NAME, "model.safetensors")
 LOG_NAME = "train_log.jsonl"
 RESULTS_NAME = "train_results.json"
 ELAPSED_NAME = "elapsed.json"
+OWNED_KEY = "files"  # manifest key: the entries of the checkpoint folder its stage wrote
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What transformers / peft / the stages write into a checkpoint folder: the names a user's file must not
+# have there, and what an old manifest (without ``files``) owns.
+KNOWN_CHECKPOINT_FILES = re.compile(
+    r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+    r"|pytorch_model.*\.bin|adapter_config\.json|adapter_model\.(safetensors|bin)|tokenizer(_config)?\.json"
+    r"|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)|vocab\.json"
+    r"|merges\.txt|train_log\.jsonl|train_results\.json|" + re.escape(MANIFEST_NAME) + r")$"
+)
+# The work folder of a run holds this file from the start of training (:meth:`StageOutput.start_work`);
+# older runs' work folders are recognised by their entries (trainer checkpoints, step log, wall time).
+WORK_MARKER = ".lm_eval_calib_work"
+_WORK_ENTRY = re.compile(r"^(\.?checkpoint-\d+(\.tmp)?|train_log\.jsonl|\.?elapsed\.json(\.tmp)?)$")
+
+
+def _plain_name(name: object) -> bool:
+    """A manifest's file entry may only name an entry of the folder itself (no ``..``, no sub-path)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
 
 def note(message: str) -> None:
@@ -55,25 +84,50 @@ class StageOutput:
             if not final.is_dir():
                 raise TrainInputError(f"--output {final} exists and is not a folder; choose another --output")
             contents = list(final.iterdir())
-            is_checkpoint = any((final / marker).exists() for marker in CHECKPOINT_MARKERS)
-            if contents and not is_checkpoint:
+            ours = (final / MANIFEST_NAME).is_file()
+            if contents and not ours:
                 raise TrainInputError(
-                    f"--output {final} exists and holds files that are not a checkpoint; choose another "
-                    "--output (nothing there is deleted, even with --overwrite)"
+                    f"--output {final} exists and holds files lm-eval-calib did not write (no "
+                    f"{MANIFEST_NAME}); nothing there is deleted, even with --overwrite: choose another "
+                    "--output (or an empty folder)"
                 )
-            if is_checkpoint and not self.overwrite:
-                if self.resume and self.last_checkpoint() is not None:
-                    pass  # an interrupted --overwrite run: finish it, then replace the old checkpoint
-                elif self.resume:
+            if ours:
+                owned = self.owned_entries()
+                in_the_way = sorted(
+                    p.name for p in contents if p.name not in owned and KNOWN_CHECKPOINT_FILES.match(p.name)
+                )
+                if in_the_way and (self.overwrite or self.resume):
                     raise TrainInputError(
-                        f"--output {final} already holds a finished checkpoint: nothing to resume; pass "
-                        "--overwrite to train it again"
+                        f"--output {final} holds {', '.join(in_the_way)}, which its manifest does not list: "
+                        "not written by lm-eval-calib, so never overwritten; move it away or choose another "
+                        "--output"
                     )
-                else:
-                    raise TrainInputError(
-                        f"--output {final} already holds a checkpoint; pass --overwrite to replace it, or "
-                        "choose another --output"
-                    )
+                if not self.overwrite:
+                    if self.resume and self.last_checkpoint() is not None:
+                        pass  # an interrupted --overwrite run: finish it, then replace the old checkpoint
+                    elif self.resume:
+                        raise TrainInputError(
+                            f"--output {final} already holds a finished checkpoint: nothing to resume; pass "
+                            "--overwrite to train it again"
+                        )
+                    else:
+                        raise TrainInputError(
+                            f"--output {final} already holds a checkpoint; pass --overwrite to replace it, "
+                            "or choose another --output"
+                        )
+        if self.work.exists():
+            if not self.work.is_dir():
+                foreign = [self.work.name]
+            elif (self.work / WORK_MARKER).is_file():
+                foreign = []
+            else:
+                foreign = [p.name for p in self.work.iterdir() if not _WORK_ENTRY.match(p.name)]
+            if foreign:
+                raise TrainInputError(
+                    f"{self.work} (where a run beside --output {final} keeps its resumable checkpoints) "
+                    f"holds {', '.join(sorted(foreign)[:5])}: not an interrupted run of lm-eval-calib; "
+                    "nothing there is deleted: move it away or choose another --output"
+                )
         self.parent.mkdir(parents=True, exist_ok=True)
         if self.work.exists():
             if self.resume:
@@ -96,6 +150,22 @@ class StageOutput:
             note(f"no interrupted run at {self.work}; starting from the beginning")
         return None
 
+    def owned_entries(self) -> set[str]:
+        """The entries of ``--output`` its stage wrote: the manifest's ``files`` list; for a manifest written
+        before that list existed, the entries whose names a stage writes. Empty when there is no manifest."""
+        try:
+            manifest = read_manifest(self.final)
+        except ManifestError as exc:
+            raise TrainInputError(
+                f"--output {self.final}: {exc}; nothing there is replaced: choose another --output"
+            ) from None
+        if manifest is None:
+            return set()
+        listed = manifest.get(OWNED_KEY)
+        if isinstance(listed, list):
+            return {name for name in listed if _plain_name(name)} | {MANIFEST_NAME}
+        return {p.name for p in self.final.iterdir() if KNOWN_CHECKPOINT_FILES.match(p.name)}
+
     def last_checkpoint(self) -> Path | None:
         """The newest complete ``checkpoint-<step>`` in the work folder."""
         best: tuple[int, Path] | None = None
@@ -107,6 +177,12 @@ class StageOutput:
             if match and path.is_dir() and complete and (best is None or int(match.group(1)) > best[0]):
                 best = (int(match.group(1)), path)
         return best[1] if best else None
+
+    def start_work(self) -> None:
+        """Create the work folder with its marker before the trainer writes there (it may write more than
+        checkpoints, e.g. a model card), so that ``--overwrite`` / ``--resume`` know it as a run's own."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / WORK_MARKER).touch()
 
     # -- wall time across interruptions --------------------------------------------------------------
     def elapsed(self) -> float:
@@ -147,7 +223,10 @@ class StageOutput:
 
     # -- finishing ------------------------------------------------------------------------------------
     def finalize(self, write_model, manifest: dict[str, Any], results: dict[str, Any]) -> Path:
-        """Write the model with ``write_model(folder)``, then logs and manifest, then rename into place."""
+        """Write the model with ``write_model(folder)``, then logs and manifest (listing the folder's
+        entries), then move it into place: one rename for a new ``--output``; for an existing one
+        (``--overwrite``, checked in :meth:`preflight`) only the old checkpoint's own entries are replaced
+        (:meth:`_swap_in`)."""
         tmp = self.parent / f".{self.final.name}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -157,20 +236,43 @@ class StageOutput:
             if self.log_path.is_file():
                 shutil.copyfile(self.log_path, tmp / LOG_NAME)
             (tmp / RESULTS_NAME).write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
-            manifest = {**manifest, "wall_time_s": round(self.elapsed(), 2)}
+            files = sorted({p.name for p in tmp.iterdir()} | {MANIFEST_NAME})
+            manifest = {**manifest, "wall_time_s": round(self.elapsed(), 2), OWNED_KEY: files}
             write_manifest(tmp, manifest)  # last: a folder with a manifest is a finished one
-            if self.final.exists():  # --overwrite (checked in preflight) or an empty folder
-                old = self.parent / f".{self.final.name}.old-{os.getpid()}"
-                os.rename(self.final, old)
-                os.rename(tmp, self.final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, self.final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if self.final.exists():
+            self._swap_in(tmp)
+        else:
+            os.rename(tmp, self.final)
         shutil.rmtree(self.work, ignore_errors=True)
         return self.final
+
+    def _swap_in(self, tmp: Path) -> None:
+        """Replace the old checkpoint's entries in ``--output`` by ``tmp``'s; nothing else is touched."""
+        owned = self.owned_entries()
+        new = sorted(p.name for p in tmp.iterdir())
+        in_the_way = [name for name in new if (self.final / name).exists() and name not in owned]
+        if in_the_way:  # a user's file appeared there during training: keep it, set the new checkpoint aside
+            kept = self.parent / f"{self.final.name}.new-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+            os.rename(tmp, kept)
+            shutil.rmtree(self.work, ignore_errors=True)
+            raise TrainInputError(
+                f"--output {self.final} now holds {', '.join(in_the_way)}, not written by lm-eval-calib, so "
+                f"it is left alone; the finished checkpoint is kept in {kept}"
+            )
+        old = self.parent / f".{self.final.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        old.mkdir()
+        # the manifest first: from here until the new one is in, the folder does not claim to be finished
+        for name in sorted(owned, key=lambda n: n != MANIFEST_NAME):
+            if (self.final / name).exists() or (self.final / name).is_symlink():
+                os.rename(self.final / name, old / name)
+        for name in sorted(new, key=lambda n: n == MANIFEST_NAME):  # the new manifest last
+            os.rename(tmp / name, self.final / name)
+        tmp.rmdir()
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,6 +395,7 @@ def fit(trainer, out: StageOutput, resume_from: Path | None):
     from lm_eval_calib_train.callbacks import quiet
 
     quiet(trainer)
+    out.start_work()
     if resume_from is None:
         return trainer.train()
     out.trim_log(int(resume_from.name.rsplit("-", 1)[1]))

@@ -45,10 +45,29 @@ def _summary(log: list[dict[str, Any]], key: str) -> dict[str, float | None]:
     return {"first": values[0] if values else None, "last": values[-1] if values else None}
 
 
+def require_ppo_trainer() -> None:
+    """trl 1.13 removed ``PPOTrainer`` (PR #7020): say which extra brings it back before any work starts."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("trl.experimental.ppo") is not None
+    except ImportError:  # trl.experimental itself is missing
+        found = False
+    if not found:
+        from importlib.metadata import version
+
+        raise TrainInputError(
+            f"train ppo needs trl's PPOTrainer, which trl removed in 1.13 (installed: trl {version('trl')}); "
+            "install the PPO extra in an environment of its own: pip install 'lm-eval-calib[train-ppo]' "
+            "(trl 1.12), or use `lm-eval-calib train rloo`, the RL stage on trl's supported API"
+        )
+
+
 def train_ppo(config: PPOStageConfig, callbacks: list[Any] | None = None) -> Path:
     """Run the PPO stage; return the finished checkpoint folder (the trained policy)."""
     config.validate()
     require_train_extra()
+    require_ppo_trainer()
     out = StageOutput(config.output, overwrite=config.overwrite, resume=config.resume)
     resume_from = out.preflight()
     policy_ref = resolve_model(config.policy, config.gguf_file, "--policy")
@@ -187,6 +206,7 @@ def train_ppo(config: PPOStageConfig, callbacks: list[Any] | None = None) -> Pat
         )
         checkpoint.trainer = trainer
         quiet(trainer)
+        out.start_work()
         if resume_from is not None:
             trainer.optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=True))
             base_optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
