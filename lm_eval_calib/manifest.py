@@ -8,15 +8,16 @@ Schema (``format_version`` 1); every key is written, values may be ``null`` wher
 
     {
       "format": "lm-eval-calib-manifest", "format_version": 1,
-      "stage": "sft" | "reward" | "ppo",          # which trainer produced the folder
-      "method": "full" | "lora" | "lora-adapter" | "reward" | "ppo",
+      "stage": "sft" | "reward" | "rloo" | "ppo",  # which trainer produced the folder
+      "method": "full" | "lora" | "lora-adapter" | "reward" | "rloo" | "ppo",
       "label": "gemma3-270m SFT LoRA (alpaca)",   # short human label for tables and legends
       "base_model": "...",                         # the pretrained model the chain started from
       "parent": "...",                             # the checkpoint this stage started from (policy for PPO)
       "data": {"name": "...", "rows": 1000, "sha256": "..."},
       "hyperparameters": {...}, "versions": {"torch": "...", ...},
-      "seed": 0, "wall_time_s": 12.3, "created": "2026-11-28T12:00:00+00:00"
-    }
+      "seed": 0, "wall_time_s": 12.3, "created": "2026-11-28T12:00:00+00:00",
+      "files": ["config.json", "model.safetensors", ...]  # what the stage wrote (optional; newer
+    }                                                     # manifests): all that --overwrite may replace
 """
 
 from __future__ import annotations

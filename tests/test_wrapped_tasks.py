@@ -402,9 +402,11 @@ def test_ours_win_and_listing_stays_readable(manager, include):
     ours = task_dir().resolve()
     for name in [name for name in manager.all_tasks if name.startswith("calib_")]:  # all from our folder
         entry = manager.task_index[name]
-        paths = [manager.task_index[task].yaml_path for task in entry.tags] if entry.yaml_path is None else [
-            entry.yaml_path
-        ]  # a tag has no file of its own: its tasks do
+        paths = (
+            [manager.task_index[task].yaml_path for task in entry.tags]
+            if entry.yaml_path is None
+            else [entry.yaml_path]
+        )  # a tag has no file of its own: its tasks do
         assert all(Path(path).resolve().is_relative_to(ours) for path in paths), name
     assert "calib_mmlu_anatomy_continuation" not in manager.all_tasks  # generated on demand, never listed
     task = manager.load(["calib_mmlu_anatomy"])["tasks"]["calib_mmlu_anatomy"]
