@@ -43,6 +43,15 @@ def check_token_stats(lm: Any, task_dict: Any) -> None:
         )
 
 
+def bind_models(lm: Any, task_dict: Any) -> None:
+    """Hand the model to tasks that ask for it (``bind_model``: generation calibration runs second passes
+    after the task's own generation, and refuses estimators the model cannot serve before any request)."""
+    for task in _tasks(task_dict):
+        bind = getattr(task, "bind_model", None)
+        if callable(bind):
+            bind(lm)
+
+
 def install() -> None:
     """Wrap ``lm_eval.evaluator.evaluate`` with :func:`check_token_stats` (idempotent)."""
     import lm_eval.evaluator as evaluator
@@ -56,6 +65,7 @@ def install() -> None:
         lm = kwargs.get("lm", args[0] if args else None)
         task_dict = kwargs.get("task_dict", args[1] if len(args) > 1 else None)
         check_token_stats(lm, task_dict)
+        bind_models(lm, task_dict)
         return original(*args, **kwargs)
 
     setattr(evaluate, _PATCHED_FLAG, True)

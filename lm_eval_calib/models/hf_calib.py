@@ -1,8 +1,10 @@
 """``hf-calib``: lm-eval's ``hf`` that also returns per-token statistics and scores shared prompts once.
 
 :class:`HFCalibLM` subclasses :class:`lm_eval.models.huggingface.HFLM` (same constructor arguments, same
-``generate_until``). ``loglikelihood`` returns :class:`~lm_eval_calib.models.token_stats.LoglikelihoodResult`:
-the plain ``(loglikelihood, is_greedy)`` tuple plus ``.token_stats`` for the continuation tokens.
+``generate_until`` text, which also carries the generated tokens' log-probs: see
+:mod:`lm_eval_calib.models.hf_generation`). ``loglikelihood`` returns
+:class:`~lm_eval_calib.models.token_stats.LoglikelihoodResult`: the plain ``(loglikelihood, is_greedy)``
+tuple plus ``.token_stats`` for the continuation tokens.
 ``loglikelihood_rolling`` returns :class:`~lm_eval_calib.models.token_stats.RollingLoglikelihoodResult`: the
 plain float plus ``.token_stats`` for every token of the document.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +44,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+from lm_eval_calib.models.hf_generation import GenerationLogprobsMixin
 from lm_eval_calib.models.requests import check_continuations, rolling_windows, unique_truncated_pairs
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
@@ -56,13 +60,25 @@ _PACKED_MASK_BUDGET = 2**26
 _Request = tuple[tuple[str, str] | None, list[int], list[int]]
 
 
+def _use_cpu_process_group() -> None:
+    """Under ``torchrun`` on a machine with no accelerator, let accelerate form a gloo process group.
+
+    accelerate treats a CPU-only multi-process launch as distributed only when told to use the CPU
+    (``ACCELERATE_USE_CPU``, which ``accelerate launch --cpu`` sets); without it every process is a lone
+    rank 0. Set only when several processes were launched, no accelerator exists and the user chose nothing.
+    """
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if several and "ACCELERATE_USE_CPU" not in os.environ and not torch.accelerator.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def _as_bool(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
 
 
-class HFCalibLM(HFLM):
+class HFCalibLM(GenerationLogprobsMixin, HFLM):
     """lm-eval's ``hf`` plus per-token statistics (model name ``hf-calib``).
 
     Args:
@@ -82,7 +98,9 @@ class HFCalibLM(HFLM):
         pack_continuations: bool | str = True,
         **kwargs,
     ) -> None:
+        _use_cpu_process_group()
         super().__init__(pretrained, *args, **kwargs)
+        self._join_cpu_ranks()
         self._check_causal_lm_head()
         self.share_context = _as_bool(share_context) and self._supports_kv_sharing()
         text_config = (
@@ -99,6 +117,20 @@ class HFCalibLM(HFLM):
             and self._pad_contexts
             and self._attn_implementation in ("sdpa", "eager")
         )
+
+    def _join_cpu_ranks(self) -> None:
+        """Take lm-eval's data-parallel path under ``accelerate launch`` / ``torchrun`` on CPU too.
+
+        lm-eval's ``hf`` splits requests across processes only when it counts GPUs (``gpus > 1``); on CPU
+        (gloo) every process calls itself rank 0 and scores everything. The accelerator it created already
+        knows the real rank and world size, so we adopt them: each rank scores its share and the evaluator
+        gathers results and records exactly as on GPUs.
+        """
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is None or accelerator.num_processes <= 1 or self._world_size > 1:
+            return
+        self._rank = accelerator.process_index
+        self._world_size = accelerator.num_processes
 
     # -- set-up checks --------------------------------------------------------------------------------------
     def _get_backend(self, config, backend="default", trust_remote_code=False) -> None:

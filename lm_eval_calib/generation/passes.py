@@ -1,0 +1,241 @@
+"""The second passes through the model that the confidence estimators need, one batch per request type.
+
+Every estimator question is asked once per document, all documents of a task together: one
+``loglikelihood`` call (rescoring the generations that came back without log-probs, and P(True)) and one
+``generate_until`` call (verbalised confidence and the sampled answers). Requests go to the model itself, not
+to lm-eval's ``CachingLM`` in front of it: the cache keys on the request, so K identical sampling requests
+would all get the first sample back.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import CachingLM
+
+from lm_eval_calib.generation import estimators as est
+from lm_eval_calib.generation.text import generation_logprobs_of
+
+logger = logging.getLogger("lm_eval_calib")
+
+ANSWER_MARK = "\x00lm-eval-calib answer\x00"
+QUESTION_MARK = "\x00lm-eval-calib question\x00"
+PROVIDES_GENERATION_LOGPROBS_ATTR = "provides_generation_logprobs"
+
+
+class MissingLoglikelihoodError(ValueError):
+    """An estimator needs log-likelihoods (or token counts) that the chosen model does not give."""
+
+
+@dataclass
+class Generation:
+    """One document's generation, as the model produced it (before the task's filters)."""
+
+    doc_id: int
+    doc: dict
+    context: str
+    gen_kwargs: dict
+    text: str
+    task: str
+    seq: tuple[float, int, str] | None = None
+    """(sum of token log-probs, number of tokens, "generation" | "rescored")."""
+    ptrue: tuple[float, float] | None = None
+    """Log-likelihoods of the (A) True / (B) False continuations."""
+    verbal: str | None = None
+    """The model's reply to the confidence question."""
+    samples: list[str] = field(default_factory=list)
+
+
+def unwrap(lm: Any) -> Any:
+    """The model behind lm-eval's request cache (see the module docstring)."""
+    return lm.lm if isinstance(lm, CachingLM) else lm
+
+
+def provides_generation_logprobs(lm: Any) -> bool:
+    return getattr(unwrap(lm), PROVIDES_GENERATION_LOGPROBS_ATTR, False) is True
+
+
+def supports_loglikelihood(lm: Any) -> bool:
+    """Whether ``lm`` scores log-likelihoods: chat-completion APIs raise NotImplementedError at once."""
+    try:
+        unwrap(lm).loglikelihood([])
+    except NotImplementedError:
+        return False
+    except Exception:  # an empty request list is unusual; a model that trips on it can still score
+        return True
+    return True
+
+
+def check_model(lm: Any, estimators: Sequence[str], task: str) -> None:
+    """Refuse, before any generation, estimators that the model cannot serve."""
+    needs_ll = [e for e in estimators if est.ESTIMATORS[e].needs == est.LOGLIKELIHOOD]
+    if needs_ll and not supports_loglikelihood(lm):
+        raise MissingLoglikelihoodError(
+            f"{task}: confidence estimator(s) {', '.join(needs_ll)} need log-likelihoods, which model "
+            f"{type(unwrap(lm)).__name__} does not return (e.g. chat-completion APIs). Use "
+            '--metadata \'{"calibration": {"confidence": ["verbal", "consistency"]}}\' with this model, or a '
+            "model that scores text (hf, hf-calib, vllm, vllm-calib, a completions API)."
+        )
+    if "seqprob_mean" in estimators and not (
+        provides_generation_logprobs(lm) or callable(getattr(unwrap(lm), "_encode_pair", None))
+    ):
+        raise MissingLoglikelihoodError(
+            f"{task}: confidence estimator seqprob_mean needs the number of generated tokens, and model "
+            f"{type(unwrap(lm)).__name__} has no tokenizer lm-eval can call (_encode_pair); use seqprob"
+        )
+
+
+# -- prompts ------------------------------------------------------------------------------------------------
+def chat_glue(chat_template: Callable[..., str]) -> tuple[str, str]:
+    """The template text between the assistant's answer and a new user question, and after that question.
+
+    Found by rendering a conversation with marker strings, so any chat template works without knowing its
+    format; the original prompt (already rendered by lm-eval) is then continued with it.
+    """
+    rendered = chat_template(
+        [
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": ANSWER_MARK},
+            {"role": "user", "content": QUESTION_MARK},
+        ]
+    )
+    start, mid = rendered.find(ANSWER_MARK), rendered.find(QUESTION_MARK)
+    if start < 0 or mid < start:
+        raise ValueError(
+            "the model's chat template drops or reorders message contents; P(True) and verbalised "
+            "confidence cannot continue the conversation with it"
+        )
+    return rendered[start + len(ANSWER_MARK) : mid], rendered[mid + len(QUESTION_MARK) :]
+
+
+def followup_prompt(item: Generation, question: str, text_suffix: str, glue: tuple[str, str] | None) -> str:
+    """The original prompt, the model's own answer, then ``question`` (a new chat turn when templated)."""
+    if glue is None:
+        return item.context + item.text + text_suffix
+    return item.context + item.text + glue[0] + question + glue[1]
+
+
+# -- the passes ---------------------------------------------------------------------------------------------
+def _instance(kind: str, item: Generation, arguments: tuple, idx: int) -> Instance:
+    return Instance(kind, item.doc, arguments, idx, metadata=(item.task, item.doc_id, 1))
+
+
+def run_passes(
+    lm: Any,
+    items: Sequence[Generation],
+    estimators: Sequence[str],
+    n_samples: int,
+    glue: tuple[str, str] | None,
+) -> None:
+    """Fill ``seq``, ``ptrue``, ``verbal`` and ``samples`` of every item the chosen estimators need."""
+    model = unwrap(lm)
+    ll_requests: list[Instance] = []
+    ll_targets: list[tuple[Generation, str]] = []
+    rescore: list[Generation] = []
+    want_seq = bool({"seqprob", "seqprob_mean"} & set(estimators))
+
+    for item in items:
+        if want_seq:
+            logprobs = generation_logprobs_of(item.text)
+            if logprobs is not None:
+                item.seq = (float(logprobs.sum()), int(logprobs.shape[0]), "generation")
+            elif item.text == "":
+                item.seq = (0.0, 0, "empty")
+            else:
+                rescore.append(item)
+        if "ptrue" in estimators:
+            prompt = followup_prompt(item, est.PTRUE_QUESTION, est.PTRUE_TEXT_SUFFIX, glue)
+            choices = est.PTRUE_CHOICES_TEXT if glue is None else est.PTRUE_CHOICES_CHAT
+            for idx, choice in enumerate(choices):
+                ll_requests.append(_instance("loglikelihood", item, (prompt, choice), idx))
+                ll_targets.append((item, f"ptrue{idx}"))
+
+    _rescore(model, rescore, ll_requests, ll_targets)
+
+    gen_requests: list[Instance] = []
+    gen_targets: list[tuple[Generation, str]] = []
+    for item in items:
+        if "verbal" in estimators:
+            prompt = followup_prompt(item, est.VERBAL_QUESTION, est.VERBAL_TEXT_SUFFIX, glue)
+            kwargs = {
+                "until": est.VERBAL_UNTIL_TEXT if glue is None else [],
+                "max_gen_toks": est.VERBAL_MAX_TOKENS,
+                "do_sample": False,
+                "temperature": 0.0,
+            }
+            gen_requests.append(_instance("generate_until", item, (prompt, kwargs), 0))
+            gen_targets.append((item, "verbal"))
+        if "consistency" in estimators:
+            kwargs = copy.deepcopy(item.gen_kwargs) | {"do_sample": True, "temperature": 1.0}
+            for k in range(n_samples):
+                gen_requests.append(_instance("generate_until", item, (item.context, kwargs), k))
+                gen_targets.append((item, "sample"))
+
+    if ll_requests:
+        results = model.loglikelihood(ll_requests)
+        ptrue_parts: dict[int, list[float]] = {}
+        for (item, what), request, result in zip(ll_targets, ll_requests, results, strict=True):
+            value = float(result[0])
+            if not math.isfinite(value):
+                raise ValueError(f"{item.task}: document {item.doc_id}: the model scored {what} as {value}")
+            if what == "seq":
+                item.seq = (value, _n_tokens(model, request, result), "rescored")
+            else:
+                ptrue_parts.setdefault(id(item), []).append(value)
+                if len(ptrue_parts[id(item)]) == 2:
+                    item.ptrue = tuple(ptrue_parts.pop(id(item)))
+    if gen_requests:
+        replies = model.generate_until(gen_requests)
+        for (item, what), reply in zip(gen_targets, replies, strict=True):
+            if what == "verbal":
+                item.verbal = str(reply)
+            else:
+                item.samples.append(str(reply))
+
+
+def _rescore(model: Any, items: list[Generation], ll_requests: list, ll_targets: list) -> None:
+    """Score each generation as the tokens that follow its prompt's tokens, where the model's tokenizer says
+    so (``tok_encode(prompt + text)`` starts with ``tok_encode(prompt)``): then exactly the generated text's
+    tokens are scored, even when the prompt ends with whitespace (a chat template's ``assistant\n``), which
+    lm-eval's ``loglikelihood`` would move into the continuation and score too. Other items (and models
+    without lm-eval's token-level API) go through the public ``loglikelihood`` with the rest."""
+    encode, score = getattr(model, "tok_encode", None), getattr(model, "_loglikelihood_tokens", None)
+    exact: list[tuple[Generation, tuple]] = []
+    for item in items:
+        text = str(item.text)
+        if callable(encode) and callable(score) and item.context:
+            try:
+                context_enc, whole = list(encode(item.context)), list(encode(item.context + text))
+            except Exception:  # an API model without a local tokenizer: the public API below
+                context_enc, whole = [], []
+            if context_enc and whole[: len(context_enc)] == context_enc and len(whole) > len(context_enc):
+                exact.append((item, ((item.context, text), context_enc, whole[len(context_enc) :])))
+                continue
+        ll_requests.append(_instance("loglikelihood", item, (item.context, text), 0))
+        ll_targets.append((item, "seq"))
+    if exact:
+        results = score([request for _, request in exact])
+        for (item, request), result in zip(exact, results, strict=True):
+            value = float(result[0])
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"{item.task}: document {item.doc_id}: the model scored its generation {value}"
+                )
+            item.seq = (value, len(request[2]), "rescored")
+
+
+def _n_tokens(model: Any, request: Instance, result: Any) -> int:
+    """Number of tokens the rescoring scored: from the model's token statistics, else its tokenizer."""
+    stats = getattr(result, "token_stats", None)
+    if stats is not None:
+        return len(stats)
+    encode = getattr(model, "_encode_pair", None)
+    if callable(encode):
+        return len(encode(*request.args)[1])
+    return 0  # only seqprob (which needs no count) reaches here: check_model refuses seqprob_mean

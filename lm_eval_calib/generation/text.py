@@ -1,0 +1,62 @@
+"""A generated answer that carries the log-probs of its own tokens through lm-eval.
+
+lm-eval's ``generate_until`` returns strings. ``hf-calib`` returns :class:`GeneratedText`: it IS that string
+(equality, hashing, slicing, JSON, filters) and also holds the ids and log-probs of the generated tokens
+that make up the text, so the sequence-probability estimators cost no second pass. Anything that rebuilds
+the string (a filter, lm-eval's request cache) drops the log-probs, and the task falls back to rescoring.
+
+numpy only: importing this module does not import torch or lm-eval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+class GeneratedText(str):
+    """A generation (exactly the string lm-eval returns) plus ``token_ids`` and ``token_logprobs``."""
+
+    token_ids: np.ndarray
+    token_logprobs: np.ndarray
+
+    def __new__(cls, text: str, token_ids: Sequence[int], token_logprobs: Sequence[float]):
+        self = super().__new__(cls, text)
+        ids = np.asarray(token_ids, dtype=np.int64)
+        logprobs = np.asarray(token_logprobs, dtype=np.float64)
+        if ids.shape != logprobs.shape or ids.ndim != 1:
+            raise ValueError(f"token_ids {ids.shape} and token_logprobs {logprobs.shape} must be equal 1-D")
+        self.token_ids, self.token_logprobs = ids, logprobs
+        return self
+
+    def __reduce__(self):
+        return (GeneratedText, (str(self), self.token_ids.tolist(), self.token_logprobs.tolist()))
+
+
+def generation_logprobs_of(result: object) -> np.ndarray | None:
+    """The token log-probs a model attached to a generation, or ``None`` (plain string)."""
+    return result.token_logprobs if isinstance(result, GeneratedText) else None
+
+
+def aligned_length(token_ids: Sequence[int], text: str, decode: Callable[[list[int]], str]) -> int | None:
+    """The number of leading ``token_ids`` whose decoding is exactly ``text``, or ``None``.
+
+    lm-eval cuts a generation at its first stop sequence (and drops special tokens), so the returned text is
+    a prefix of the decoded tokens. It is scored as the tokens that spell it; when the cut falls inside a
+    token no such prefix exists and the caller rescores the text instead.
+    """
+    ids = list(token_ids)
+    if text == "":
+        return 0
+    lo, hi = 1, len(ids)
+    while lo < hi:  # the shortest prefix whose decoding is at least as long as the text
+        mid = (lo + hi) // 2
+        if len(decode(ids[:mid])) >= len(text):
+            hi = mid
+        else:
+            lo = mid + 1
+    for n in (lo, lo - 1, lo + 1):  # decoding length is monotone only up to multi-byte characters
+        if 0 < n <= len(ids) and decode(ids[:n]) == text:
+            return n
+    return None

@@ -1,0 +1,305 @@
+"""The lm-eval task class for calibration of generated answers (any ``generate_until`` config).
+
+``GenerationCalibrationTask(config=<the original task's config>)`` is the original task, unchanged: same
+prompt, generation settings, filters and metrics, reported under the same keys. On top, per document and per
+filter, it writes one generation record per confidence estimator (:func:`lm_eval_calib.records.
+generation_record`) and aggregates them into every calibration metric with the estimator's suffix
+(``ece_seqprob``, ``brier_ptrue``, ..., per filter as lm-eval reports its own metrics).
+
+- correctness: the task's own primary metric (the first of its ``metric_list``) after that filter, correct
+  when above 0.5 (a 0/1 metric such as ``exact_match`` as it is; a [0, 1] score thresholded);
+- confidence: the estimators of :mod:`lm_eval_calib.generation.estimators`, all from the raw generation
+  (before the filters), so they are the same for every filter except sampling consistency, which compares
+  the filtered answers.
+
+How it sees what lm-eval does not hand to ``process_results``: lm-eval's ``evaluate`` (wrapped in
+:mod:`lm_eval_calib.harness.preflight`) gives each task the model before any request runs (``bind_model``:
+refuses estimators the model cannot serve); after generation, ``apply_filters`` runs every second pass in one
+batch per request type (:mod:`lm_eval_calib.generation.passes`); ``doc_iterator`` tells ``process_results``
+which document and which filter lm-eval is scoring, and every answer is checked against that instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lm_eval.api.task import ConfigurableTask
+
+from lm_eval_calib.generation import estimators as est
+from lm_eval_calib.generation import passes
+from lm_eval_calib.harness import preflight
+from lm_eval_calib.harness.aggregation import make_aggregation
+from lm_eval_calib.harness.base import CalibrationTaskBase
+from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
+from lm_eval_calib.metrics import METRICS
+from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef, generation_record, record_of
+
+preflight.install()
+logger = logging.getLogger("lm_eval_calib")
+
+#: Calibration metrics reported per estimator (``acc`` is the task's own primary metric, kept as it is).
+CALIBRATION_METRICS: tuple[str, ...] = tuple(key for key in METRICS if key != "acc")
+UNPARSED_KEY = "n_unparsed_verbal"
+
+
+def result_key(metric: str, estimator: str) -> str:
+    """``ece`` + ``seqprob`` -> ``ece_seqprob``; the record itself is logged under ``ece_<estimator>``."""
+    return f"{metric}_{estimator}"
+
+
+def _scored_only(aggregate: Callable, name: str) -> Callable:
+    """An aggregation over the records that have a confidence (unparseable verbal replies are counted
+    separately), with its bootstrap stderr wrapped the same way."""
+
+    def keep(records: Sequence) -> list:
+        return [r for r in records if record_of(r)["confidence"] is not None]
+
+    def wrapped(records: Sequence) -> float:
+        kept = keep(records)
+        return aggregate(kept) if kept else math.nan
+
+    stderr = getattr(aggregate, STDERR_ATTRIBUTE, None)
+    if stderr is not None:
+
+        def wrapped_stderr(records: Sequence, n_resamples: int) -> float:
+            kept = keep(records)
+            return stderr(kept, n_resamples) if len(kept) > 1 else math.nan
+
+        setattr(wrapped, STDERR_ATTRIBUTE, wrapped_stderr)
+    wrapped.__name__ = wrapped.__qualname__ = name
+    return wrapped
+
+
+class EstimatorRecordRef(RecordRef):
+    """A reference to an estimator's record, printed as the key it is logged under (``see 'ece_ptrue'``)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, record: dict[str, Any], key: str) -> None:
+        super().__init__(record)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"see {self.key!r}"
+
+    __repr__ = __str__
+
+    def __reduce__(self):
+        return (EstimatorRecordRef, (self.record, self.key))
+
+
+def _total(values: Sequence[float]) -> float:
+    return float(sum(values))
+
+
+class GenerationCalibrationTask(CalibrationTaskBase):
+    """A ``generate_until`` task plus the calibration of its answers; see the module docstring."""
+
+    output_types = ("generate_until",)
+    record_keys = ()  # aggregations are built per estimator below
+
+    def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(config=config, **kwargs)
+        self.estimators: tuple[str, ...] = self.calibration.confidence
+        name = self.config.task or type(self).__name__
+        warned: set[int] = set()
+        for estimator in self.estimators:
+            for metric in CALIBRATION_METRICS:
+                key = result_key(metric, estimator)
+                self._aggregations[key] = _scored_only(
+                    make_aggregation(metric, self.calibration, f"{name} ({estimator})", warned),
+                    f"calib_{key}",
+                )
+        if "verbal" in self.estimators:
+            self._aggregations[UNPARSED_KEY] = _total
+        self._primary = self._primary_metric()
+        self._lm: Any = None
+        self._glue: tuple[str, str] | None = None
+        self._chat_template: Callable | None = None
+        self._items: dict[int, passes.Generation] = {}
+        self._by_doc: dict[int, list] = {}
+        self._sample_answers: dict[str, dict[int, list]] = {}
+        self._filter_keys: list[str] = []
+        self._pass = -1
+        self._current_doc_id: int | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _primary_metric(self) -> str | None:
+        """The metric that decides correctness: the first of the task's metric_list (None: a custom
+        process_results decides; its first key is used)."""
+        names = list(self._metric_fn_list)
+        if not names:
+            return None
+        primary = names[0]
+        if self._higher_is_better.get(primary) is False:
+            raise ValueError(
+                f"{self.config.task}: the first metric {primary!r} is lower-is-better, so it cannot say "
+                "whether an answer is correct; put a 0/1 (or [0, 1] score) metric such as exact_match first"
+            )
+        return primary
+
+    def aggregation(self) -> dict:
+        return ConfigurableTask.aggregation(self) | self._aggregations
+
+    def higher_is_better(self) -> dict:
+        ours = {
+            result_key(m, e): METRICS[m].higher_is_better
+            for e in self.estimators
+            for m in CALIBRATION_METRICS
+        }
+        if "verbal" in self.estimators:
+            ours[UNPARSED_KEY] = False
+        return ConfigurableTask.higher_is_better(self) | ours
+
+    def bind_model(self, lm: Any) -> None:
+        """Called by the evaluate wrapper before any request: keep the model, refuse what it cannot serve."""
+        passes.check_model(lm, self.estimators, self.config.task)
+        self._lm = lm
+
+    def build_all_requests(self, **kwargs: Any) -> None:
+        apply = kwargs.get("apply_chat_template", False)
+        self._chat_template = kwargs.get("chat_template") if apply else None
+        return super().build_all_requests(**kwargs)
+
+    # -- after generation: the second passes -----------------------------------------------------------------
+    def apply_filters(self):
+        out = super().apply_filters()
+        self._filter_keys = list(self._instances[0].filtered_resps) if self._instances else []
+        self._pass = -1
+        if self._lm is None:
+            raise RuntimeError(
+                f"{self.config.task}: the model was not handed to this task before evaluation; run it "
+                "through lm_eval / lm_eval.evaluator.evaluate with lm_eval_calib installed"
+            )
+        self._glue = passes.chat_glue(self._chat_template) if self._chat_template else None
+        self._items, self._by_doc = {}, {}
+        for instance in self._instances:
+            self._by_doc.setdefault(instance.doc_id, []).append(instance)
+            if instance.doc_id in self._items:
+                continue
+            context, gen_kwargs = instance.args[0], instance.args[1]
+            self._items[instance.doc_id] = passes.Generation(
+                doc_id=instance.doc_id,
+                doc=instance.doc,
+                context=context,
+                gen_kwargs=dict(gen_kwargs or {}),
+                text=instance.resps[0] if instance.resps else "",
+                task=self.config.task,
+            )
+        items = list(self._items.values())
+        passes.run_passes(self._lm, items, self.estimators, self.calibration.samples, self._glue)
+        self._sample_answers = self._filter_samples(items) if "consistency" in self.estimators else {}
+        return out
+
+    def _filter_samples(self, items: list[passes.Generation]) -> dict[str, dict[int, list]]:
+        """Each sampled answer through each of the task's filter pipelines, as lm-eval filters the greedy
+        one."""
+        flat = [(item, sample) for item in items for sample in item.samples]
+        answers: dict[str, dict[int, list]] = {}
+        for ensemble in getattr(self, "_filters", []):
+            resps: Any = [[sample] for _, sample in flat]
+            docs = [item.doc for item, _ in flat]
+            for make_filter in ensemble.filters:
+                resps = make_filter().apply(resps, docs)
+            per_doc: dict[int, list] = {}
+            for (item, _), answer in zip(flat, list(resps), strict=True):
+                per_doc.setdefault(item.doc_id, []).append(answer)
+            answers[ensemble.name] = per_doc
+        return answers
+
+    def doc_iterator(self, **kwargs: Any):
+        # lm-eval iterates the documents once per filter, in the order of the filtered responses, calling
+        # process_results right after each document is yielded.
+        self._pass += 1
+        for doc_id, doc in super().doc_iterator(**kwargs):
+            self._current_doc_id = doc_id
+            yield doc_id, doc
+
+    # -- per document ----------------------------------------------------------------------------------------
+    def _correct(self, own: dict[str, Any]) -> bool:
+        key = self._primary if self._primary in own else next(iter(own), None)
+        if key is None:
+            raise ValueError(f"{self.config.task}: the task's process_results returned no metric")
+        value = own[key]
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{self.config.task}: metric {key!r} gave {value!r} for a document; correctness needs a "
+                "number"
+            ) from None
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(
+                f"{self.config.task}: metric {key!r} gave {score} for a document; correctness needs a 0/1 "
+                "value or a [0, 1] score (correct when > 0.5). Put such a metric first in metric_list"
+            )
+        return score > 0.5
+
+    def _current(self, results: list) -> tuple[passes.Generation, str]:
+        doc_id = self._current_doc_id
+        if doc_id not in self._items or not 0 <= self._pass < len(self._filter_keys):
+            raise RuntimeError(
+                f"{self.config.task}: process_results was called outside lm-eval's evaluation loop "
+                f"(document {doc_id}, pass {self._pass}); calibration of generations needs lm_eval's evaluate"
+            )
+        filter_key = self._filter_keys[self._pass]
+        expected = [i.filtered_resps[filter_key] for i in sorted(self._by_doc[doc_id], key=lambda i: i.idx)]
+        if list(results) != expected:
+            raise RuntimeError(
+                f"{self.config.task}: lm-eval scored document {doc_id} in an unexpected order (filter "
+                f"{filter_key!r}); this lm-eval version is not supported by generation calibration"
+            )
+        return self._items[doc_id], filter_key
+
+    def _confidence(
+        self, estimator: str, item: passes.Generation, filter_key: str
+    ) -> tuple[float | None, dict]:
+        if estimator in ("seqprob", "seqprob_mean"):
+            logprob, n_tokens, source = item.seq
+            extras = {"logprob": logprob, "n_tokens": n_tokens, "source": source}
+            if estimator == "seqprob":
+                return math.exp(logprob), extras
+            return (math.exp(logprob / n_tokens) if n_tokens else 1.0), extras
+        if estimator == "ptrue":
+            a, b = item.ptrue
+            top = max(a, b)
+            p_a = math.exp(a - top) / (math.exp(a - top) + math.exp(b - top))
+            return p_a, {"loglik": [a, b]}
+        if estimator == "verbal":
+            parsed = est.parse_verbal(item.verbal or "")
+            return parsed, {
+                "reply": item.verbal,
+                "parsed": None if parsed is None else round(parsed * 100, 6),
+            }
+        if estimator == "consistency":
+            greedy = _answer_key(self._greedy_answer(item.doc_id, filter_key))
+            answers = self._sample_answers.get(filter_key, {}).get(item.doc_id, [])
+            agree = sum(_answer_key(a) == greedy for a in answers)
+            return (agree / len(answers) if answers else None), {"agree": agree, "samples": len(answers)}
+        raise AssertionError(estimator)
+
+    def _greedy_answer(self, doc_id: int, filter_key: str) -> Any:
+        return self._by_doc[doc_id][0].filtered_resps[filter_key]
+
+    def process_results(self, doc: dict, results: list) -> dict[str, Any]:
+        own = ConfigurableTask.process_results(self, doc, results)
+        item, filter_key = self._current(results)
+        correct = self._correct(own)
+        values: dict[str, Any] = dict(own)
+        for estimator in self.estimators:
+            confidence, extras = self._confidence(estimator, item, filter_key)
+            record = generation_record(confidence, correct, self.category(doc), estimator=estimator, **extras)
+            reference = EstimatorRecordRef(record, result_key(RECORD_LOG_KEY, estimator))
+            for metric in CALIBRATION_METRICS:
+                values[result_key(metric, estimator)] = record if metric == RECORD_LOG_KEY else reference
+            if estimator == "verbal":
+                values[UNPARSED_KEY] = int(confidence is None)
+        return values
+
+
+def _answer_key(answer: Any) -> str:
+    """Answers compare case- and whitespace-insensitively (``" 42"`` agrees with ``"42"``)."""
+    return " ".join(str(answer).split()).lower()

@@ -1,0 +1,170 @@
+"""Generation calibration through the real lm_eval CLI on SmolLM2-135M-Instruct (real gsm8k and LAMA data).
+
+Three runs, each loading the model once, ``--limit 3`` and ``max_gen_toks=16``:
+
+- ``hf-calib`` with SmolLM2's chat template, every estimator, on gsm8k wrapped and unwrapped (both filters);
+- ``hf`` on the same requests (no generation log-probs: sequence probabilities are rescored);
+- ``hf-calib`` without a template on calib_facts_gen, every estimator (the plain-text follow-up prompts).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import lm_eval
+import pytest
+from conftest import REPO, read_run, run_lm_eval
+
+from lm_eval_calib.generation.estimators import parse_verbal
+
+pytestmark = pytest.mark.integration
+
+ALL = ["seqprob", "seqprob_mean", "ptrue", "verbal", "consistency"]
+COMMON = ["--limit", "3", "--num_fewshot", "0", "--device", "cpu", "--log_samples"]
+CHAT = ["--apply_chat_template"]
+LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
+
+
+def _load_facts_utils():
+    spec = importlib.util.spec_from_file_location(
+        "facts_gen_utils", REPO / "tasks" / "facts_gen" / "utils.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_FACTS_UTILS = _load_facts_utils()
+
+
+def write_test_tasks(folder: Path, data_root: Path) -> Path:
+    """gsm8k from the offline hub mirror, unwrapped (gsm8k_ref) and as a GenerationCalibrationTask."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "utils.py").write_text(
+        "from lm_eval_calib.harness.generation import GenerationCalibrationTask as CalibGen  # noqa: F401\n"
+    )
+    base = f"include: {LM_EVAL_TASKS / 'gsm8k' / 'gsm8k.yaml'}\ntag: []\n"
+    base += f"dataset_path: {data_root / 'hub' / 'openai' / 'gsm8k'}\n"
+    (folder / "gsm8k_ref.yaml").write_text(base + "task: gsm8k_ref\n")
+    (folder / "calib_gsm8k_test.yaml").write_text(
+        base + "task: calib_gsm8k_test\nclass: !function utils.CalibGen\n"
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def test_tasks(tmp_path_factory, data_root) -> Path:
+    return write_test_tasks(tmp_path_factory.mktemp("gen_tasks"), data_root)
+
+
+def _run(include: Path, out: Path, model: str, model_args: str, tasks: str, estimators: list[str], data_root,
+         extra: list[str] = ()):  # fmt: skip
+    run_lm_eval(
+        ["--model", model, "--model_args", model_args, "--include_path", str(include), "--tasks", tasks,
+         *COMMON, *extra, "--gen_kwargs", "max_gen_toks=16", "--output_path", str(out),
+         "--metadata", json.dumps({"calibration": {"confidence": estimators, "samples": 2}})],
+        env={"LM_EVAL_CALIB_DATA": str(data_root)},
+    )  # fmt: skip
+    return read_run(out)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, test_tasks, smollm2_model_args, data_root):
+    """(hf-calib run, hf run) with the chat template on gsm8k: results and samples of each."""
+    out = tmp_path_factory.mktemp("gen_runs")
+    tasks = "calib_gsm8k_test,gsm8k_ref"  # the same generation requests in both runs
+    native = _run(test_tasks, out / "native", "hf-calib", smollm2_model_args, tasks, ALL, data_root, CHAT)
+    seq = ["seqprob", "seqprob_mean"]
+    rescored = _run(test_tasks, out / "rescored", "hf", smollm2_model_args, tasks, seq, data_root, CHAT)
+    return native, rescored
+
+
+@pytest.fixture(scope="module")
+def facts_run(tmp_path_factory, test_tasks, smollm2_model_args, data_root):
+    out = tmp_path_factory.mktemp("facts_gen_run")
+    return _run(test_tasks, out, "hf-calib", smollm2_model_args, "calib_facts_gen", ALL, data_root)
+
+
+def _by_doc(samples: list[dict]) -> dict[tuple[int, str], dict]:
+    return {(s["doc_id"], s["filter"]): s for s in samples}
+
+
+def test_correctness_is_the_unwrapped_tasks_metric(runs):
+    (results, samples), _ = runs
+    calib, ref = _by_doc(samples["calib_gsm8k_test"]), _by_doc(samples["gsm8k_ref"])
+    assert set(calib) == set(ref) and {f for _, f in calib} == {"strict-match", "flexible-extract"}
+    for key, line in calib.items():
+        assert line["resps"] == ref[key]["resps"] and line["filtered_resps"] == ref[key]["filtered_resps"]
+        assert line["exact_match"] == ref[key]["exact_match"]
+        for estimator in ALL:
+            assert line[f"ece_{estimator}"]["correct"] == int(line["exact_match"] > 0.5)
+    for filt in ("strict-match", "flexible-extract"):  # the original metric is reported unchanged
+        assert (
+            results["results"]["calib_gsm8k_test"][f"exact_match,{filt}"]
+            == results["results"]["gsm8k_ref"][f"exact_match,{filt}"]
+        )
+
+
+def test_every_estimator_reports_every_metric_with_a_stderr(runs, facts_run):
+    for (results, _), task, filters in (
+        (runs[0], "calib_gsm8k_test", ["strict-match", "flexible-extract"]),
+        (facts_run, "calib_facts_gen", ["none"]),
+    ):
+        metrics = results["results"][task]
+        for filt in filters:
+            for estimator in ALL:
+                for metric in ("ece", "ece_em", "smece", "brier", "nll", "auroc", "aurc"):
+                    assert f"{metric}_{estimator},{filt}" in metrics
+                    assert f"{metric}_{estimator}_stderr,{filt}" in metrics
+
+
+def test_facts_gen_correctness_and_categories(facts_run):
+    _, samples = facts_run
+    facts = samples["calib_facts_gen"]
+    assert len(facts) == 3
+    for line in facts:
+        expected = _FACTS_UTILS.starts_with_object(line["resps"][0][0], line["doc"]["object"])
+        assert line["acc"] == float(expected)
+        assert line["ece_seqprob"]["correct"] == int(expected)
+        assert line["ece_seqprob"]["category"] == line["doc"]["relation"]
+        assert line["ece_seqprob"]["source"] == "generation"
+
+
+def test_second_pass_estimators_on_real_outputs(runs, facts_run):
+    for (results, samples), task in ((runs[0], "calib_gsm8k_test"), (facts_run, "calib_facts_gen")):
+        lines = samples[task]
+        for line in lines:
+            assert 0.0 < line["ece_ptrue"]["confidence"] < 1.0
+            assert line["ece_consistency"]["samples"] == 2
+            assert line["ece_consistency"]["confidence"] in (0.0, 0.5, 1.0)
+            verbal = line["ece_verbal"]
+            assert isinstance(verbal["reply"], str)
+            assert verbal["parsed"] == (None if parse_verbal(verbal["reply"]) is None else pytest.approx(
+                100 * parse_verbal(verbal["reply"])))  # fmt: skip
+        # unparseable verbalised replies are counted and reported, never silently dropped
+        filt = lines[0]["filter"]
+        unparsed = sum(line["ece_verbal"]["parsed"] is None for line in lines if line["filter"] == filt)
+        assert results["results"][task][f"n_unparsed_verbal,{filt}"] == unparsed
+
+
+def test_hf_calib_logprobs_equal_hf_rescoring(runs):
+    (_, native), (_, rescored) = runs
+    compared = 0
+    for task in ("calib_gsm8k_test",):
+        ours, theirs = _by_doc(native[task]), _by_doc(rescored[task])
+        assert set(ours) == set(theirs)
+        for key, line in ours.items():
+            other = theirs[key]
+            assert line["resps"] == other["resps"]  # hf-calib generates exactly what hf generates
+            mine, ref = line["ece_seqprob"], other["ece_seqprob"]
+            assert ref["source"] == "rescored"
+            if mine["source"] == "generation":
+                compared += 1
+                assert mine["logprob"] == pytest.approx(ref["logprob"], abs=1e-4)
+                assert mine["n_tokens"] == ref["n_tokens"]
+                assert line["ece_seqprob_mean"]["confidence"] == pytest.approx(
+                    other["ece_seqprob_mean"]["confidence"], abs=1e-4
+                )
+    assert compared >= 4  # most generations carry their own log-probs (the rest were rescored)

@@ -1,0 +1,115 @@
+"""Fast unit tests of generation calibration: estimator options, the verbalised-confidence parser on real
+SmolLM2 replies, text/token alignment, the generated-text carrier, the generation record, fact matching."""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from pathlib import Path
+
+import pytest
+
+from lm_eval_calib.generation.estimators import ESTIMATORS, check_estimator_names, parse_verbal
+from lm_eval_calib.generation.text import GeneratedText, aligned_length, generation_logprobs_of
+from lm_eval_calib.harness.options import CalibrationOptions
+from lm_eval_calib.records import NLL_FLOOR, generation_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Replies SmolLM2-135M-Instruct (float32, greedy) gave to the verbalised-confidence question, logged with
+# --log_samples (ece_verbal.reply), with the value the parser must read; None = unparseable (counted).
+# "chat": --apply_chat_template, 8-token replies; "plain text": calib_facts_gen, relation P19.
+REAL_VERBAL_REPLIES = [
+    ("I'm 99% certain that", 0.99),  # chat, gsm8k
+    ("To verify the answer, I'll add", None),  # chat, gsm8k: no number in 8 tokens
+    ("The answer is 100.", 1.0),  # chat, facts
+    (" 100", 1.0),  # plain text, facts
+    (" 100%", 1.0),  # plain text, facts
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), REAL_VERBAL_REPLIES)
+def test_parse_verbal_on_real_replies(reply, expected):
+    assert parse_verbal(reply) == (None if expected is None else pytest.approx(expected))
+
+
+def test_parse_verbal_rules():
+    assert parse_verbal("Confidence: 75") == pytest.approx(0.75)
+    assert parse_verbal("1") == pytest.approx(0.01)  # asked for 0-100: a bare 1 is 1%
+    assert parse_verbal("1.0") == pytest.approx(1.0)  # a decimal in [0, 1] is a probability
+    assert parse_verbal("50.5%") == pytest.approx(0.505)
+    assert parse_verbal("101") is None
+    assert parse_verbal("x2 is 40") == pytest.approx(0.4)  # digits inside a word are not a number
+
+
+def test_estimator_options_are_checked_before_anything_loads():
+    options = CalibrationOptions.from_metadata(
+        {"calibration": {"confidence": ["ptrue", "verbal"], "samples": 3}}
+    )
+    assert options.confidence == ("ptrue", "verbal") and options.samples == 3
+    assert CalibrationOptions().confidence == ("seqprob", "seqprob_mean")
+    with pytest.raises(ValueError, match="unknown confidence estimator.*'sequence_prob'.*known estimators"):
+        CalibrationOptions.from_metadata({"calibration": {"confidence": ["sequence_prob"]}})
+    with pytest.raises(ValueError, match="'samples' must be an integer from 2"):
+        CalibrationOptions.from_metadata({"calibration": {"samples": 1}})
+    with pytest.raises(ValueError, match="non-empty list"):
+        CalibrationOptions.from_metadata({"calibration": {"confidence": []}})
+    assert check_estimator_names("verbal") == ("verbal",)
+    assert set(ESTIMATORS) == {"seqprob", "seqprob_mean", "ptrue", "verbal", "consistency"}
+
+
+def test_aligned_length_with_the_real_tokenizer():
+    from transformers import AutoTokenizer
+
+    from lm_eval_calib.bundled_models import get_bundled_model
+
+    smol = get_bundled_model("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(str(smol.folder()), gguf_file=smol.gguf_file)
+    ids = tokenizer.encode(" Janet sells 9 eggs.\n\nQuestion: how many", add_special_tokens=False)
+    decode = tokenizer.decode
+    # cut at the stop sequence "Question:", as lm-eval does: the text is spelled by a prefix of the tokens
+    text = decode(ids).split("Question:")[0]
+    n = aligned_length(ids, text, decode)
+    assert n is not None and decode(ids[:n]) == text
+    assert aligned_length(ids, "", decode) == 0
+    assert aligned_length(ids, " Janet se", decode) is None  # the cut falls inside a token: rescore instead
+
+
+def test_generated_text_is_the_string_and_pickles():
+    text = GeneratedText(" 42", [220, 2], [-0.5, -0.25])
+    assert text == " 42" and hash(text) == hash(" 42") and text.strip() == "42"
+    again = pickle.loads(pickle.dumps(text))
+    assert again == " 42" and generation_logprobs_of(again).tolist() == [-0.5, -0.25]
+    assert generation_logprobs_of(" 42") is None
+    assert generation_logprobs_of(text + "!") is None  # anything that rebuilds the string drops them
+
+
+def test_generation_record():
+    record = generation_record(0.8, True, "P19", estimator="verbal", reply="80", parsed=80.0)
+    assert record["correct"] == 1 and record["brier"] == pytest.approx(0.04)
+    assert record["nll"] == pytest.approx(-__import__("math").log(0.8))
+    wrong_and_sure = generation_record(1.0, False)
+    assert wrong_and_sure["nll"] == pytest.approx(-__import__("math").log(NLL_FLOOR))
+    unparsed = generation_record(None, False, estimator="verbal", reply="?", parsed=None)
+    assert unparsed["confidence"] is None and unparsed["brier"] is None
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        generation_record(1.5, True)
+
+
+def _facts_gen_utils():
+    spec = importlib.util.spec_from_file_location(
+        "facts_gen_utils", REPO / "tasks" / "facts_gen" / "utils.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_facts_gen_correctness_rule():
+    utils = _facts_gen_utils()
+    assert utils.starts_with_object(" Paris, France", "Paris")
+    assert utils.starts_with_object(' "The Beatles"', "Beatles")  # quotes and leading article dropped
+    assert utils.starts_with_object("  english", "English")
+    assert not utils.starts_with_object(" Parisian", "Paris")
+    assert not utils.starts_with_object(" in Paris", "Paris")
+    assert not utils.starts_with_object("", "Paris")
