@@ -433,21 +433,25 @@ def test_bfloat16_warns_once_about_parity(vllm_tiny_dir, caplog):
 
 # -- the lm_eval CLI ----------------------------------------------------------------------------------------
 def test_lm_eval_cli_runs_the_calibration_tasks(vllm_tiny_dir, tiny_hf, data_root, tmp_path):
-    """`lm_eval --model vllm-calib`: calib_mmlu, calib_facts and calib_clm, with hf-calib's numbers."""
+    """`lm_eval --model vllm-calib`: calib_mmlu, calib_facts, calib_clm and a wrapped built-in task
+    (lm-eval's mmlu_anatomy_continuation: multi-token options, hub mirror), with hf-calib's numbers."""
     from lm_eval.api.instance import Instance
 
-    docs = {"calib_mmlu": [0, 100, 235], "calib_facts": [0, 1000, 5000], "calib_clm": [0]}
+    wrapped = "calib_mmlu_anatomy_continuation"
+    docs = {"calib_mmlu": [0, 100, 235], "calib_facts": [0, 1000, 5000], "calib_clm": [0], wrapped: [0, 7]}
     run_lm_eval(
         ["--model", "vllm-calib", "--model_args", f"pretrained={vllm_tiny_dir},dtype=float32",
-         "--tasks", "calib_mmlu,calib_facts,calib_clm", "--batch_size", "auto", "--samples", json.dumps(docs),
+         "--tasks", f"calib_mmlu,calib_facts,calib_clm,{wrapped}", "--batch_size", "auto",
+         "--samples", json.dumps(docs),
          "--metadata", json.dumps({"data_dir": str(data_root)}), "--output_path", str(tmp_path),
          "--log_samples"],
     )  # fmt: skip
     results, samples = read_run(tmp_path)
     assert results["config"]["model"] == "vllm-calib"
-    for task in ("calib_mmlu", "calib_facts", "calib_clm"):
+    for task in ("calib_mmlu", "calib_facts", "calib_clm", wrapped):
         assert np.isfinite(results["results"][task]["ece,none"]), task
-    for task in ("calib_mmlu", "calib_facts"):
+    assert np.isfinite(results["results"][wrapped]["ece_norm,none"])
+    for task in ("calib_mmlu", "calib_facts", wrapped):
         for row in samples[task]:
             pairs = [(a["arg_0"], a["arg_1"]) for a in row["arguments"].values()]
             expected = tiny_hf.loglikelihood(
