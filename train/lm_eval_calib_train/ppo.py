@@ -22,20 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_calib_train.config import PPOStageConfig, TrainInputError
-from lm_eval_calib_train.data import prompts, read_data
-from lm_eval_calib_train.formatting import Formatter
 from lm_eval_calib_train.models import (
     ModelRef,
-    ensure_pad_token,
     load_causal_lm,
     load_sequence_classifier,
-    load_tokenizer,
-    require_reward_model,
     require_train_extra,
-    resolve_model,
-    same_tokenizer,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, note, optimiser_arguments, precision_flags
+from lm_eval_calib_train.output import build_manifest, note, optimiser_arguments, precision_flags
+from lm_eval_calib_train.rl_inputs import prepare_rl_stage
 
 PPO_KEYS = ("objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg")
 
@@ -68,28 +62,14 @@ def train_ppo(config: PPOStageConfig, callbacks: list[Any] | None = None) -> Pat
     config.validate()
     require_train_extra()
     require_ppo_trainer()
-    out = StageOutput(config.output, overwrite=config.overwrite, resume=config.resume)
-    resume_from = out.preflight()
-    policy_ref = resolve_model(config.policy, config.gguf_file, "--policy")
-    reward_ref = resolve_model(config.reward_model, None, "--reward-model")
-    require_reward_model(reward_ref)
-    data = read_data(config.data, config.data_format, config.data_name)
-    prompt_messages = prompts(data)
-    if config.max_rows:
-        prompt_messages = prompt_messages[: config.max_rows]
-    tokenizer = load_tokenizer(policy_ref, config.trust_remote_code)
-    reward_tokenizer = load_tokenizer(reward_ref, config.trust_remote_code)
-    if not same_tokenizer(tokenizer, reward_tokenizer):
-        raise TrainInputError(
-            f"the reward model's tokenizer ({reward_ref.describe()}, {len(reward_tokenizer)} tokens) differs "
-            f"from the policy's ({policy_ref.describe()}, {len(tokenizer)} tokens): the reward model would "
-            "read other tokens than the policy writes; train the reward model from the policy (or its base "
-            "model)"
-        )
-    saved_pad, saved_side = tokenizer.pad_token, tokenizer.padding_side
-    ensure_pad_token(tokenizer, distinct=True)
-    tokenizer.padding_side = "left"  # rollouts append answers to the prompts' right end
-    formatter = Formatter(tokenizer, config.prompt_format)
+    inputs = prepare_rl_stage(config)
+    out, resume_from, data, prompt_messages = inputs.out, inputs.resume_from, inputs.data, inputs.prompts
+    policy_ref, reward_ref, tokenizer, formatter = (
+        inputs.policy,
+        inputs.reward,
+        inputs.tokenizer,
+        inputs.formatter,
+    )
     queries = [formatter.prompt_ids(m, config.max_prompt_length) for m in prompt_messages]
     if any(tokenizer.pad_token_id in q for q in queries):
         raise TrainInputError(
@@ -224,9 +204,7 @@ def train_ppo(config: PPOStageConfig, callbacks: list[Any] | None = None) -> Pat
         trainer.train()
         trained = trainer.accelerator.unwrap_model(trainer.model).policy
 
-    tokenizer.padding_side = saved_side
-    if saved_pad is not None:  # the checkpoint keeps the policy's tokenizer as it was
-        tokenizer.pad_token = saved_pad
+    inputs.restore_tokenizer()
 
     def write_model(folder: Path) -> None:
         trained.save_pretrained(folder)
