@@ -61,7 +61,7 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 DEFAULT_ESTIMATORS: tuple[str, ...] = ("seqprob", "seqprob_mean")
-"""Cheap and model-agnostic (any model with log-likelihoods); free with hf-calib."""
+"""Cheap and model-agnostic (any model with log-likelihoods); free with hf-calib and vllm-calib."""
 
 
 def check_estimator_names(names: object) -> tuple[str, ...]:

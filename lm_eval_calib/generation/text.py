@@ -1,9 +1,10 @@
 """A generated answer that carries the log-probs of its own tokens through lm-eval.
 
-lm-eval's ``generate_until`` returns strings. ``hf-calib`` returns :class:`GeneratedText`: it IS that string
-(equality, hashing, slicing, JSON, filters) and also holds the ids and log-probs of the generated tokens
-that make up the text, so the sequence-probability estimators cost no second pass. Anything that rebuilds
-the string (a filter, lm-eval's request cache) drops the log-probs, and the task falls back to rescoring.
+lm-eval's ``generate_until`` returns strings. ``hf-calib`` and ``vllm-calib`` return :class:`GeneratedText`:
+it IS that string (equality, hashing, slicing, JSON, filters) and also holds the ids and log-probs of the
+generated tokens that make up the text, so the sequence-probability estimators cost no second pass.
+Anything that rebuilds the string (a filter, lm-eval's request cache) drops the log-probs, and the task
+falls back to rescoring.
 
 numpy only: importing this module does not import torch or lm-eval.
 """

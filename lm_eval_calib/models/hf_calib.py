@@ -40,12 +40,19 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
 from lm_eval_calib.models.hf_generation import GenerationLogprobsMixin
-from lm_eval_calib.models.requests import check_continuations, rolling_windows, unique_truncated_pairs
+from lm_eval_calib.models.model_args import parse_bool
+from lm_eval_calib.models.packing import additive_mask, pack_rows, packed_attention_mask
+from lm_eval_calib.models.plumbing import register_backend, rolling_results, spread_results
+from lm_eval_calib.models.requests import (
+    check_continuations,
+    group_by_context,
+    rolling_windows,
+    unique_truncated_pairs,
+)
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
 
 __all__ = ["HFCalibLM"]
@@ -72,18 +79,15 @@ def _use_cpu_process_group() -> None:
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
-def _as_bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class HFCalibLM(GenerationLogprobsMixin, HFLM):
     """lm-eval's ``hf`` plus per-token statistics (model name ``hf-calib``).
 
     Args:
         share_context: score continuations against their context's KV cache (default ``True``); ``False``
             runs one full forward per request like ``hf`` (still with token statistics).
+        pack_continuations: score a context's multi-token continuations packed behind it in one row
+            (:mod:`lm_eval_calib.models.packing`; default ``True``); ``False`` takes the KV-cache route.
+        Both accept a bool or 1/0, true/false, yes/no, on/off (anything else is an error).
         All other arguments are :class:`lm_eval.models.huggingface.HFLM`'s.
     """
 
@@ -102,7 +106,9 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
         super().__init__(pretrained, *args, **kwargs)
         self._join_cpu_ranks()
         self._check_causal_lm_head()
-        self.share_context = _as_bool(share_context) and self._supports_kv_sharing()
+        self.share_context = (
+            parse_bool(share_context, "hf-calib: share_context") and self._supports_kv_sharing()
+        )
         text_config = (
             self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
         )
@@ -112,7 +118,7 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
         # one forward per batch with a custom 4-D mask: needs an attention that takes one (sdpa, eager) and
         # the same mask on every layer (no sliding windows); otherwise the KV-cache route below
         self._pack_continuations = (
-            _as_bool(pack_continuations)
+            parse_bool(pack_continuations, "hf-calib: pack_continuations")
             and self.share_context
             and self._pad_contexts
             and self._attn_implementation in ("sdpa", "eager")
@@ -265,34 +271,34 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
             items = [(list(ctx + cont)[:-1], list(cont)) for ctx, cont in unique]
             scored = dict(zip(unique, self._score_full(items, batch_size, disable_tqdm), strict=True))
 
-        results: list[LoglikelihoodResult | None] = [None] * len(requests)
-        for key, indices in unique.items():
-            loglikelihood, greedy, stats = scored[key]
-            for i in indices:
-                result = LoglikelihoodResult(loglikelihood, greedy, stats)
-                results[i] = result
-                request_str = requests[i][0]
-                if request_str is not None:
-                    self.cache_hook.add_partial("loglikelihood", request_str, result)
-        return results  # type: ignore[return-value]
+        results = {key: LoglikelihoodResult(*scored[key]) for key in unique}
+        return spread_results(requests, unique, results, self.cache_hook)
 
     def _score_shared(self, pairs, batch_size: int, disable_tqdm: bool):
         """Score (context, continuation) token pairs, running each distinct context once."""
-        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for ctx, cont in pairs:
-            groups.setdefault(ctx, []).append(cont)
+        groups = group_by_context(pairs)
+        out = {}
+        pbar = tqdm(total=len(pairs), disable=(disable_tqdm or self.rank != 0), desc="hf-calib loglikelihood")
+        for batch in self._context_batches(groups, batch_size):
+            if self._pack_continuations and self._packed_size(batch, groups) <= _PACKED_MASK_BUDGET:
+                self._score_packed(batch, groups, out, pbar)
+                continue
+            first, cache = self._score_first_tokens(batch, groups, out, pbar)
+            if cache is not None:
+                self._score_tails(batch, groups, first, cache, batch_size, out, pbar)
+            del cache
+        pbar.close()
+        return out
+
+    def _context_batches(self, groups, batch_size: int) -> list[list[tuple[int, ...]]]:
+        """Contexts in batches of at most ``batch_size``, widest first (the least padding per batch; the
+        order does not depend on the request order); equal lengths only where padding is not allowed."""
 
         def row_width(ctx) -> int:  # a packed row holds the context and every continuation but its last token
             return len(ctx) + sum(len(c) - 1 for c in groups[ctx]) if self._pack_continuations else len(ctx)
 
-        # widest first (the least padding per batch); the order does not depend on the request order
-        order = sorted(groups, key=lambda c: (-row_width(c), -len(c), c))
-        for ctx in order:
-            groups[ctx].sort(key=lambda c: (-len(c), c))
-
-        # batches of contexts: at most batch_size; equal lengths only where padding is not allowed
         batches: list[list[tuple[int, ...]]] = []
-        for ctx in order:
+        for ctx in sorted(groups, key=lambda c: (-row_width(c), -len(c), c)):
             if (
                 batches
                 and len(batches[-1]) < batch_size
@@ -301,85 +307,84 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
                 batches[-1].append(ctx)
             else:
                 batches.append([ctx])
+        return batches
 
-        out = {}
-        pbar = tqdm(total=len(pairs), disable=(disable_tqdm or self.rank != 0), desc="hf-calib loglikelihood")
-        for batch in batches:
-            if self._pack_continuations and self._packed_size(batch, groups) <= _PACKED_MASK_BUDGET:
-                self._score_packed(batch, groups, out, pbar)
-                continue
-            lengths = [len(c) for c in batch]
-            width = max(lengths)
-            inputs = self._pad([list(c) for c in batch], width)
-            need_cache = any(len(cont) > 1 for ctx in batch for cont in groups[ctx])
-            kwargs = {"use_cache": need_cache}
-            rows = torch.arange(len(batch), device=self.device)
-            last = torch.tensor([n - 1 for n in lengths], device=self.device)
-            if self._accepts_logits_to_keep():
-                # only the last real position of each context goes through the LM head
-                same = len(set(lengths)) == 1
-                kwargs["logits_to_keep"] = 1 if same else last[:, None]
-            output = self._forward(inputs, **kwargs)
-            logits = output.logits
-            if "logits_to_keep" in kwargs and logits.ndim == 3 and logits.shape[1] == 1:
-                first_logits = logits[:, 0]
-            elif logits.ndim == 4:  # an older model head indexing [:, positions, :] with the 2-D positions
-                first_logits = logits[rows, rows, 0]
-            else:
-                first_logits = logits[rows, last]
-            cache = self._output_cache(output) if need_cache else None
-            del output, logits
+    def _score_first_tokens(self, batch, groups, out, pbar):
+        """Phase A: one forward of the batch's contexts; the logits of each context's last position give
+        every continuation's first token, and one-token continuations are finished here.
 
-            # first continuation token of every continuation: one log-softmax per context
-            first_lp = F.log_softmax(first_logits, dim=-1, dtype=self.softmax_dtype)  # [b, V]
-            first_top_lp, first_top_id = first_lp.max(dim=-1)
-            first: dict[tuple, tuple] = {}
-            for b, ctx in enumerate(batch):
-                for cont in groups[ctx]:
-                    first[(ctx, cont)] = (
-                        first_lp[b, cont[0]].reshape(1),
-                        first_top_id[b].reshape(1),
-                        first_top_lp[b].reshape(1),
-                    )
-                    if len(cont) == 1:
-                        out[(ctx, cont)] = self._pack([first[(ctx, cont)]], cont)
-                        pbar.update(1)
-            del first_logits, first_lp
+        Returns the first-token statistics of every pair and the contexts' KV cache (``None`` when no
+        continuation of the batch has a second token).
+        """
+        lengths = [len(c) for c in batch]
+        inputs = self._pad([list(c) for c in batch], max(lengths))
+        need_cache = any(len(cont) > 1 for ctx in batch for cont in groups[ctx])
+        kwargs = {"use_cache": need_cache}
+        rows = torch.arange(len(batch), device=self.device)
+        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        if self._accepts_logits_to_keep():
+            # only the last real position of each context goes through the LM head
+            kwargs["logits_to_keep"] = 1 if len(set(lengths)) == 1 else last[:, None]
+        output = self._forward(inputs, **kwargs)
+        logits = output.logits
+        if "logits_to_keep" in kwargs and logits.ndim == 3 and logits.shape[1] == 1:
+            first_logits = logits[:, 0]
+        elif logits.ndim == 4:  # an older model head indexing [:, positions, :] with the 2-D positions
+            first_logits = logits[rows, rows, 0]
+        else:
+            first_logits = logits[rows, last]
+        cache = self._output_cache(output) if need_cache else None
+        del output, logits
 
-            # the remaining tokens of longer continuations, against the context's KV cache
-            rows_b = [(b, ctx, cont) for b, ctx in enumerate(batch) for cont in groups[ctx] if len(cont) > 1]
-            ctx_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, n in enumerate(lengths):
-                ctx_mask[b, :n] = 1
-            for start in range(0, len(rows_b), batch_size):
-                chunk = rows_b[start : start + batch_size]
-                index = torch.tensor([b for b, _, _ in chunk], dtype=torch.long)
-                tails = [list(cont[:-1]) for _, _, cont in chunk]
-                tail_len = max(len(t) for t in tails)
-                tail_ids = self._pad(tails, tail_len)
-                tail_mask = torch.zeros((len(chunk), tail_len), dtype=torch.long)
-                for r, t in enumerate(tails):
-                    tail_mask[r, : len(t)] = 1
-                attention_mask = torch.cat([ctx_mask[index], tail_mask], dim=1).to(self.device)
-                ctx_len = torch.tensor([lengths[b] for b, _, _ in chunk], dtype=torch.long)
-                position_ids = (ctx_len[:, None] + torch.arange(tail_len)[None, :]).to(self.device)
-                logits = self._forward(
-                    tail_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    use_cache=True,
-                    **{self._cache_kwarg: self._select_cache(cache, index.to(self.device))},
-                ).logits
-                for r, (_, ctx, cont) in enumerate(chunk):
-                    n = len(cont) - 1
-                    targets = torch.tensor(cont[1:], device=self.device)
-                    rest = self._stats(logits[r, :n], targets)
-                    out[(ctx, cont)] = self._pack([first[(ctx, cont)], rest], cont)
+        first_lp = F.log_softmax(first_logits, dim=-1, dtype=self.softmax_dtype)  # [b, V]
+        first_top_lp, first_top_id = first_lp.max(dim=-1)
+        first: dict[tuple, tuple] = {}
+        for b, ctx in enumerate(batch):
+            for cont in groups[ctx]:
+                first[(ctx, cont)] = (
+                    first_lp[b, cont[0]].reshape(1),
+                    first_top_id[b].reshape(1),
+                    first_top_lp[b].reshape(1),
+                )
+                if len(cont) == 1:
+                    out[(ctx, cont)] = self._pack([first[(ctx, cont)]], cont)
                     pbar.update(1)
-                del logits
-            del cache
-        pbar.close()
-        return out
+        return first, cache
+
+    def _score_tails(self, batch, groups, first, cache, batch_size: int, out, pbar) -> None:
+        """Phase B: the remaining tokens of longer continuations, ``batch_size`` rows at a time against their
+        context's KV cache (selected, and repeated, along the batch dimension), with an attention mask over
+        context and continuation and explicit position ids."""
+        lengths = [len(c) for c in batch]
+        rows_b = [(b, ctx, cont) for b, ctx in enumerate(batch) for cont in groups[ctx] if len(cont) > 1]
+        ctx_mask = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
+        for b, n in enumerate(lengths):
+            ctx_mask[b, :n] = 1
+        for start in range(0, len(rows_b), batch_size):
+            chunk = rows_b[start : start + batch_size]
+            index = torch.tensor([b for b, _, _ in chunk], dtype=torch.long)
+            tails = [list(cont[:-1]) for _, _, cont in chunk]
+            tail_len = max(len(t) for t in tails)
+            tail_ids = self._pad(tails, tail_len)
+            tail_mask = torch.zeros((len(chunk), tail_len), dtype=torch.long)
+            for r, t in enumerate(tails):
+                tail_mask[r, : len(t)] = 1
+            attention_mask = torch.cat([ctx_mask[index], tail_mask], dim=1).to(self.device)
+            ctx_len = torch.tensor([lengths[b] for b, _, _ in chunk], dtype=torch.long)
+            position_ids = (ctx_len[:, None] + torch.arange(tail_len)[None, :]).to(self.device)
+            logits = self._forward(
+                tail_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{self._cache_kwarg: self._select_cache(cache, index.to(self.device))},
+            ).logits
+            for r, (_, ctx, cont) in enumerate(chunk):
+                targets = torch.tensor(cont[1:], device=self.device)
+                rest = self._stats(logits[r, : len(cont) - 1], targets)
+                out[(ctx, cont)] = self._pack([first[(ctx, cont)], rest], cont)
+                pbar.update(1)
+            del logits
 
     @staticmethod
     def _packed_size(batch, groups) -> int:
@@ -392,62 +397,32 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
     def _score_packed(self, batch, groups, out, pbar) -> None:
         """Score a batch of contexts and ALL their continuations in one forward, without a KV cache.
 
-        Each row holds a context followed by every continuation's tokens but the last ("tails"); a 4-D mask
-        lets the context attend causally to itself and each tail to the context and to its own earlier tokens
-        only, and the position ids restart after the context for every tail. So every continuation token sees
-        exactly what it sees in ``hf``'s separate sequence, the shared prompt runs once, and there is no
-        phase B.
+        Each row holds a context and every continuation's tail, under the mask of
+        :func:`~lm_eval_calib.models.packing.packed_attention_mask` and position ids that restart after
+        the context for every tail (:func:`~lm_eval_calib.models.packing.pack_rows`): every continuation
+        token sees exactly what it sees in ``hf``'s separate sequence, the shared prompt runs once, and there
+        is no phase B.
         """
-        rows, positions, segments, columns, plans = [], [], [], [], []
-        for ctx in batch:
-            n = len(ctx)
-            tokens, pos, seg, cols, plan = list(ctx), list(range(n)), [0] * n, [n - 1], []
-            for j, cont in enumerate(groups[ctx]):
-                preds = [0]  # column 0: the context's last position predicts every first token
-                tail = cont[:-1]
-                for t, token in enumerate(tail):
-                    preds.append(len(cols))
-                    cols.append(len(tokens))
-                    tokens.append(token)
-                    pos.append(n + t)
-                    seg.append(j + 1)
-                plan.append((cont, preds))
-            rows.append(tokens)
-            positions.append(pos)
-            segments.append(seg)
-            columns.append(cols)
-            plans.append(plan)
-        width = max(len(r) for r in rows)
-        n_cols = max(len(c) for c in columns)
-        input_ids = self._pad(rows, width)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        seg_ids = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding
-        keep = torch.zeros((len(rows), n_cols), dtype=torch.long)
-        for b in range(len(rows)):
-            position_ids[b, : len(positions[b])] = torch.tensor(positions[b])
-            seg_ids[b, : len(segments[b])] = torch.tensor(segments[b])
-            keep[b] = torch.tensor(columns[b] + [columns[b][-1]] * (n_cols - len(columns[b])))
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
-        key_seg, query_seg = seg_ids[:, None, :], seg_ids[:, :, None]
-        allowed = causal[None] & ((key_seg == 0) | (key_seg == query_seg))  # [b, q, k]; pads see the context
-        mask = allowed[:, None].to(self.device)
+        packed = pack_rows(batch, groups)
+        mask = packed_attention_mask(packed.segment_ids()).to(self.device)
         if self._attn_implementation == "eager":  # eager adds the mask to the scores
-            dtype = next(self.model.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(
-                ~mask, torch.finfo(dtype).min
-            )
-        kwargs = {"attention_mask": mask, "position_ids": position_ids.to(self.device), "use_cache": False}
-        keep = keep.to(self.device)
+            mask = additive_mask(mask, next(self.model.parameters()).dtype)
+        keep = packed.kept_columns().to(self.device)
+        kwargs = {
+            "attention_mask": mask,
+            "position_ids": packed.position_ids().to(self.device),
+            "use_cache": False,
+        }
         if self._accepts_logits_to_keep():
             kwargs["logits_to_keep"] = keep
-        logits = self._forward(input_ids, **kwargs).logits
+        logits = self._forward(self._pad(packed.tokens, packed.width), **kwargs).logits
         if logits.ndim == 4:  # an older head (transformers < 5.20) indexes [:, keep, :] with the 2-D keep
-            rows_index = torch.arange(len(rows), device=self.device)
+            rows_index = torch.arange(len(batch), device=self.device)
             logits = logits[rows_index, rows_index]
         if logits.shape[:2] != keep.shape:  # the model kept every position
             logits = torch.take_along_dim(logits, keep[..., None], dim=1)
-        for b, plan in enumerate(plans):
-            lp = F.log_softmax(logits[b, : len(columns[b])], dim=-1, dtype=self.softmax_dtype)
+        for b, plan in enumerate(packed.plans):
+            lp = F.log_softmax(logits[b, : len(packed.columns[b])], dim=-1, dtype=self.softmax_dtype)
             top_lp, top_id = lp.max(dim=-1)
             for cont, preds in plan:
                 idx = torch.tensor(preds, device=self.device)
@@ -512,25 +487,9 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
         items = [(tokens[:-1], cont) for _, tokens, cont in windows]
 
         scored = self._score_full(items, batch_size, disable_tqdm)
-        per_doc: list[list] = [[] for _ in requests]
-        for doc, window in zip(owners, scored, strict=True):
-            per_doc[doc].append(window)
-
-        results = []
-        for req, windows in zip(requests, per_doc, strict=True):
-            total = sum(w[0] for w in windows)  # hf sums the windows' float log-likelihoods
-            result = RollingLoglikelihoodResult(total, TokenStats.concatenate(w[2] for w in windows))
-            self.cache_hook.add_partial("loglikelihood_rolling", req.args, result)
-            results.append(result)
-        return results
+        # hf sums the windows' float log-likelihoods
+        windows_scored = [(loglikelihood, stats) for loglikelihood, _, stats in scored]
+        return rolling_results(requests, owners, windows_scored, self.cache_hook)
 
 
-def _register() -> None:
-    """Register under ``hf-calib`` (upgrading the package's lazy placeholder when it is there)."""
-    try:
-        register_model("hf-calib")(HFCalibLM)
-    except ValueError as exc:  # another object already holds the name: leave it, say so
-        eval_logger.warning(f"hf-calib: not registered in lm-eval's model registry ({exc})")
-
-
-_register()
+register_backend("hf-calib", HFCalibLM)

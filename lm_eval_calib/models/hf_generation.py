@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lm_eval_calib.generation.text import GeneratedText, aligned_length
+from lm_eval_calib.models.generated import with_generation_logprobs
 
 eval_logger = logging.getLogger(__name__)
 
@@ -104,13 +104,9 @@ class GenerationLogprobsMixin:
             rows = self._gen_rows
         finally:
             self._gen_rows, self._gen_batch = None, None
-        return [self._with_logprobs(req.args[0], text, rows.get(req.args[0], ())) for req, text in zip(
-            requests, texts, strict=True)]  # fmt: skip
+        pairs = zip(requests, texts, strict=True)
+        return [self._with_logprobs(req.args[0], text, rows.get(req.args[0], ())) for req, text in pairs]
 
     def _with_logprobs(self, context: str, text: str, candidates) -> Any:
-        special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
-        for ids, lps in candidates:
-            n = aligned_length(ids, text, self.tok_decode)
-            if n is not None and not special.intersection(ids[:n]):
-                return GeneratedText(text, ids[:n], lps[:n])
-        return text
+        special = getattr(self.tokenizer, "all_special_ids", ()) or ()
+        return with_generation_logprobs(text, candidates, self.tok_decode, special)

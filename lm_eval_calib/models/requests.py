@@ -81,3 +81,17 @@ def rolling_windows(lm: Any, requests: Sequence[Any]) -> list[tuple[int, list[in
         for ctx, cont in windows:
             out.append((doc, (ctx + cont)[-(lm.max_length + 1) :], cont))
     return out
+
+
+def group_by_context(pairs: Sequence[Pair]) -> dict[tuple[int, ...], list[tuple[int, ...]]]:
+    """Continuations grouped by their (already truncated) context, each group longest first.
+
+    Both backends run a context once for all its continuations; the order inside a group (longest first,
+    then by tokens) does not depend on the request order, so neither do the results.
+    """
+    groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for ctx, cont in pairs:
+        groups.setdefault(ctx, []).append(cont)
+    for conts in groups.values():
+        conts.sort(key=lambda c: (-len(c), c))
+    return groups

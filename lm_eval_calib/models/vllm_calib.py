@@ -4,7 +4,8 @@
 ``hf-calib`` (``LoglikelihoodResult``: the plain ``(loglikelihood, is_greedy)`` tuple plus ``.token_stats``;
 ``RollingLoglikelihoodResult``: the float plus ``.token_stats``; both from
 :mod:`lm_eval_calib.models.token_stats`), so every task of this package runs on it; ``generate_until`` works
-like lm-eval's ``vllm``.
+like lm-eval's ``vllm`` and, for greedy requests, also returns the generated tokens' log-probs (a
+:class:`~lm_eval_calib.generation.text.GeneratedText`, as ``hf-calib`` does).
 
 How ``loglikelihood`` scores:
 
@@ -44,7 +45,6 @@ from typing import Any
 import jinja2
 import numpy as np
 from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
 from lm_eval.models.utils import (
     handle_stop_sequences,
     has_bos_prefix,
@@ -55,8 +55,17 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 
 from lm_eval_calib.models import vllm_engine as engine_mod
-from lm_eval_calib.models.requests import Pair, check_continuations, rolling_windows, unique_truncated_pairs
+from lm_eval_calib.models.generated import with_generation_logprobs
+from lm_eval_calib.models.plumbing import register_backend, rolling_results, spread_results
+from lm_eval_calib.models.requests import (
+    Pair,
+    check_continuations,
+    group_by_context,
+    rolling_windows,
+    unique_truncated_pairs,
+)
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
+from lm_eval_calib.models.vllm_options import ENGINE_EXTRA_TOKENS, VLLMCalibOptions
 
 __all__ = ["VLLMCalibLM"]
 
@@ -64,15 +73,7 @@ eval_logger = logging.getLogger(__name__)
 
 #: Prompt tokens per engine call (bounds the prompt log-prob rows held in Python at once).
 _TOKENS_PER_CALL = 2**18
-#: Bytes of float32 logits (and their log-softmax) one prefill step may hold for prompt log-probs.
-_LOGITS_BUDGET = 2**31
 _WARNED: set[str] = set()
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -81,146 +82,54 @@ def _warn_once(key: str, message: str) -> None:
         eval_logger.warning(message)
 
 
-def default_max_num_batched_tokens(vocab_size: int) -> int:
-    """Tokens per prefill step such that their float32 logits and log-softmax stay within ``_LOGITS_BUDGET``.
-
-    vLLM computes prompt log-probs over the full vocabulary for every prompt token of a step; with a large
-    vocabulary and many tokens per step that is the out-of-memory trap of vLLM #5907. 49k vocabulary: 5376
-    tokens; 128k: 2048; 256k: 1024. Never below 512, never above 8192.
-    """
-    tokens = _LOGITS_BUDGET // (max(1, vocab_size) * 4 * 2)
-    return int(min(8192, max(512, tokens // 256 * 256)))
-
-
 class VLLMCalibLM(TemplateLM):
     """lm-eval model ``vllm-calib``; see the module docstring.
 
-    Args:
-        pretrained: a Hugging Face model folder or hub id with safetensors/bin weights (a GGUF file must be
-            converted first: ``python -m lm_eval_calib.models.vllm_export DEST``).
-        dtype: vLLM's ``dtype``; ``float32`` gives log-probs equal to ``hf``'s within about 1e-4.
-        batch_size: requests per engine call (``auto``: as many as fit the token bound).
-        single_prefill: score single-token options from one prefill per context (default ``True``).
-        prefix_caching: let multi-token option requests reuse the context's cached KV (default ``False``).
-        max_length: most tokens the model sees, as in ``hf``; sets the engine's ``max_model_len`` to
-            ``max_length + 2`` (default: the model's window - 2).
-        tensor_parallel_size, gpu_memory_utilization, max_model_len, max_num_batched_tokens, enforce_eager,
-            quantization, seed and any other keyword: passed to ``vllm.LLM``. ``enforce_eager`` defaults to
-            ``True`` on CPU (graph compilation costs a minute at every start; scoring is prefill-bound).
-        data_parallel_size: more than 1 runs that many engines under Ray, ``tensor_parallel_size`` GPUs each.
-        trust_remote_code: off unless asked for.
+    Its options (``--model_args``, or keywords here) are the fields of
+    :class:`~lm_eval_calib.models.vllm_options.VLLMCalibOptions`; any other keyword goes to ``vllm.LLM``.
+    All are parsed and checked before the engine starts; ``options=`` takes a ready options object instead.
     """
 
     #: Tasks check it before inference (:func:`lm_eval_calib.models.token_stats.model_provides_token_stats`).
     provides_token_stats = True
+    #: Read by generation calibration: greedy generations carry their tokens' log-probs (no rescoring).
+    provides_generation_logprobs = True
 
     def __init__(
-        self,
-        pretrained: str,
-        dtype: str = "auto",
-        revision: str | None = None,
-        trust_remote_code: bool | str = False,
-        tokenizer: str | None = None,
-        tokenizer_revision: str | None = None,
-        add_bos_token: bool | str | None = None,
-        prefix_token_id: int | None = None,
-        tensor_parallel_size: int = 1,
-        data_parallel_size: int = 1,
-        gpu_memory_utilization: float | None = None,
-        max_model_len: int | None = None,
-        max_length: int | None = None,
-        max_num_batched_tokens: int | None = None,
-        batch_size: int | str = "auto",
-        max_batch_size: int | None = None,
-        max_gen_toks: int = 256,
-        seed: int = 1234,
-        enforce_eager: bool | str | None = None,
-        single_prefill: bool | str = True,
-        prefix_caching: bool | str = False,
-        **engine_kwargs: Any,
+        self, pretrained: str | None = None, *, options: VLLMCalibOptions | None = None, **model_args: Any
     ) -> None:
         super().__init__()
-        if not isinstance(pretrained, str):
-            raise TypeError(
-                "vllm-calib: pretrained must be a model folder or hub id (str), got "
-                f"{type(pretrained).__name__}"
-            )
-        if "gguf_file" in engine_kwargs:
-            raise ValueError(
-                "vllm-calib loads Hugging Face folders, not GGUF files (gguf_file=...). Convert the "
-                "checkpoint first, e.g. `python -m lm_eval_calib.models.vllm_export DEST` for the bundled "
-                "SmolLM2, and pass pretrained=DEST"
-            )
-        if "device" in engine_kwargs:
-            device = engine_kwargs.pop("device")
-            if device not in (None, "cuda", "cpu"):
-                eval_logger.info(
-                    f"vllm-calib: device={device!r} is ignored; vLLM picks its devices (CUDA_VISIBLE_DEVICES)"
-                )
-        trust_remote_code = _as_bool(trust_remote_code)
-        self.pretrained = pretrained
         engine_mod.import_vllm()
-        config, self.tokenizer = self._load_config_and_tokenizer(
-            pretrained, revision, tokenizer, tokenizer_revision, trust_remote_code, add_bos_token
-        )
-        self.add_bos_token = None if add_bos_token is None else _as_bool(add_bos_token)
-        self.custom_prefix_token_id = None if prefix_token_id is None else int(prefix_token_id)
-        self.batch_size = "auto" if str(batch_size).startswith("auto") else max(1, int(batch_size))
-        self._max_gen_toks = int(max_gen_toks)
+        if options is None:
+            args = model_args if pretrained is None else {"pretrained": pretrained, **model_args}
+            options = VLLMCalibOptions.from_model_args(args, engine_mod.engine_arg_names())
+        elif pretrained is not None or model_args:
+            raise TypeError(
+                "vllm-calib: pass either options=VLLMCalibOptions(...) or model arguments, not both"
+            )
+        if options.prefix_caching and not engine_mod.sampling_field_supported("skip_reading_prefix_cache"):
+            raise ValueError(
+                "vllm-calib: prefix_caching=True needs SamplingParams.skip_reading_prefix_cache (vLLM >= "
+                "0.11); this vLLM lacks it. Leave prefix_caching off."
+            )
+        self.options = options
+        self.pretrained = options.pretrained
+        config, self.tokenizer = self._load_config_and_tokenizer(options)
+        self.add_bos_token = options.add_bos_token
+        self.custom_prefix_token_id = options.prefix_token_id
+        self.batch_size = options.batch_size
+        self._max_gen_toks = options.max_gen_toks
+        self.prefix_caching = options.prefix_caching
 
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         vocab_size = int(getattr(text_config, "vocab_size", 0) or len(self.tokenizer))
-        engine_args: dict[str, Any] = {
-            "model": pretrained,
-            "revision": revision,
-            "tokenizer": tokenizer,
-            "tokenizer_revision": tokenizer_revision,
-            "dtype": dtype,
-            "trust_remote_code": trust_remote_code,
-            "tensor_parallel_size": int(tensor_parallel_size),
-            "seed": int(seed),
-            "enable_chunked_prefill": True,
-            "max_num_batched_tokens": int(
-                max_num_batched_tokens or default_max_num_batched_tokens(vocab_size)
-            ),
-        }
-        # every check that can fail runs before the engine starts (a half-built in-process engine, torn
-        # down, takes vLLM's process-wide parallel state with it)
-        if max_length is not None and max_model_len is not None and int(max_length) != int(max_model_len) - 2:
-            raise ValueError(
-                f"vllm-calib: give max_length ({max_length}) or max_model_len ({max_model_len}), not both: "
-                "max_length (tokens the model sees, as in `hf`) is max_model_len - 2"
-            )
-        if max_length is not None:
-            max_model_len = int(max_length) + 2  # room for the scored last token and one generated token
-        if max_model_len is not None:
-            if int(max_model_len) < 3:
-                raise ValueError(f"vllm-calib: max_model_len={max_model_len} is too small to score (>= 3)")
-            engine_args["max_model_len"] = int(max_model_len)
-        if gpu_memory_utilization is not None:
-            engine_args["gpu_memory_utilization"] = float(gpu_memory_utilization)
-        if max_batch_size is not None and "max_num_seqs" not in engine_kwargs:
-            engine_args["max_num_seqs"] = int(max_batch_size)
-        if enforce_eager is None:
-            from vllm.platforms import current_platform
+        from vllm.platforms import current_platform
 
-            enforce_eager = current_platform.is_cpu()
-        engine_args["enforce_eager"] = _as_bool(enforce_eager)
-        self.prefix_caching = _as_bool(prefix_caching)
-        if self.prefix_caching:
-            if not engine_mod.sampling_field_supported("skip_reading_prefix_cache"):
-                raise ValueError(
-                    "vllm-calib: prefix_caching=True needs SamplingParams.skip_reading_prefix_cache (vLLM >= "
-                    "0.11); this vLLM lacks it. Leave prefix_caching off."
-                )
-            if engine_kwargs.get("enable_prefix_caching") is False:
-                raise ValueError("vllm-calib: prefix_caching=True contradicts enable_prefix_caching=False")
-            engine_args["enable_prefix_caching"] = True
-        engine_args.update(engine_kwargs)
-        self.engine_args = engine_args
-
-        self.data_parallel_size = int(data_parallel_size)
-        self.engine = self._start_engine(engine_args, self.data_parallel_size, int(tensor_parallel_size))
+        self.engine_args = options.engine_args(vocab_size, on_cpu=current_platform.is_cpu())
+        self.data_parallel_size = options.data_parallel_size
+        self.engine = self._start_engine(
+            self.engine_args, options.data_parallel_size, options.tensor_parallel_size
+        )
         self.info: engine_mod.EngineInfo = self.engine.info
         if self.prefix_caching and not self.info.prefix_caching:
             raise ValueError(
@@ -235,9 +144,9 @@ class VLLMCalibLM(TemplateLM):
                 "calibration numbers. Pass dtype=float32 for results that match `hf`.",
             )
 
-        self._max_length = self.info.max_model_len - 2
+        self._max_length = self.info.max_model_len - ENGINE_EXTRA_TOKENS
 
-        self.single_prefill = _as_bool(single_prefill)
+        self.single_prefill = options.single_prefill
         if self.single_prefill:
             probe_ids = sorted({self.prefix_token_id, self.eot_token_id})
             if not engine_mod.probe_logprob_token_ids(self.engine, [self.prefix_token_id], probe_ids):
@@ -250,14 +159,13 @@ class VLLMCalibLM(TemplateLM):
 
     # -- set-up ----------------------------------------------------------------------------------------------
     @staticmethod
-    def _load_config_and_tokenizer(
-        pretrained, revision, tokenizer, tokenizer_revision, trust_remote_code, add_bos
-    ):
+    def _load_config_and_tokenizer(options: VLLMCalibOptions):
         from transformers import AutoConfig, AutoTokenizer
 
+        pretrained, trust = options.pretrained, options.trust_remote_code
         try:
             config = AutoConfig.from_pretrained(
-                pretrained, revision=revision, trust_remote_code=trust_remote_code
+                pretrained, revision=options.revision, trust_remote_code=trust
             )
         except (OSError, ValueError) as exc:
             raise ValueError(
@@ -266,19 +174,19 @@ class VLLMCalibLM(TemplateLM):
                 "first (python -m lm_eval_calib.models.vllm_export DEST for the bundled SmolLM2)."
             ) from exc
         kwargs: dict[str, Any] = {}
-        if add_bos is not None:
-            kwargs["add_bos_token"] = _as_bool(add_bos)
+        if options.add_bos_token is not None:
+            kwargs["add_bos_token"] = options.add_bos_token
         try:
             tok = AutoTokenizer.from_pretrained(
-                tokenizer or pretrained,
-                revision=tokenizer_revision or revision,
-                trust_remote_code=trust_remote_code,
+                options.tokenizer or pretrained,
+                revision=options.tokenizer_revision or options.revision,
+                trust_remote_code=trust,
                 **kwargs,
             )
         except (OSError, ValueError) as exc:
             raise ValueError(
-                f"vllm-calib: cannot load a tokenizer from {tokenizer or pretrained!r} ({exc}); the model "
-                "folder needs its tokenizer files, or pass tokenizer=<folder or hub id>"
+                f"vllm-calib: cannot load a tokenizer from {options.tokenizer or pretrained!r} ({exc}); the "
+                "model folder needs its tokenizer files, or pass tokenizer=<folder or hub id>"
             ) from exc
         return config, tok
 
@@ -378,20 +286,12 @@ class VLLMCalibLM(TemplateLM):
     def _loglikelihood_tokens(
         self, requests, disable_tqdm: bool = False, **kwargs
     ) -> list[LoglikelihoodResult]:
-        max_len = self.max_length
-        unique = unique_truncated_pairs(requests, max_len, "vllm-calib")
-
-        scored = self._score_pairs(list(unique), disable_tqdm)
-        results: list[LoglikelihoodResult | None] = [None] * len(requests)
-        for key, indices in unique.items():
-            stats = scored[key]
-            result = LoglikelihoodResult(stats.loglikelihood, stats.is_greedy, stats)
-            for i in indices:
-                results[i] = result
-                request_str = requests[i][0]
-                if request_str is not None:
-                    self.cache_hook.add_partial("loglikelihood", request_str, result)
-        return results  # type: ignore[return-value]
+        unique = unique_truncated_pairs(requests, self.max_length, "vllm-calib")
+        scored = {
+            pair: LoglikelihoodResult(stats.loglikelihood, stats.is_greedy, stats)
+            for pair, stats in self._score_pairs(list(unique), disable_tqdm).items()
+        }
+        return spread_results(requests, unique, scored, self.cache_hook)
 
     def _context_chunks(self, order: list[tuple[int, ...]]) -> list[list[tuple[int, ...]]]:
         """Consecutive contexts in groups of at most ``_TOKENS_PER_CALL`` tokens; where the engine caches
@@ -415,14 +315,8 @@ class VLLMCalibLM(TemplateLM):
         return chunks
 
     def _score_pairs(self, pairs: list[Pair], disable_tqdm: bool) -> dict[Pair, TokenStats]:
-        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for ctx, cont in pairs:
-            groups.setdefault(ctx, []).append(cont)
-        # token order: independent of the request order, and contexts sharing a prefix are neighbours
-        order = sorted(groups)
-        for ctx in order:
-            groups[ctx].sort(key=lambda c: (-len(c), c))
-
+        groups = group_by_context(pairs)
+        order = sorted(groups)  # token order: contexts sharing a prefix are neighbours
         out: dict[Pair, TokenStats] = {}
         pbar = tqdm(total=len(pairs), disable=disable_tqdm or self.rank != 0, desc="vllm-calib loglikelihood")
         for chunk in self._context_chunks(order):
@@ -479,7 +373,7 @@ class VLLMCalibLM(TemplateLM):
         prompts = [list(ctx + cont) for ctx, cont in jobs]
         params = [engine_mod.prompt_params(read_prefix_cache=read_cache) for _ in jobs]
         outputs = self._generate(prompts, params)
-        rows: dict[Pair, engine_mod.Rows] = {}
+        rows: dict[Pair, TokenStats] = {}
         again = []
         for (ctx, cont), prompt, output in zip(jobs, prompts, outputs, strict=True):
             start = len(ctx) + (1 if self._first_from_prefill(cont) else 0)
@@ -487,76 +381,70 @@ class VLLMCalibLM(TemplateLM):
             if read_cache and (cached is None or cached > start - 1):
                 again.append((ctx, cont))  # rows of cached positions are not real log-probs
                 continue
-            rows[(ctx, cont)] = engine_mod.prompt_rows(output, prompt, start)
+            rows[(ctx, cont)] = engine_mod.prompt_stats(output, prompt, start)
         if again:
             prompts = [list(ctx + cont) for ctx, cont in again]
             outputs = self._generate(prompts, [engine_mod.prompt_params() for _ in again])
             for (ctx, cont), prompt, output in zip(again, prompts, outputs, strict=True):
-                rows[(ctx, cont)] = engine_mod.prompt_rows(output, prompt, len(ctx) + 1)
+                rows[(ctx, cont)] = engine_mod.prompt_stats(output, prompt, len(ctx) + 1)
 
         for ctx in chunk:
             for cont in groups[ctx]:
                 parts = []
                 if self._first_from_prefill(cont):
                     greedy, logprobs = first[ctx]
-                    parts.append(
-                        engine_mod.Rows(
-                            np.array([logprobs[cont[0]]]), np.array([greedy]), np.array([logprobs[greedy]])
-                        )
-                    )
+                    parts.append(engine_mod.next_token_stats(cont[0], greedy, logprobs))
                 if (ctx, cont) in rows:
                     parts.append(rows[(ctx, cont)])
-                merged = engine_mod.Rows.concatenate(parts)
-                out[(ctx, cont)] = TokenStats(np.asarray(cont), *_fields(merged))
+                out[(ctx, cont)] = TokenStats.concatenate(parts)
                 pbar.update(1)
 
     # -- loglikelihood_rolling -------------------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[RollingLoglikelihoodResult]:
         windows = rolling_windows(self, requests)
-        owners = [doc for doc, _, _ in windows]
         prompts = [tokens for _, tokens, _ in windows]
-        targets = [cont for _, _, cont in windows]
-
-        desc = "vllm-calib rolling windows"
-        pbar = tqdm(total=len(prompts), disable=disable_tqdm or self.rank != 0, desc=desc)
+        pbar = tqdm(
+            total=len(prompts), disable=disable_tqdm or self.rank != 0, desc="vllm-calib rolling windows"
+        )
         outputs = self._generate(prompts, [engine_mod.prompt_params() for _ in prompts], pbar)
         pbar.close()
-        per_doc: list[list[tuple[list[int], engine_mod.Rows]]] = [[] for _ in requests]
-        for doc, prompt, cont, output in zip(owners, prompts, targets, outputs, strict=True):
-            per_doc[doc].append((cont, engine_mod.prompt_rows(output, prompt, len(prompt) - len(cont))))
-
-        results = []
-        for req, windows in zip(requests, per_doc, strict=True):
-            if windows:
-                ids = np.asarray([t for cont, _ in windows for t in cont], dtype=np.int64)
-                stats = TokenStats(ids, *_fields(engine_mod.Rows.concatenate([rows for _, rows in windows])))
-                total = sum(float(rows.token_logprobs.sum()) for _, rows in windows)  # window sums, like hf
-            else:
-                stats, total = TokenStats.empty(), 0.0
-            result = RollingLoglikelihoodResult(total, stats)
-            self.cache_hook.add_partial("loglikelihood_rolling", req.args, result)
-            results.append(result)
-        return results
+        scored = []
+        for (_, prompt, cont), output in zip(windows, outputs, strict=True):
+            stats = engine_mod.prompt_stats(output, prompt, len(prompt) - len(cont))
+            scored.append((stats.loglikelihood, stats))  # window sums, added up as hf does
+        return rolling_results(requests, [doc for doc, _, _ in windows], scored, self.cache_hook)
 
     # -- generate_until --------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """lm-eval's ``vllm`` generation; greedy results also carry their tokens' log-probs.
+
+        A greedy request asks vLLM for the sampled token's log-prob at every step (``logprobs=0``: the
+        engine's raw log-softmax, the model's own distribution, as ``hf-calib`` records it), and its text
+        comes back as a :class:`~lm_eval_calib.generation.text.GeneratedText` holding exactly the tokens that
+        spell it (:func:`~lm_eval_calib.models.generated.with_generation_logprobs`), so sequence-probability
+        estimators need no second pass. Sampled requests return plain strings: no estimator reads them.
+        """
         from vllm import SamplingParams
 
         eos = self.tokenizer.decode(self.eot_token_id) or getattr(self.tokenizer, "eos_token", None)
-        prompts, params, stops = [], [], []
+        prompts, params, stops, record = [], [], [], []
         for context, gen_kwargs in (req.args for req in requests):
             if not isinstance(gen_kwargs, dict):
                 raise ValueError(f"vllm-calib: generation kwargs must be a dict, got {gen_kwargs!r}")
             kwargs = dict(normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.max_gen_toks))
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_gen = int(kwargs.pop("max_gen_toks"))
-            if not kwargs.pop("do_sample", False):
+            greedy = not kwargs.pop("do_sample", False)
+            if greedy:
                 kwargs["temperature"] = 0.0  # greedy, as `hf`; vLLM's own default would sample at 1.0
+                if kwargs.get("logprobs") is None:
+                    kwargs["logprobs"] = 0  # the sampled token's log-prob at every step, nothing more
             tokens, max_gen = maybe_truncate(
                 self.tok_encode(context), max_gen_toks=max_gen, max_model_len=self.info.max_model_len
             )
             prompts.append(tokens)
             stops.append(until)
+            record.append(greedy and kwargs["logprobs"] == 0)
             params.append(
                 SamplingParams(
                     max_tokens=max_gen,
@@ -572,11 +460,21 @@ class VLLMCalibLM(TemplateLM):
         outputs = self._generate(prompts, params, pbar)
         pbar.close()
         results = []
-        for req, until, output in zip(requests, stops, outputs, strict=True):
-            text = postprocess_generated_text(output.outputs[0].text, until, None)
-            self.cache_hook.add_partial("generate_until", req.args, text)
-            results.append(text)
+        for req, until, output, wanted in zip(requests, stops, outputs, record, strict=True):
+            completion = output.outputs[0]
+            text = postprocess_generated_text(completion.text, until, None)
+            self.cache_hook.add_partial("generate_until", req.args, text)  # the plain text, as hf-calib
+            recorded = engine_mod.sampled_logprobs(completion) if wanted else None
+            results.append(text if recorded is None else self._with_logprobs(text, recorded))
         return results
+
+    def _with_logprobs(self, text: str, recorded: tuple[list[int], list[float]]) -> str:
+        special = getattr(self.tokenizer, "all_special_ids", ()) or ()
+        return with_generation_logprobs(text, [recorded], self._decode_generated, special)
+
+    def _decode_generated(self, ids: list[int]) -> str:
+        """Generated ids as vLLM's detokenizer spells them (special tokens kept, no clean-up)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -588,16 +486,4 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-def _fields(rows: engine_mod.Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return rows.token_logprobs, rows.top1_ids, rows.top1_logprobs
-
-
-def _register() -> None:
-    """Register under ``vllm-calib`` (upgrading the package's lazy placeholder when it is there)."""
-    try:
-        register_model("vllm-calib")(VLLMCalibLM)
-    except ValueError as exc:  # another object already holds the name: leave it, say so
-        eval_logger.warning(f"vllm-calib: not registered in lm-eval's model registry ({exc})")
-
-
-_register()
+register_backend("vllm-calib", VLLMCalibLM)

@@ -10,7 +10,7 @@ What the engine is asked for (vLLM 0.32; older releases take the fallbacks, chec
   greedy sampled token is the top-1 token over the whole vocabulary, and its log-prob comes back with the
   chosen ids. :func:`probe_logprob_token_ids` checks that the engine really answers this way.
 * prompt log-probs: ``prompt_logprobs=1`` returns, at every prompt position, the actual token's log-prob and
-  the rank-1 token with its log-prob (what token statistics need), read by :func:`prompt_rows`.
+  the rank-1 token with its log-prob (what token statistics need), read by :func:`prompt_stats`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,22 @@ from typing import Any
 
 import numpy as np
 
+from lm_eval_calib.models.token_stats import TokenStats
+
 __all__ = [
     "MAX_LOGPROB_TOKEN_IDS",
     "EngineInfo",
     "LocalEngine",
     "RayDataParallelEngine",
-    "Rows",
+    "engine_arg_names",
     "import_vllm",
     "next_token_logprobs",
     "next_token_params",
+    "next_token_stats",
     "probe_logprob_token_ids",
     "prompt_params",
-    "prompt_rows",
+    "prompt_stats",
+    "sampled_logprobs",
     "sampling_field_supported",
 ]
 
@@ -62,6 +66,18 @@ def import_vllm():
             "build of torchvision/torchaudio/torchcodec/triton next to the CPU torch: uninstall them."
         ) from exc
     return vllm
+
+
+def engine_arg_names() -> frozenset[str]:
+    """The keywords this vLLM's ``LLM`` accepts: its own parameters and every ``EngineArgs`` field."""
+    import dataclasses
+    import inspect
+
+    from vllm import LLM, EngineArgs
+
+    params = inspect.signature(LLM.__init__).parameters
+    own = {name for name, p in params.items() if name != "self" and p.kind is not p.VAR_KEYWORD}
+    return frozenset(own | {f.name for f in dataclasses.fields(EngineArgs)})
 
 
 def sampling_field_supported(name: str) -> bool:
@@ -104,23 +120,6 @@ def prompt_params(read_prefix_cache: bool = False):
     return SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, prompt_logprobs=1, **extra)
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Per-position statistics read from an engine output (float64 / int64 arrays of equal length)."""
-
-    token_logprobs: np.ndarray
-    top1_ids: np.ndarray
-    top1_logprobs: np.ndarray
-
-    @classmethod
-    def concatenate(cls, parts: Sequence[Rows]) -> Rows:
-        return cls(
-            np.concatenate([p.token_logprobs for p in parts]),
-            np.concatenate([p.top1_ids for p in parts]),
-            np.concatenate([p.top1_logprobs for p in parts]),
-        )
-
-
 def _position_entries(logprobs, position: int) -> list[tuple[int, float, int | None]]:
     """``(token_id, logprob, rank)`` at one position of a list-of-dicts or a FlatLogprobs container."""
     if hasattr(logprobs, "start_indices"):  # FlatLogprobs: flat lists, no per-position objects
@@ -134,9 +133,9 @@ def _position_entries(logprobs, position: int) -> list[tuple[int, float, int | N
     return [(int(t), float(getattr(lp, "logprob", lp)), getattr(lp, "rank", None)) for t, lp in entry.items()]
 
 
-def prompt_rows(output, prompt: Sequence[int], start: int) -> Rows:
-    """Statistics of ``prompt[start:]`` from a ``prompt_logprobs=1`` output: each token's log-prob and the
-    top-1 (rank 1) token at its position. Needs ``start >= 1`` (nothing predicts the first prompt token).
+def prompt_stats(output, prompt: Sequence[int], start: int) -> TokenStats:
+    """Token statistics of ``prompt[start:]`` from a ``prompt_logprobs=1`` output: each token's log-prob and
+    the top-1 (rank 1) token at its position. Needs ``start >= 1`` (nothing predicts the first prompt token).
     """
     logprobs = output.prompt_logprobs
     if logprobs is None or len(logprobs) != len(prompt):
@@ -145,24 +144,22 @@ def prompt_rows(output, prompt: Sequence[int], start: int) -> Rows:
             f"rows for a prompt of {len(prompt)} tokens; expected one per token"
         )
     if start < 1:
-        raise ValueError("prompt_rows: start must be >= 1 (the first prompt token has no log-prob)")
+        raise ValueError("prompt_stats: start must be >= 1 (the first prompt token has no log-prob)")
     n = len(prompt) - start
-    token_lp = np.empty(n, dtype=np.float64)
-    top_id = np.empty(n, dtype=np.int64)
-    top_lp = np.empty(n, dtype=np.float64)
-    flat = hasattr(logprobs, "start_indices")
-    if flat:
+    actual_ids = np.asarray(prompt[start:], dtype=np.int64)
+    if n and hasattr(logprobs, "start_indices"):  # FlatLogprobs
         starts = np.asarray(logprobs.start_indices[start:], dtype=np.int64)
         ends = np.asarray(logprobs.end_indices[start:], dtype=np.int64)
-        if n and np.all(ends - starts == 2):  # fast path: [actual token, rank-1 token] at every position
+        if np.all(ends - starts == 2):  # fast path: [actual token, rank-1 token] at every position
             lo, hi = int(starts[0]), int(ends[-1])
             ids = np.asarray(logprobs.token_ids[lo:hi], dtype=np.int64).reshape(n, 2)
             lps = np.asarray(logprobs.logprobs[lo:hi], dtype=np.float64).reshape(n, 2)
             ranks = np.asarray(logprobs.ranks[lo:hi], dtype=np.int64).reshape(n, 2)
-            if np.array_equal(ids[:, 0], np.asarray(prompt[start:], dtype=np.int64)) and np.all(
-                ranks[:, 1] == 1
-            ):
-                return Rows(lps[:, 0], ids[:, 1], lps[:, 1])
+            if np.array_equal(ids[:, 0], actual_ids) and np.all(ranks[:, 1] == 1):
+                return TokenStats(actual_ids, lps[:, 0], ids[:, 1], lps[:, 1])
+    token_lp = np.empty(n, dtype=np.float64)
+    top_id = np.empty(n, dtype=np.int64)
+    top_lp = np.empty(n, dtype=np.float64)
     for i in range(n):
         position = start + i
         entries = _position_entries(logprobs, position)
@@ -173,7 +170,13 @@ def prompt_rows(output, prompt: Sequence[int], start: int) -> Rows:
         ranked = [(rank if rank is not None else 1 << 62, -lp, t, lp) for t, lp, rank in entries]
         best = min(ranked)  # rank 1 (ties and missing ranks: the highest log-prob)
         token_lp[i], top_id[i], top_lp[i] = found[0], best[2], best[3]
-    return Rows(token_lp, top_id, top_lp)
+    return TokenStats(actual_ids, token_lp, top_id, top_lp)
+
+
+def next_token_stats(token_id: int, greedy: int, logprobs: dict[int, float]) -> TokenStats:
+    """Token statistics of one token read from a :func:`next_token_params` answer."""
+    ids, values = np.array([token_id, greedy]), np.array([logprobs[token_id], logprobs[greedy]])
+    return TokenStats(ids[:1], values[:1], ids[1:], values[1:])
 
 
 def next_token_logprobs(output) -> tuple[int, dict[int, float]]:
@@ -183,6 +186,28 @@ def next_token_logprobs(output) -> tuple[int, dict[int, float]]:
         raise RuntimeError("vllm-calib: the engine returned no next-token log-probs for a scoring request")
     entries = _position_entries(completion.logprobs, 0)
     return int(completion.token_ids[0]), {int(t): float(lp) for t, lp, _ in entries}
+
+
+def sampled_logprobs(completion) -> tuple[list[int], list[float]] | None:
+    """``(token ids, log-probs)`` of the tokens a ``SamplingParams(logprobs=0)`` request generated.
+
+    vLLM returns, per generated token, a dict (or a FlatLogprobs slice) that always holds the sampled token
+    with its log-prob under the engine's ``logprobs_mode``; ``raw_logprobs`` (the default, and the only mode
+    :class:`~lm_eval_calib.models.vllm_options.VLLMCalibOptions` accepts) is the log-softmax of the model's
+    own logits before any logits processor, as ``hf-calib`` records them. ``None`` when the output carries no
+    log-probs or one step lacks the sampled token.
+    """
+    ids = [int(t) for t in completion.token_ids]
+    logprobs = completion.logprobs
+    if logprobs is None or len(logprobs) != len(ids):
+        return None
+    values = []
+    for position, token in enumerate(ids):
+        found = [lp for t, lp, _ in _position_entries(logprobs, position) if t == token]
+        if not found:
+            return None
+        values.append(float(found[0]))
+    return ids, values
 
 
 def probe_logprob_token_ids(engine, prompt: Sequence[int], token_ids: Sequence[int]) -> bool:
