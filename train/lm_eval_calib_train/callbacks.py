@@ -44,7 +44,8 @@ class StepLog(TrainerCallback):
             note(f"{self.stage} step {step}{total}: " + ", ".join(shown))
 
     def on_save(self, args, state, control, **kwargs):
-        self.output.save_elapsed()
+        if state.is_world_process_zero:  # one writer of the work folder's files
+            self.output.save_elapsed()
 
 
 class SkipFinalSave(TrainerCallback):

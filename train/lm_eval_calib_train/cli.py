@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from lm_eval_calib_train.config import STAGES, TrainInputError, add_stage_arguments, config_from_args
+from lm_eval_calib_train.ranks import is_main
 
 DESCRIPTIONS = {
     "sft": "instruction tuning (full or LoRA) -> a checkpoint lm_eval --model hf loads",
@@ -62,7 +63,8 @@ def run_stage(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    print(folder)
+    if is_main():  # under several processes every rank returns the same folder
+        print(folder)
     return 0
 
 

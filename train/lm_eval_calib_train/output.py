@@ -37,6 +37,7 @@ from typing import Any
 
 from lm_eval_calib.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from lm_eval_calib_train.config import TrainInputError
+from lm_eval_calib_train.ranks import is_main, process_group_arguments, wait_for_everyone, world_size
 
 LOG_NAME = "train_log.jsonl"
 RESULTS_NAME = "train_results.json"
@@ -63,7 +64,9 @@ def _plain_name(name: object) -> bool:
 
 
 def note(message: str) -> None:
-    print(f"lm-eval-calib train: {message}", file=sys.stderr, flush=True)
+    """One progress line on stderr, from the main process only (every rank runs the same steps)."""
+    if is_main():
+        print(f"lm-eval-calib train: {message}", file=sys.stderr, flush=True)
 
 
 class StageOutput:
@@ -78,7 +81,13 @@ class StageOutput:
         self.elapsed_before = 0.0
 
     def preflight(self) -> Path | None:
-        """Check the output before anything is loaded; return the checkpoint to resume from, if any."""
+        """Check the output before anything is loaded; return the checkpoint to resume from, if any.
+
+        Under several processes only the main one checks and clears (``--overwrite``) the output; the others
+        only look up the checkpoint to resume from, which the main process never deletes (see
+        :mod:`lm_eval_calib_train.ranks`)."""
+        if not is_main():
+            return self.last_checkpoint() if self.resume else None
         final = self.final
         if final.exists():
             if not final.is_dir():
@@ -226,7 +235,10 @@ class StageOutput:
         """Write the model with ``write_model(folder)``, then logs and manifest (listing the folder's
         entries), then move it into place: one rename for a new ``--output``; for an existing one
         (``--overwrite``, checked in :meth:`preflight`) only the old checkpoint's own entries are replaced
-        (:meth:`_swap_in`)."""
+        (:meth:`_swap_in`). Under several processes the main one writes; the others wait until it is done."""
+        if not is_main():
+            wait_for_everyone()
+            return self.final
         tmp = self.parent / f".{self.final.name}.tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -247,6 +259,7 @@ class StageOutput:
         else:
             os.rename(tmp, self.final)
         shutil.rmtree(self.work, ignore_errors=True)
+        wait_for_everyone()
         return self.final
 
     def _swap_in(self, tmp: Path) -> None:
@@ -330,7 +343,7 @@ def build_manifest(
         "base_model": base_model,
         "parent": parent,
         "data": {"name": data_name, "rows": rows, "sha256": sha256},
-        "hyperparameters": hyper,
+        "hyperparameters": {**hyper, "processes": world_size()},
         "versions": library_versions(),
         "seed": config.seed,
         "wall_time_s": None,  # filled in by finalize
@@ -364,6 +377,7 @@ def optimiser_arguments(config, flags: dict) -> dict:
         **checkpointing_flag(config.gradient_checkpointing),
         dataloader_num_workers=0,
         disable_tqdm=True,
+        **process_group_arguments(),
         **flags,
     )
 
@@ -395,10 +409,13 @@ def fit(trainer, out: StageOutput, resume_from: Path | None):
     from lm_eval_calib_train.callbacks import quiet
 
     quiet(trainer)
-    out.start_work()
+    if is_main():
+        out.start_work()
+        if resume_from is not None:
+            out.trim_log(int(resume_from.name.rsplit("-", 1)[1]))
+    trainer.accelerator.wait_for_everyone()  # the work folder is ready before any rank saves there
     if resume_from is None:
         return trainer.train()
-    out.trim_log(int(resume_from.name.rsplit("-", 1)[1]))
     return trainer.train(resume_from_checkpoint=str(resume_from))
 
 

@@ -29,6 +29,7 @@ from lm_eval_calib_train.output import (
     precision_flags,
     trainer_arguments,
 )
+from lm_eval_calib_train.ranks import global_batch, sharded_weights
 
 
 def split_pairs(pairs: list, eval_rows: int, max_rows: int | None) -> tuple[list, list]:
@@ -97,8 +98,10 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
         held_out_accuracy = metrics.get("eval_accuracy")
         note(f"reward: pairwise accuracy on {len(eval_rows)} held-out pairs: {held_out_accuracy:.3f}")
 
+    weights = sharded_weights(trainer)  # all ranks: a collective under DeepSpeed / FSDP
+
     def write_model(folder: Path) -> None:
-        trainer.model.save_pretrained(folder)
+        trainer.model.save_pretrained(folder, state_dict=weights)
         tokenizer.save_pretrained(folder)
 
     extra = {
@@ -109,7 +112,7 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
         "data_source": data.source,
         "data_format": data.format,
         "pad_token": tokenizer.pad_token,
-        "effective_batch_size": config.batch_size * config.gradient_accumulation_steps,
+        "effective_batch_size": global_batch(config.batch_size, config.gradient_accumulation_steps),
     }
     manifest = build_manifest(
         config,

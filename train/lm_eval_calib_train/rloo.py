@@ -44,6 +44,7 @@ from lm_eval_calib_train.output import (
     precision_flags,
     trainer_arguments,
 )
+from lm_eval_calib_train.ranks import global_batch, sharded_weights
 from lm_eval_calib_train.rl_inputs import prepare_rl_stage
 
 RLOO_KEYS = ("reward", "kl", "entropy", "loss")
@@ -235,13 +236,14 @@ def train_rloo(config: RLOOStageConfig, callbacks: list[Any] | None = None) -> P
     reward_model.to(trainer.accelerator.device)
     result = fit(trainer, out, resume_from)
     trained = trainer.accelerator.unwrap_model(trainer.model)
+    weights = sharded_weights(trainer)  # all ranks: a collective under DeepSpeed / FSDP
     trained.generation_config.eos_token_id = saved_eos  # the checkpoint keeps its parent's generation config
     trained.config.name_or_path = policy_ref.source
 
     inputs.restore_tokenizer()
 
     def write_model(folder: Path) -> None:
-        trained.save_pretrained(folder)
+        trained.save_pretrained(folder, state_dict=weights)
         tokenizer.save_pretrained(folder)
 
     entries = out.read_log()
@@ -254,8 +256,9 @@ def train_rloo(config: RLOOStageConfig, callbacks: list[Any] | None = None) -> P
         "data_format": data.format,
         "reward_model": reward_ref.describe(),
         "stop_token_ids": stop_ids,
-        "answers_per_step": config.batch_size * config.gradient_accumulation_steps,
-        "prompts_per_step": config.prompts_per_step(),
+        "answers_per_step": global_batch(config.batch_size, config.gradient_accumulation_steps),
+        "prompts_per_step": global_batch(config.batch_size, config.gradient_accumulation_steps)
+        // config.num_generations,
     }
     manifest = build_manifest(
         config,

@@ -25,6 +25,7 @@ from lm_eval_calib_train.output import (
     precision_flags,
     trainer_arguments,
 )
+from lm_eval_calib_train.ranks import global_batch, sharded_weights
 
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora")
 
@@ -77,7 +78,7 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
         "dropped_rows": len(examples) - len(rows),
         "data_source": data.source,
         "data_format": data.format,
-        "effective_batch_size": config.batch_size * config.gradient_accumulation_steps,
+        "effective_batch_size": global_batch(config.batch_size, config.gradient_accumulation_steps),
     }
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -112,6 +113,7 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
     losses = [e["loss"] for e in out.read_log() if "loss" in e]
 
     trained = trainer.model
+    weights = sharded_weights(trainer) if config.method == "full" else None  # all ranks: a collective
     if config.method == "lora" and config.merge_lora:
         method = "lora"
         trained = trained.merge_and_unload()
@@ -121,7 +123,7 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
         method = "full"
 
     def write_model(folder: Path) -> None:
-        trained.save_pretrained(folder)
+        trained.save_pretrained(folder, state_dict=weights)
         tokenizer.save_pretrained(folder)
 
     kind = {"full": "full", "lora": "LoRA", "lora-adapter": "LoRA adapter"}[method]
