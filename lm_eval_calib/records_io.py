@@ -10,6 +10,11 @@ calibration options are decided once:
 * **Which records.** A calibration task logs its record under :data:`~lm_eval_calib.records.RECORD_LOG_KEY`
   (and the ``acc_norm`` rule's under ``RECORD_LOG_KEY + NORM_SUFFIX``); a plain lm-eval multiple-choice task
   logs its option log-likelihoods, from which :mod:`lm_eval_calib.plain_records` builds the same records.
+* **Which estimator and filter.** A generation calibration task logs one record per confidence estimator
+  under ``ece_<estimator>``, once per filter of the task (lm-eval logs each document once per filter);
+  :func:`generation_views` lists the ``(filter, estimator)`` pairs of a file and ``read_samples(...,
+  estimator=, filter_key=)`` reads one of them. Records without a confidence (an unparseable verbalised
+  reply) are left out of the data and counted in ``skipped``.
 * **Which options.** ``n_bins``, the bootstrap seed and cap come from the results file's
   ``configs[task].metadata.calibration`` (:meth:`CalibrationOptions.from_metadata`), so every number read back
   is computed as the run computed it.
@@ -118,6 +123,10 @@ class TaskRecords:
     """Per-option scores and gold indices when every record is an option record (for temperature scaling)."""
     options: CalibrationOptions = field(default_factory=CalibrationOptions)
     rule: str = "acc"
+    estimator: str | None = None
+    """The confidence estimator of a generation task's records (``seqprob``, ``ptrue``, ...); else None."""
+    filter_key: str = "none"
+    """The lm-eval filter whose documents were read (generation tasks log each document once per filter)."""
     origin: str = "record"
     """``record``: logged by a calibration task; ``lm-eval``: built from a plain task's log-likelihoods."""
     source: Path | None = None
@@ -169,6 +178,8 @@ class TaskRecords:
             chosen,
             options=self.options,
             rule=self.rule,
+            estimator=self.estimator,
+            filter_key=self.filter_key,
             origin=self.origin,
             source=self.source,
             skipped=self.skipped,
@@ -194,14 +205,45 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _one_filter(rows: list[tuple[int, dict]], path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
-    """lm-eval logs each document once per filter; keep ``none`` (multiple-choice tasks have only it)."""
-    filters = list(dict.fromkeys(row.get("filter", "none") for _, row in rows))
+def _filters(rows: list[tuple[int, dict]]) -> list[str]:
+    """The filters a samples file logs documents under, in lm-eval's order."""
+    return list(dict.fromkeys(row.get("filter", "none") for _, row in rows))
+
+
+def _one_filter(
+    rows: list[tuple[int, dict]], path: Path, keep: str | None = None
+) -> tuple[list[tuple[int, dict]], list[str]]:
+    """lm-eval logs each document once per filter; keep ``keep`` (default ``none``, which multiple-choice
+    tasks have only, else the first)."""
+    filters = _filters(rows)
+    if keep is not None:
+        if keep not in filters:
+            raise SamplesError(f"{path.name} logs no documents under filter {keep!r} (it has {filters})")
+        return [(n, row) for n, row in rows if row.get("filter", "none") == keep], []
     if len(filters) < 2:
         return rows, []
     keep = "none" if "none" in filters else filters[0]
     note = f"{path.name}: responses under filters {filters}; read filter {keep!r}"
     return [(n, row) for n, row in rows if row.get("filter", "none") == keep], [note]
+
+
+def _estimators(row: Mapping[str, Any]) -> list[str]:
+    """The confidence estimators whose generation records a logged document carries (``ece_<estimator>``
+    holding a record that names its estimator; ``ece_norm`` is the ``acc_norm`` rule's option record)."""
+    prefix = RECORD_LOG_KEY + "_"
+    return [
+        key[len(prefix) :]
+        for key, value in row.items()
+        if key.startswith(prefix) and isinstance(value, dict) and value.get("estimator") == key[len(prefix) :]
+    ]
+
+
+def generation_views(path: Path) -> list[tuple[str, str]]:
+    """``(filter, estimator)`` of every generation record kind in a samples file, in logged order; empty
+    for a file of option or token records."""
+    rows = _rows(Path(path))
+    estimators = _estimators(rows[0][1])
+    return [(filter_key, estimator) for filter_key in _filters(rows) for estimator in estimators]
 
 
 def has_records(path: Path, rule: str = "acc") -> bool:
@@ -223,8 +265,14 @@ def read_samples(
     config: Mapping[str, Any] | None = None,
     rule: str = "acc",
     chat_template: bool = False,
+    estimator: str | None = None,
+    filter_key: str | None = None,
 ) -> TaskRecords:
     """Every document of one samples file as records, with the run's options (from ``config``).
+
+    A generation calibration task's file is read for one ``estimator`` under one ``filter_key`` (see
+    :func:`generation_views`); without ``estimator`` such a file is a :class:`SamplesError` naming its
+    estimators.
 
     A calibration task's file gives its logged records (``rule`` ``acc``: ``"ece"``, ``acc_norm``:
     ``"ece_norm"``); any other file is read as a plain lm-eval multiple-choice task
@@ -241,21 +289,24 @@ def read_samples(
         options = calibration_options(config)
     except ValueError as exc:
         raise SamplesError(f"{task}: {exc}") from exc
-    rows, notes = _one_filter(_rows(path), path)
-    key = RECORD_KEYS[rule]
+    all_rows = _rows(path)
+    found = _estimators(all_rows[0][1])
+    if estimator is not None and estimator not in found:
+        raise SamplesError(
+            f"{path.name} holds no {estimator!r} records (its generation estimators: {found or 'none'})"
+        )
+    if estimator is None and found:
+        raise SamplesError(
+            f"{task} holds generation-task records of estimators {found}: read one with "
+            f"estimator=<one of them> (and filter_key=<one of {_filters(all_rows)}>)"
+        )
+    rows, notes = _one_filter(all_rows, path, filter_key if estimator is not None else None)
+    key = RECORD_KEYS[rule] if estimator is None else f"{RECORD_LOG_KEY}_{estimator}"
     logged = key in rows[0][1]
     records, doc_ids = [], []
     skipped: Counter[str] = Counter()
     example: dict[str, Any] = {}
     if not logged:
-        generation = sorted(
-            k for k, v in rows[0][1].items() if k.startswith(RECORD_LOG_KEY + "_") and isinstance(v, dict)
-        )
-        if generation and rule == "acc":
-            raise SamplesError(
-                f"{task} holds generation-task records ({', '.join(generation)}), which this reader does not "
-                "read yet; their metrics are in lm-eval's results file"
-            )
         output_type = (config or {}).get("output_type")
         if output_type not in (None, "multiple_choice"):
             raise SamplesError(
@@ -272,6 +323,11 @@ def read_samples(
                 raise SamplesError(
                     f"{path} line {number} has no calibration record under {key!r} (the first line has one)"
                 )
+            if record["confidence"] is None:  # an unparseable verbalised reply: counted, never scored
+                reason = f"{estimator} gave no confidence (unparseable reply)"
+                skipped[reason] += 1
+                example.setdefault(reason, row["doc_id"])
+                continue
         else:
             try:
                 record = option_record(row, rule, delimiter)
@@ -302,6 +358,8 @@ def read_samples(
         doc_ids,
         options=options,
         rule=rule,
+        estimator=estimator,
+        filter_key=rows[0][1].get("filter", "none"),
         origin="record" if logged else "lm-eval",
         source=path,
         skipped=notes + reasons,
@@ -310,9 +368,15 @@ def read_samples(
 
 
 def read_task(
-    results_file: Path, task: str, results: Mapping[str, Any] | None = None, rule: str = "acc"
+    results_file: Path,
+    task: str,
+    results: Mapping[str, Any] | None = None,
+    rule: str = "acc",
+    estimator: str | None = None,
+    filter_key: str | None = None,
 ) -> TaskRecords:
-    """``task``'s records from the samples file written with ``results_file``, with that run's options."""
+    """``task``'s records from the samples file written with ``results_file``, with that run's options
+    (``estimator`` and ``filter_key``: one view of a generation task, see :func:`generation_views`)."""
     results = read_results(results_file) if results is None else results
     samples = samples_for_results(results_file, task)
     if samples is None:
@@ -321,7 +385,15 @@ def read_task(
             "score it"
         )
     config = (results.get("configs") or {}).get(task)
-    return read_samples(samples, task, config, rule, chat_template=bool(results.get("chat_template")))
+    return read_samples(
+        samples,
+        task,
+        config,
+        rule,
+        chat_template=bool(results.get("chat_template")),
+        estimator=estimator,
+        filter_key=filter_key,
+    )
 
 
 def read_folder_task(folder: Path, task: str, rule: str = "acc") -> TaskRecords:

@@ -60,31 +60,39 @@ def test_tasks(tmp_path_factory, data_root) -> Path:
 
 
 def _run(include: Path, out: Path, model: str, model_args: str, tasks: str, estimators: list[str], data_root,
-         extra: list[str] = ()):  # fmt: skip
+         extra: list[str] = ()) -> Path:  # fmt: skip
     run_lm_eval(
         ["--model", model, "--model_args", model_args, "--include_path", str(include), "--tasks", tasks,
          *COMMON, *extra, "--gen_kwargs", "max_gen_toks=16", "--output_path", str(out),
          "--metadata", json.dumps({"calibration": {"confidence": estimators, "samples": 2}})],
         env={"LM_EVAL_CALIB_DATA": str(data_root)},
     )  # fmt: skip
-    return read_run(out)
+    return out
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, test_tasks, smollm2_model_args, data_root):
-    """(hf-calib run, hf run) with the chat template on gsm8k: results and samples of each."""
+def run_dirs(tmp_path_factory, test_tasks, smollm2_model_args, data_root) -> dict[str, Path]:
+    """The three runs' ``--output_path`` folders (see the module docstring)."""
     out = tmp_path_factory.mktemp("gen_runs")
     tasks = "calib_gsm8k_test,gsm8k_ref"  # the same generation requests in both runs
-    native = _run(test_tasks, out / "native", "hf-calib", smollm2_model_args, tasks, ALL, data_root, CHAT)
     seq = ["seqprob", "seqprob_mean"]
-    rescored = _run(test_tasks, out / "rescored", "hf", smollm2_model_args, tasks, seq, data_root, CHAT)
-    return native, rescored
+    args = smollm2_model_args
+    return {
+        "native": _run(test_tasks, out / "native", "hf-calib", args, tasks, ALL, data_root, CHAT),
+        "rescored": _run(test_tasks, out / "rescored", "hf", args, tasks, seq, data_root, CHAT),
+        "facts": _run(test_tasks, out / "facts", "hf-calib", args, "calib_facts_gen", ALL, data_root),
+    }
 
 
 @pytest.fixture(scope="module")
-def facts_run(tmp_path_factory, test_tasks, smollm2_model_args, data_root):
-    out = tmp_path_factory.mktemp("facts_gen_run")
-    return _run(test_tasks, out, "hf-calib", smollm2_model_args, "calib_facts_gen", ALL, data_root)
+def runs(run_dirs):
+    """(hf-calib run, hf run) with the chat template on gsm8k: results and samples of each."""
+    return read_run(run_dirs["native"]), read_run(run_dirs["rescored"])
+
+
+@pytest.fixture(scope="module")
+def facts_run(run_dirs):
+    return read_run(run_dirs["facts"])
 
 
 def _by_doc(samples: list[dict]) -> dict[tuple[int, str], dict]:
@@ -168,3 +176,47 @@ def test_hf_calib_logprobs_equal_hf_rescoring(runs):
                     other["ece_seqprob_mean"]["confidence"], abs=1e-4
                 )
     assert compared >= 4  # most generations carry their own log-probs (the rest were rescored)
+
+
+FILTERS = ("strict-match", "flexible-extract")
+
+
+def test_report_reads_one_run_per_estimator_and_filter(run_dirs, runs):
+    from lm_eval_calib.metrics import compute_metric
+    from lm_eval_calib.report.runs import load_run
+
+    found, messages = load_run(run_dirs["native"], label="smollm2")
+    (results, samples), _ = runs
+    generation = {(r.label, r.task): r for r in found if r.task.startswith("calib_gsm8k_test")}
+    assert set(generation) == {(f"smollm2 · {e}", f"calib_gsm8k_test ({f})") for e in ALL for f in FILTERS}
+    # the unwrapped generate_until task has no records and no option log-likelihoods: said, not scored
+    assert any("gsm8k_ref" in m and "generate_until" in m for m in messages)
+    metrics = results["results"]["calib_gsm8k_test"]
+    for estimator in ALL:
+        for filt in FILTERS:
+            run = generation[(f"smollm2 · {estimator}", f"calib_gsm8k_test ({filt})")]
+            lines = [line for line in samples["calib_gsm8k_test"] if line["filter"] == filt]
+            scored = [line for line in lines if line[f"ece_{estimator}"]["confidence"] is not None]
+            assert len(run.data) == len(scored)
+            assert run.results["ece,none"] == metrics[f"ece_{estimator},{filt}"]
+            assert run.results["brier_stderr,none"] == metrics[f"brier_{estimator}_stderr,{filt}"]
+            share = sum(line["exact_match"] for line in scored) / len(scored)
+            assert run.results["acc,none"] == pytest.approx(share)
+            # the arrays read back rebuild the run's own number
+            recomputed = compute_metric("ece", run.data, n_bins=run.options.n_bins)
+            assert recomputed == pytest.approx(metrics[f"ece_{estimator},{filt}"], abs=1e-12)
+
+
+def test_report_overlays_the_estimators_of_a_generation_task(run_dirs, tmp_path):
+    from lm_eval_calib.report.build import build_report
+
+    out = tmp_path / "report"
+    build_report([run_dirs["facts"]], out, log=lambda m: None, labels=[f"{run_dirs['facts']}=smollm2"])
+    overlay = json.loads((out / "figures" / "overlay__calib_facts_gen.json").read_text())
+    drawn = {curve["label"] for curve in overlay["curves"]}
+    unparsed = all(
+        line["ece_verbal"]["confidence"] is None for line in read_run(run_dirs["facts"])[1]["calib_facts_gen"]
+    )
+    assert drawn == {f"smollm2 · {e}" for e in ALL if not (e == "verbal" and unparsed)}
+    board = (out / "leaderboard.csv").read_text()
+    assert "smollm2 · seqprob" in board and "smollm2 · ptrue" in board

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from lm_eval_calib.plain_records import SkipDocument, option_record, target_delimiter
-from lm_eval_calib.records import length_normalised, make_record
+from lm_eval_calib.records import generation_record, length_normalised, make_record
 from lm_eval_calib.records_io import (
     SamplesError,
+    generation_views,
     newest_samples,
     read_folder_task,
     read_samples,
@@ -85,13 +86,54 @@ def test_the_runs_calibration_options_come_from_its_results_file(tmp_path):
         ([{"doc_id": 0, "ece": make_record([0.0, -1.0], 0)}, {"doc_id": 0, "ece": make_record([0.0, 1], 1)}],
          "doc_id 0 is logged 2 times"),
         ([{"doc_id": 0, "ece_seqprob": {"confidence": 0.4, "correct": 1, "estimator": "seqprob"}}],
-         r"holds generation-task records \(ece_seqprob\), which this reader does not read yet"),
+         r"holds generation-task records of estimators \['seqprob'\]: read one with estimator="),
     ],
 )  # fmt: skip
 def test_a_broken_samples_file_is_one_clear_error(tmp_path, rows, message):
     path = _write(tmp_path / f"samples_t_{STAMP}.jsonl", rows)
     with pytest.raises(SamplesError, match=message):
         read_samples(path)
+
+
+def _generation_rows() -> list[dict]:
+    """Two documents of a generation calibration task under two filters, as GenerationCalibrationTask logs
+    them: one record per estimator (``ece_<estimator>``), a verbalised reply that did not parse."""
+    rows = []
+    for filt, correct in (("strict-match", (0, 1)), ("flexible-extract", (1, 1))):
+        for doc_id, conf, verbal in ((0, 0.2, None), (1, 0.7, 0.9)):
+            y = correct[doc_id]
+            rows.append({
+                "doc_id": doc_id, "filter": filt, "exact_match": float(y), "ece_norm": "an acc_norm record",
+                "ece_seqprob": generation_record(conf, y, None, estimator="seqprob", logprob=-1.0),
+                "ece_verbal": generation_record(verbal, y, "cat", estimator="verbal", reply="r", parsed=None),
+                "brier_seqprob": "see 'ece_seqprob'",
+            })  # fmt: skip
+    return rows
+
+
+def test_generation_records_are_read_per_estimator_and_filter(tmp_path):
+    path = _write(tmp_path / f"samples_t_{STAMP}.jsonl", _generation_rows())
+    assert generation_views(path) == [
+        ("strict-match", "seqprob"), ("strict-match", "verbal"),
+        ("flexible-extract", "seqprob"), ("flexible-extract", "verbal"),
+    ]  # fmt: skip
+    strict = read_samples(path, estimator="seqprob", filter_key="strict-match")
+    assert strict.estimator == "seqprob" and strict.filter_key == "strict-match"
+    assert strict.data.confidence.tolist() == [0.2, 0.7] and strict.data.correct.tolist() == [0, 1]
+    flexible = read_samples(path, estimator="seqprob", filter_key="flexible-extract")
+    assert flexible.data.correct.tolist() == [1, 1] and flexible.doc_ids == [0, 1]
+    # a record without a confidence (unparseable reply) is counted, never scored
+    verbal = read_samples(path, estimator="verbal", filter_key="strict-match")
+    assert verbal.doc_ids == [1] and verbal.n_skipped == 1
+    assert "verbal gave no confidence (unparseable reply)" in verbal.skipped[0]
+    with pytest.raises(SamplesError, match=r"no 'ptrue' records \(its generation estimators: \['seqprob'"):
+        read_samples(path, estimator="ptrue")
+    with pytest.raises(SamplesError, match=r"no documents under filter 'none'"):
+        read_samples(path, estimator="seqprob", filter_key="none")
+    # option and token files have no generation views
+    option_rows = [{"doc_id": 0, "ece": make_record([0.0, -1.0], 0)}]
+    option = _write(tmp_path / f"samples_o_{STAMP}.jsonl", option_rows)
+    assert generation_views(option) == []
 
 
 def test_documents_and_categories_of_token_and_option_records(tmp_path):

@@ -8,6 +8,11 @@ read, and where the same model and task appear twice in one folder the newest fi
 Records are read by :mod:`lm_eval_calib.records_io` (the one reader, shared with the study): an lm-eval-calib
 task's logged records, or those of any plain lm-eval multiple-choice task built from its logged
 log-likelihoods, whose calibration metrics the report then computes as the calibration task would have.
+
+A generation calibration task (``calib_gsm8k``, ``calib_facts_gen``, ...) becomes one run per confidence
+estimator and filter: the estimator joins the model's label (``SmolLM2 · seqprob``), so the task's overlay
+draws the estimators side by side, and a task with several filters gets one section per filter
+(``calib_gsm8k (flexible-extract)``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from lm_eval_calib.records import NORM_SUFFIX
 from lm_eval_calib.records_io import (
     SamplesError,
     TaskRecords,
+    generation_views,
     has_records,
     read_results,
     read_task,
@@ -82,6 +88,19 @@ ACC_NORM_SUFFIX = " (acc_norm rule)"
 """Appended to a task's name for its rows under lm-eval's ``acc_norm`` prediction rule."""
 
 
+ESTIMATOR_SEPARATOR = " · "
+"""Joins a generation task's confidence estimator to the model's label (``SmolLM2 · seqprob``)."""
+
+
+def _shown(task: str, records: TaskRecords, found: list[TaskRecords]) -> str:
+    """The task's name in the report: ``acc_norm`` rule rows and, for a generation task logged under several
+    filters, the filter (``calib_gsm8k (flexible-extract)``)."""
+    if records.estimator is not None:
+        several = len({r.filter_key for r in found}) > 1
+        return f"{task} ({records.filter_key})" if several else task
+    return task if records.rule == "acc" else task + ACC_NORM_SUFFIX
+
+
 def _results_files(folder: Path) -> list[Path]:
     """Every results file under ``folder``, oldest first (by lm-eval's time stamp)."""
     files = folder.rglob("results_*.json")
@@ -105,6 +124,8 @@ def task_numbers(
     bootstrap seed and ``min(--bootstrap_iters, max_bootstrap)`` resamples; no stderr when
     ``--bootstrap_iters`` was 0), accuracy as lm-eval's mean with its stderr.
     """
+    if records.estimator is not None:
+        return _generation_numbers(metrics, records, bootstrap_iters)
     suffix = "" if records.rule == "acc" else NORM_SUFFIX
     numbers: dict[str, Any] = dict(metrics) if not suffix else {}
     for key in METRICS:
@@ -121,11 +142,7 @@ def task_numbers(
     warned: set[int] = set()  # one small-sample warning per task, as in the calibration task
     for key in computed:
         if key == "acc":  # lm-eval's own mean and its stderr, as a calibration task reports acc
-            from lm_eval.api.metrics import mean_stderr
-
-            correct = records.data.correct.tolist()
-            numbers["acc,none"] = float(np.mean(correct))
-            numbers["acc_stderr,none"] = mean_stderr(correct) if iters > 0 and len(correct) > 1 else "N/A"
+            numbers["acc,none"], numbers["acc_stderr,none"] = _accuracy(records.data.correct.tolist(), iters)
             continue
         aggregate = make_aggregation(key, records.options, records.task, warned)
         numbers[f"{key},none"] = aggregate(records.records)
@@ -135,10 +152,55 @@ def task_numbers(
     return numbers, computed
 
 
+def _accuracy(correct: list, iters: int) -> tuple[float, Any]:
+    """lm-eval's mean and its stderr (``N/A`` as lm-eval writes it when there is none)."""
+    from lm_eval.api.metrics import mean_stderr
+
+    return float(np.mean(correct)), mean_stderr(correct) if iters > 0 and len(correct) > 1 else "N/A"
+
+
+def _generation_numbers(
+    metrics: dict, records: TaskRecords, bootstrap_iters: int | None
+) -> tuple[dict[str, Any], list[str]]:
+    """A generation task's numbers for one estimator and filter, under the leaderboard's keys.
+
+    The calibration metrics are lm-eval's ``<metric>_<estimator>,<filter>`` as the run reported them;
+    ``acc`` is the share of answers the task's own metric judged correct (the records' ``correct``: the
+    task's first metric after this filter, > 0.5), computed here because the task reports that metric
+    under its own name (``exact_match``, ...).
+    """
+    estimator, filter_key = records.estimator, records.filter_key
+    numbers: dict[str, Any] = {}
+    for key in METRICS:
+        for name in (key, f"{key}_stderr"):
+            value = metrics.get(f"{name.replace(key, f'{key}_{estimator}', 1)},{filter_key}")
+            if value is not None:
+                numbers[f"{name},none"] = value
+    iters = 100000 if bootstrap_iters is None else bootstrap_iters
+    numbers["acc,none"], numbers["acc_stderr,none"] = _accuracy(records.data.correct.tolist(), iters)
+    return numbers, []
+
+
+def _read_generation(
+    results_file: Path, task: str, results: dict, views: list[tuple[str, str]]
+) -> tuple[list[TaskRecords], list[str]]:
+    """One :class:`TaskRecords` per ``(filter, estimator)`` of a generation calibration task."""
+    found, notes = [], []
+    for filter_key, estimator in views:
+        records = read_task(results_file, task, results, estimator=estimator, filter_key=filter_key)
+        found.append(records)
+        notes += [f"{task} [{estimator}, {filter_key}]: {n}" for n in records.skipped]
+    return found, notes
+
+
 def _read_rules(
     results_file: Path, task: str, results: dict, metrics: dict
 ) -> tuple[list[TaskRecords], list[str]]:
-    """The task's records under the ``acc`` rule and, where the run has them, the ``acc_norm`` rule."""
+    """The task's records under the ``acc`` rule and, where the run has them, the ``acc_norm`` rule (a
+    generation calibration task: one per estimator and filter)."""
+    views = generation_views(samples_for_results(results_file, task))
+    if views:
+        return _read_generation(results_file, task, results, views)
     first = read_task(results_file, task, results, "acc")
     found, notes = [first], list(first.skipped)
     if first.origin == "record":
@@ -211,7 +273,9 @@ def load_run(
         messages += [f"note: {name} / {note}" for note in notes]
         for records in found:
             numbers, computed = task_numbers(extra["metrics"], records, _bootstrap_iters(results))
-            shown = task if records.rule == "acc" else task + ACC_NORM_SUFFIX
+            shown, run_label = _shown(task, records, found), name
+            if records.estimator is not None:
+                run_label = f"{name}{ESTIMATOR_SEPARATOR}{records.estimator}"
             if computed:
                 opts = records.options
                 what = "log-likelihoods" if records.origin == "lm-eval" else "records"
@@ -222,7 +286,7 @@ def load_run(
                 )
             runs.append(
                 TaskRun(
-                    label=name,
+                    label=run_label,
                     task=shown,
                     results=numbers,
                     data=records.data,
@@ -239,5 +303,5 @@ def load_run(
                     categories=records.categories,
                 )
             )
-            log(f"  read {name} / {shown}: {len(records.data)} items")
+            log(f"  read {run_label} / {shown}: {len(records.data)} items")
     return runs, messages
