@@ -3,7 +3,9 @@
 ``lm_eval_calib.pth`` imports this module in every interpreter of the environment, so it must cost
 nothing: it imports no module that is not already loaded at start-up (``sys`` and ``os`` are), and only
 puts a tiny finder on ``sys.meta_path``. The finder answers for nothing except a few ``lm_eval`` modules;
-when one of those is imported, the real work is done by :mod:`lm_eval_calib.registration`.
+when one of those is imported, the real work is done by :mod:`lm_eval_calib.registration` (which steps
+aside for what an lm-eval with entry-point discovery registers itself; see
+:mod:`lm_eval_calib.lm_eval_patches`).
 
 Set ``LM_EVAL_CALIB_NO_HOOK=1`` to switch it off (then use ``lm_eval --include_path``).
 """
@@ -12,7 +14,7 @@ import os
 import sys
 
 # Modules after whose execution lm_eval_calib.registration patches something (keep in step with
-# registration._PATCHERS).
+# registration.WATCHED; a test checks).
 _TARGETS = frozenset(("lm_eval.tasks.manager", "lm_eval.models"))
 
 
@@ -37,6 +39,7 @@ def _warn(exc):
 
 
 def _install():
+    # The true words of lm_eval_calib.models.model_args.TRUE_WORDS, inlined: start-up imports nothing.
     if os.environ.get("LM_EVAL_CALIB_NO_HOOK", "").strip().lower() in ("1", "true", "yes", "on"):
         return
     if not any(type(f).__name__ == "LmEvalCalibFinder" for f in sys.meta_path):

@@ -12,13 +12,13 @@ from typing import Any, ClassVar
 
 from lm_eval.api.task import ConfigurableTask
 
-from lm_eval_calib.harness import stderr
+from lm_eval_calib import lm_eval_patches
 from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.options import CalibrationOptions
 from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef
 
-stderr.install()
+lm_eval_patches.install_all()
 
 
 class CalibrationTaskBase(ConfigurableTask):

@@ -28,16 +28,16 @@ from typing import Any
 
 from lm_eval.api.task import ConfigurableTask
 
+from lm_eval_calib import lm_eval_patches
 from lm_eval_calib.generation import estimators as est
 from lm_eval_calib.generation import passes
-from lm_eval_calib.harness import preflight
 from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.base import CalibrationTaskBase
 from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
 from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef, generation_record, record_of
 
-preflight.install()
+lm_eval_patches.install_all()
 logger = logging.getLogger("lm_eval_calib")
 
 #: Calibration metrics reported per estimator (``acc`` is the task's own primary metric, kept as it is).

@@ -1,20 +1,18 @@
 """Fail before inference when a task needs token statistics and the model does not provide them.
 
-Only the evaluator sees the model and the tasks together, so we wrap ``lm_eval.evaluator.evaluate`` (which
-``simple_evaluate`` and the CLI call by module-global lookup). The wrapper only looks; everything else passes
-through untouched.
+Only the evaluator sees the model and the tasks together, so the "check before inference" patch of
+:mod:`lm_eval_calib.lm_eval_patches` wraps ``lm_eval.evaluator.evaluate`` to call :func:`check_token_stats`
+and :func:`bind_models`. The wrapper only looks; everything else passes through untouched.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
 from lm_eval_calib.models.token_stats import model_provides_token_stats
 
 REQUIRES_TOKEN_STATS = "requires_token_stats"
-_PATCHED_FLAG = "_lm_eval_calib_patched"
 
 
 class MissingTokenStatsError(ValueError):
@@ -53,20 +51,8 @@ def bind_models(lm: Any, task_dict: Any) -> None:
 
 
 def install() -> None:
-    """Wrap ``lm_eval.evaluator.evaluate`` with :func:`check_token_stats` (idempotent)."""
-    import lm_eval.evaluator as evaluator
+    """Apply every lm-eval patch that can apply now, the wrapper of ``lm_eval.evaluator.evaluate`` that runs
+    these checks included (:mod:`lm_eval_calib.lm_eval_patches`; idempotent)."""
+    from lm_eval_calib.lm_eval_patches import install_all
 
-    original = evaluator.evaluate
-    if getattr(original, _PATCHED_FLAG, False):
-        return
-
-    @functools.wraps(original)
-    def evaluate(*args, **kwargs):
-        lm = kwargs.get("lm", args[0] if args else None)
-        task_dict = kwargs.get("task_dict", args[1] if len(args) > 1 else None)
-        check_token_stats(lm, task_dict)
-        bind_models(lm, task_dict)
-        return original(*args, **kwargs)
-
-    setattr(evaluate, _PATCHED_FLAG, True)
-    evaluator.evaluate = evaluate
+    install_all()

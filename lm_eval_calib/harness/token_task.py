@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lm_eval_calib.harness import preflight
+from lm_eval_calib import lm_eval_patches
 from lm_eval_calib.harness.base import CalibrationTaskBase
 from lm_eval_calib.harness.results import ModelOutputError
 from lm_eval_calib.models.token_stats import token_stats_of
 from lm_eval_calib.records import token_record
 
-preflight.install()
+lm_eval_patches.install_all()
 
 
 class TokenCalibrationTask(CalibrationTaskBase):

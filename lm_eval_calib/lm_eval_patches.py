@@ -1,0 +1,398 @@
+"""Every lm-eval internal this plugin patches, in one place, each failing soft.
+
+lm-eval has no API for what the plugin needs, so it wraps a few internals of lm-eval 0.4.13. Each
+:class:`Patch` below names the internals it relies on; before touching anything it checks they exist, and
+when one is missing (a newer or older lm-eval) or applying it fails, it gives ONE warning saying which
+internal is missing and what the user loses, and lm-eval runs on unpatched. Never an exception into lm-eval.
+
+Two kinds:
+
+- registration (the start-up hook, ``_lm_eval_calib_startup``, applies them right after their lm-eval module
+  executes; ``LM_EVAL_CALIB_NO_HOOK=1`` switches them off): our task folder on ``TaskManager``'s search path,
+  ``calib_<task>`` wrappers of lm-eval's own tasks, ``hf-calib``/``vllm-calib`` in the model registry. The
+  task folder and the models step aside when lm-eval discovers plugins itself through entry points (upstream
+  PRs #4015 and #4013): registering a second time would index every task twice.
+- evaluation (applied by :func:`install_all` when our task classes load): the bootstrap stderr of calibration
+  metrics, and the check before inference that the model serves what the tasks need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from lm_eval_calib.task_folder import ANCHOR, task_dir
+
+PATCHED_FLAG = "_lm_eval_calib_patched"
+NO_HOOK_ENV = "LM_EVAL_CALIB_NO_HOOK"
+WRAP_PREFIX = "calib_"
+"""``calib_<task>``: a name lm-eval does not index, resolved by wrapping ``<task>`` (see harness/wrap.py)."""
+
+TASK_ENTRY_POINT = f"lm_eval_calib.task_folder.{ANCHOR}"
+"""Our ``lm_eval.tasks`` entry-point value (pyproject.toml): a module whose folder is the task folder."""
+
+# lm-eval model name -> lazy "module:Class" target, imported only when a run asks for that model; the same
+# pairs are the ``lm_eval.models`` entry points in pyproject.toml.
+MODELS = {
+    "hf-calib": "lm_eval_calib.models.hf_calib:HFCalibLM",
+    "vllm-calib": "lm_eval_calib.models.vllm_calib:VLLMCalibLM",
+}
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One change to lm-eval: what it relies on, when it applies, and what is lost without it."""
+
+    name: str
+    module: str
+    """The lm-eval module after whose import the patch applies."""
+    relies_on: tuple[str, ...]
+    """Dotted lm-eval internals it reads or replaces; checked before anything is touched."""
+    apply: Callable[[list[str]], None]
+    """Applies the patch (idempotent), given the internals of ``relies_on`` that are missing (for partial)."""
+    without_it: str
+    """What the user gets when the patch cannot be applied (ends its warning)."""
+    registration: bool = False
+    """Part of drop-in registration: applied by the start-up hook, off with ``LM_EVAL_CALIB_NO_HOOK=1``."""
+    partial: bool = False
+    """Still applied to the internals that exist when some are missing."""
+
+
+def _resolve(dotted: str) -> Any:
+    """The object at ``dotted`` (module path, then attributes), importing nothing that is not loaded."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is not None:
+            obj: Any = module
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+            return obj
+    raise LookupError(dotted)
+
+
+def _exists(dotted: str) -> bool:
+    try:
+        _resolve(dotted)
+    except (LookupError, AttributeError):
+        return False
+    return True
+
+
+def _flagged(func: Any) -> bool:
+    return getattr(func, PATCHED_FLAG, False)
+
+
+def _flag(func: Callable) -> Callable:
+    setattr(func, PATCHED_FLAG, True)
+    return func
+
+
+# -- registration: our task folder (TaskManager.__init__) ----------------------------------------------------
+def upstream_discovers_our_tasks(manager_module: ModuleType) -> bool:
+    """Whether this lm-eval scans installed ``lm_eval.tasks`` entry points itself and finds our folder.
+
+    Upstream PR #4015 adds ``discover_plugin_task_paths()`` to ``lm_eval.tasks.manager``; TaskManager then
+    indexes the folders it returns. Asking it (rather than trusting our metadata) also covers an install
+    whose entry point does not resolve: then we keep adding the folder ourselves.
+    """
+    discover = getattr(manager_module, "discover_plugin_task_paths", None)
+    if not callable(discover):
+        return False
+    ours = task_dir().resolve()
+    return any(os.path.realpath(path) == str(ours) for path in discover())
+
+
+def _add_task_dir(include_path: Any) -> list:
+    """``include_path`` with our task folder appended, keeping the caller's entries."""
+    ours = str(task_dir())
+    if include_path is None:
+        return [ours]
+    paths = list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+    if ours not in {str(p) for p in paths}:
+        paths.append(ours)
+    return paths
+
+
+def patch_task_folder(missing: list[str]) -> None:
+    """Wrap ``TaskManager.__init__`` so every TaskManager also indexes our task folder (unless upstream
+    already does: see :func:`upstream_discovers_our_tasks`)."""
+    module = sys.modules["lm_eval.tasks.manager"]
+    cls = module.TaskManager
+    original = cls.__init__
+    if _flagged(original) or upstream_discovers_our_tasks(module):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        if len(args) >= 2:  # include_path given positionally (verbosity, include_path, ...)
+            args = (args[0], _add_task_dir(args[1]), *args[2:])
+        else:
+            kwargs["include_path"] = _add_task_dir(kwargs.get("include_path"))
+        original(self, *args, **kwargs)
+
+    cls.__init__ = _flag(__init__)
+
+
+# -- registration: calib_<task> wrappers (TaskManager._load_spec, TaskManager.match_tasks) -------------------
+def patch_calib_wrappers(missing: list[str]) -> None:
+    """Resolve ``calib_<task>`` names that lm-eval does not index by wrapping ``<task>``.
+
+    ``_load_spec`` (one name -> Task, Group or tags' tasks; ``load()`` calls it) and ``match_tasks`` (the
+    CLI's check that every ``--tasks`` name exists, before the model loads); ``task_index`` (name -> entry)
+    tells which names lm-eval indexes (ours included): those never reach the wrapper. The wrapping itself is
+    :mod:`lm_eval_calib.harness.wrap`, imported on first use.
+    """
+    cls = sys.modules["lm_eval.tasks.manager"].TaskManager
+    load_spec, match_tasks = cls._load_spec, cls.match_tasks
+    if _flagged(load_spec):
+        return
+
+    def wanted(manager, name) -> bool:
+        return isinstance(name, str) and name.startswith(WRAP_PREFIX) and name not in manager.task_index
+
+    @functools.wraps(load_spec)
+    def _load_spec(self, spec, *args, **kwargs):
+        if wanted(self, spec):
+            from lm_eval_calib.harness import wrap
+
+            return wrap.load(self, spec)
+        return load_spec(self, spec, *args, **kwargs)
+
+    @functools.wraps(match_tasks)
+    def _match_tasks(self, task_list, *args, **kwargs):
+        matched = match_tasks(self, task_list, *args, **kwargs)
+        patterns = [task_list] if isinstance(task_list, str) else list(task_list)
+        if not any(wanted(self, pattern) for pattern in patterns):
+            return matched
+        from lm_eval_calib.harness import wrap
+
+        return wrap.match(self, patterns, matched)
+
+    cls._load_spec, cls.match_tasks = _flag(_load_spec), _match_tasks
+
+
+# -- registration: our models (lm_eval.api.registry.model_registry) ------------------------------------------
+def upstream_discovers_our_models() -> bool:
+    """Whether this lm-eval registers installed ``lm_eval.models`` entry points itself (upstream PR #4013:
+    ``lm_eval.api.registry.load_plugins``, called by ``get_model``) and ours are installed."""
+    if not callable(getattr(sys.modules.get("lm_eval.api.registry"), "load_plugins", None)):
+        return False
+    from importlib.metadata import entry_points
+
+    declared = {ep.name: ep.value for ep in entry_points(group="lm_eval.models")}
+    return all(declared.get(name) == target for name, target in MODELS.items())
+
+
+def register_models(missing: list[str]) -> None:
+    """Add our models to lm-eval's registry as lazy placeholders, right after ``lm_eval.models`` loads.
+
+    Registering earlier (when ``lm_eval.api.registry`` loads) would make the registry non-empty and stop
+    lm-eval 0.4.13 from importing its own models on first use.
+    """
+    if upstream_discovers_our_models():
+        return
+    model_registry = _resolve("lm_eval.api.registry.model_registry")
+    for name, target in MODELS.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)
+
+
+# -- evaluation: bootstrap stderr of calibration metrics (stderr_for_metric) ---------------------------------
+STDERR_SITES = ("lm_eval.evaluator_utils.stderr_for_metric", "lm_eval.api.metrics.stderr_for_metric")
+"""Where lm-eval looks up an aggregation's stderr function: 0.4.13's evaluator_utils imports it by name; the
+``lm_eval.api.metrics`` one is the definition (lm-eval 0.5's scorers look it up there at call time)."""
+
+
+def _wrap_stderr_for_metric(original: Callable) -> Callable:
+    from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
+
+    @functools.wraps(original)
+    def stderr_for_metric(metric, bootstrap_iters):
+        ours = getattr(metric, STDERR_ATTRIBUTE, None)
+        if ours is None:
+            return original(metric, bootstrap_iters)
+        if not bootstrap_iters or bootstrap_iters <= 0:
+            return None  # --bootstrap_iters 0 means "no stderr", as for lm-eval's own metrics
+        return functools.partial(ours, n_resamples=bootstrap_iters)
+
+    return _flag(stderr_for_metric)
+
+
+def patch_stderr(missing: list[str]) -> None:
+    """Give aggregations that carry ``calibration_stderr`` their own vectorised bootstrap; pass the rest
+    through untouched, so lm-eval's own tasks behave exactly as before."""
+    for site in STDERR_SITES:
+        if site in missing:
+            continue
+        module_name, attr = site.rsplit(".", 1)
+        module = sys.modules[module_name]
+        current = getattr(module, attr)
+        if not _flagged(current):
+            setattr(module, attr, _wrap_stderr_for_metric(current))
+
+
+# -- evaluation: the check before inference (lm_eval.evaluator.evaluate) -------------------------------------
+def patch_evaluate(missing: list[str]) -> None:
+    """Wrap ``lm_eval.evaluator.evaluate`` (which ``simple_evaluate`` and the CLI call by module-global
+    lookup): the only place that sees the model and the tasks together, before any request runs."""
+    from lm_eval_calib.harness import preflight
+
+    evaluator = sys.modules["lm_eval.evaluator"]
+    original = evaluator.evaluate
+    if _flagged(original):
+        return
+
+    @functools.wraps(original)
+    def evaluate(*args, **kwargs):
+        lm = kwargs.get("lm", args[0] if args else None)
+        task_dict = kwargs.get("task_dict", args[1] if len(args) > 1 else None)
+        preflight.check_token_stats(lm, task_dict)
+        preflight.bind_models(lm, task_dict)
+        return original(*args, **kwargs)
+
+    evaluator.evaluate = _flag(evaluate)
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(
+        "task folder",
+        "lm_eval.tasks.manager",
+        ("lm_eval.tasks.manager.TaskManager.__init__",),
+        patch_task_folder,
+        "lm_eval does not see lm-eval-calib's tasks by itself: pass `--include_path {task_dir}` to lm_eval",
+        registration=True,
+    ),
+    Patch(
+        "calib_<task> wrappers",
+        "lm_eval.tasks.manager",
+        (
+            "lm_eval.tasks.manager.TaskManager._load_spec",
+            "lm_eval.tasks.manager.TaskManager.match_tasks",
+            "lm_eval.tasks.manager.TaskManager.task_index",
+        ),
+        patch_calib_wrappers,
+        "calib_<task> wrappers of lm-eval's tasks are off (lm-eval-calib's own tasks still work)",
+        registration=True,
+    ),
+    Patch(
+        "models",
+        "lm_eval.models",
+        ("lm_eval.api.registry.model_registry",),
+        register_models,
+        "`--model hf-calib` / `vllm-calib` are not registered by name: import lm_eval_calib.models.hf_calib "
+        "before running (lm-eval's `--plugins lm_eval_calib.models.hf_calib` where it has that option)",
+        registration=True,
+    ),
+    Patch(
+        "stderr",
+        "lm_eval.evaluator_utils",
+        STDERR_SITES,
+        patch_stderr,
+        "where lm-eval looks it up there, calibration metrics' *_stderr are N/A (or lm-eval's generic, slow "
+        "bootstrap); the metrics themselves are unaffected",
+        partial=True,
+    ),
+    Patch(
+        "check before inference",
+        "lm_eval.evaluator",
+        ("lm_eval.evaluator.evaluate",),
+        patch_evaluate,
+        "tasks needing token statistics are not checked against the model before inference, and generation "
+        "calibration tasks stop with an error after lm-eval's generation (they need the model handed over)",
+    ),
+)
+
+_warned: set[str] = set()
+_decided: dict[str, bool] = {}
+
+
+def _lm_eval_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"lm-eval {version('lm_eval')}"
+    except Exception:
+        return "this lm-eval"
+
+
+def _warn_once(patch: Patch, problem: str) -> None:
+    if patch.name in _warned:
+        return
+    _warned.add(patch.name)
+    without_it = patch.without_it
+    if "{task_dir}" in without_it:
+        try:
+            without_it = without_it.format(task_dir=task_dir())
+        except FileNotFoundError:
+            without_it = without_it.format(task_dir="<lm-eval-calib's tasks folder>")
+    warnings.warn(f"lm-eval-calib: {patch.name} patch: {problem}; {without_it}", stacklevel=3)
+
+
+def apply(patch: Patch) -> bool:
+    """Apply one patch if what it relies on is there; otherwise, or if it fails, warn once. True if applied
+    (wholly or, for a partial patch, in part).
+
+    Decided once per process: a patch that could not be applied is not tried again (lm-eval's internals do
+    not come back), so a run is either patched from the start or, as its warning said, not at all.
+    """
+    if patch.name in _decided:
+        return _decided[patch.name]
+    _decided[patch.name] = applied = _apply(patch)
+    return applied
+
+
+def _apply(patch: Patch) -> bool:
+    missing = [name for name in patch.relies_on if not _exists(name)]
+    if missing:
+        _warn_once(patch, f"{', '.join(missing)} not found in {_lm_eval_version()}")
+        if not patch.partial or len(missing) == len(patch.relies_on):
+            return False
+    try:
+        patch.apply(missing)
+    except Exception as exc:  # lm-eval changed shape in a way the check did not see: degrade, never crash
+        _warn_once(patch, f"could not be applied ({exc!r})")
+        return False
+    return True
+
+
+def hook_enabled() -> bool:
+    """Drop-in registration is on unless ``LM_EVAL_CALIB_NO_HOOK`` is set to a true value."""
+    return os.environ.get(NO_HOOK_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+
+
+def after_import(module: ModuleType) -> None:
+    """The start-up hook's entry: apply the registration patches of ``module`` right after it executes."""
+    for patch in PATCHES:
+        if patch.registration and patch.module == module.__name__:
+            apply(patch)
+
+
+def install_all() -> None:
+    """Apply every patch that can apply now (idempotent; our task classes call it when they load).
+
+    Evaluation patches import their lm-eval module; registration patches apply only when their module is
+    already loaded (else the start-up hook applies them when it loads) and the hook is not switched off.
+    """
+    for patch in PATCHES:
+        if patch.registration:
+            if not hook_enabled() or patch.module not in sys.modules:
+                continue
+        else:
+            try:
+                importlib.import_module(patch.module)
+            except Exception as exc:
+                _warn_once(patch, f"{patch.module} could not be imported ({exc!r})")
+                continue
+            for internal in patch.relies_on:  # the modules the internals live in, where they exist
+                with contextlib.suppress(ImportError):  # one that does not is reported by apply()
+                    importlib.import_module(internal.rsplit(".", 1)[0])
+        apply(patch)
