@@ -113,3 +113,23 @@ def test_facts_gen_correctness_rule():
     assert not utils.starts_with_object(" Parisian", "Paris")
     assert not utils.starts_with_object(" in Paris", "Paris")
     assert not utils.starts_with_object("", "Paris")
+
+
+def test_lm_eval_can_cast_a_target_to_the_type_of_a_generated_text(tmp_path, data_root):
+    """lm-eval's ``process_results`` casts the gold answer to ``type(result)`` when the task has no extracting
+    filter (``bbh_zeroshot_*``, ``gsm8k``'s "strict-match" misses, user tasks): with hf-calib's or
+    vllm-calib's ``GeneratedText`` that call must give a plain string, never a ``TypeError``."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    assert type(GeneratedText("plain")) is str and GeneratedText("plain") == "plain"
+    source = Path(lm_eval.__file__).parent / "tasks" / "bbh" / "zeroshot" / "snarks.yaml"
+    (tmp_path / "snarks_ref.yaml").write_text(
+        f"include: {source}\ntask: snarks_ref\ntag: []\n"
+        f"dataset_path: {data_root / 'hub' / 'SaylorTwift' / 'bbh'}\n"
+    )
+    task = TaskManager(include_path=str(tmp_path)).load(["snarks_ref"])["tasks"]["snarks_ref"]
+    doc = next(iter(task.test_docs()))
+    right, wrong = (GeneratedText(text, [1], [-0.5]) for text in (doc["target"], "(Z)"))
+    assert task.process_results(doc, [right])["exact_match"] == 1.0
+    assert task.process_results(doc, [wrong])["exact_match"] == 0.0

@@ -22,7 +22,15 @@ class GeneratedText(str):
     token_ids: np.ndarray
     token_logprobs: np.ndarray
 
-    def __new__(cls, text: str, token_ids: Sequence[int], token_logprobs: Sequence[float]):
+    def __new__(
+        cls, text: str, token_ids: Sequence[int] | None = None, token_logprobs: Sequence[float] | None = None
+    ):
+        if token_ids is None and token_logprobs is None:
+            # ``type(result)(x)``: lm-eval casts a gold answer to the type of the model's result when the
+            # task has no extracting filter; that must give the plain string ``hf`` would have given.
+            return str(text)
+        if token_ids is None or token_logprobs is None:
+            raise ValueError("token_ids and token_logprobs go together: give both or neither")
         self = super().__new__(cls, text)
         ids = np.asarray(token_ids, dtype=np.int64)
         logprobs = np.asarray(token_logprobs, dtype=np.float64)
