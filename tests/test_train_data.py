@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from lm_eval_calib_train.config import (
-    PPOStageConfig,
-    RLOOStageConfig,
-    SFTStageConfig,
-    TrainInputError,
-    config_from_args,
-)
+from lm_eval_calib_train.config import PPOStageConfig, RLOOStageConfig, SFTStageConfig, TrainInputError
+from lm_eval_calib_train.config_parsing import config_from_args
 from lm_eval_calib_train.data import conversations, preference_pairs, prompts, read_data
 from lm_eval_calib_train.formatting import IGNORE_INDEX, Formatter
 from lm_eval_calib_train.output import StageOutput

@@ -266,9 +266,12 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
     kind = raw.get("kind")
     if kind not in TRAIN_KINDS:
         raise StudyConfigError(f"{where}.kind must be one of {', '.join(TRAIN_KINDS)}, got {kind!r}")
-    required = {"sft": ("from", "data", "max_steps", "method"), "reward": ("from", "data", "max_steps"),
-                "rloo": ("policy", "reward_model", "data", "max_steps"),
-                "ppo": ("policy", "reward_model", "data", "max_steps")}[kind]  # fmt: skip
+    required = {
+        "sft": ("from", "data", "max_steps", "method"),
+        "reward": ("from", "data", "max_steps"),
+        "rloo": ("policy", "reward_model", "data", "max_steps"),
+        "ppo": ("policy", "reward_model", "data", "max_steps"),
+    }[kind]
     allowed = {"kind", "args", "evaluate", *required}
     _check_keys(raw, allowed, where)
     missing = [key for key in required if key not in raw]
@@ -296,8 +299,14 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
 
 # Stage settings the study file gives as the stage's own keys (`from:` is the train CLI's --model), and those
 # the study itself decides (where the checkpoint goes, whether to resume or overwrite).
-_STAGE_OWN_KEYS = {"model": "from", "policy": "policy", "reward_model": "reward_model", "data": "data",
-                   "max_steps": "max_steps", "method": "method"}  # fmt: skip
+_STAGE_OWN_KEYS = {
+    "model": "from",
+    "policy": "policy",
+    "reward_model": "reward_model",
+    "data": "data",
+    "max_steps": "max_steps",
+    "method": "method",
+}
 _STUDY_SETS = ("output", "overwrite", "resume", "config")
 
 
@@ -311,7 +320,8 @@ def _stage_args(kind: str, raw: dict, args: dict, where: str) -> dict[str, Any]:
     """
     import dataclasses
 
-    from lm_eval_calib_train.config import STAGES, TrainInputError, build_config, coerce
+    from lm_eval_calib_train.config import STAGES, TrainInputError
+    from lm_eval_calib_train.config_parsing import build_config, coerce
 
     cls = STAGES[kind]
     fields = {f.name for f in dataclasses.fields(cls)}

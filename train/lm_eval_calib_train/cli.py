@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lm_eval_calib_train.config import STAGES, TrainInputError, add_stage_arguments, config_from_args
+from lm_eval_calib_train.config import STAGES, TrainInputError
+from lm_eval_calib_train.config_parsing import add_stage_arguments, config_from_args
 from lm_eval_calib_train.ranks import is_main
 
 DESCRIPTIONS = {

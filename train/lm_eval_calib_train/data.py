@@ -53,6 +53,19 @@ class DataSource:
     format: str
     records: list[dict[str, Any]]
 
+    def summary(self, rows: int) -> DataSummary:
+        """What the manifest records of this data when ``rows`` of it (after any cut) trained the model."""
+        return DataSummary(self.name, rows, self.sha256)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """The manifest's ``data`` block: the data set's name, the rows that trained the model, the file hash."""
+
+    name: str
+    rows: int
+    sha256: str
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading

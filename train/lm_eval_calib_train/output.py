@@ -20,6 +20,10 @@ write that has a name a checkpoint uses is never overwritten: the run is refused
 file appeared during training, the finished checkpoint is set aside beside the folder and the error says
 where. The work folder ``.NAME.work`` is deleted by ``--overwrite`` only when it holds nothing but what a run
 writes there.
+
+The manifest a finished folder ends with is built here too (:func:`build_manifest`; its schema is
+:mod:`lm_eval_calib.manifest`). How the trainer runs (its arguments, :func:`~lm_eval_calib_train.recipe.fit`)
+is :mod:`lm_eval_calib_train.recipe`'s job.
 """
 
 from __future__ import annotations
@@ -33,11 +37,16 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lm_eval_calib.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from lm_eval_calib_train.config import TrainInputError
-from lm_eval_calib_train.ranks import is_main, process_group_arguments, wait_for_everyone, world_size
+from lm_eval_calib_train.ranks import is_main, wait_for_everyone, world_size
+
+if TYPE_CHECKING:
+    from lm_eval_calib_train.config import _StageConfig
+    from lm_eval_calib_train.data import DataSummary
+    from lm_eval_calib_train.models import ModelRef
 
 LOG_NAME = "train_log.jsonl"
 RESULTS_NAME = "train_results.json"
@@ -321,111 +330,32 @@ NOT_HYPERPARAMETERS = {
 
 
 def build_manifest(
-    config: Any,
+    config: _StageConfig,
+    model: ModelRef,
+    data: DataSummary,
     *,
-    stage: str,
-    method: str,
-    label: str,
-    base_model: str,
-    parent: str | None,
-    data_name: str,
-    rows: int,
-    sha256: str,
-    extra_hyperparameters: dict[str, Any],
+    title: str,
+    method: str | None = None,
+    extra_hyperparameters: dict[str, Any] | None = None,
     exclude: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """The manifest of a finished stage (:mod:`lm_eval_calib.manifest` is its schema), from the objects the
+    stage already holds: its ``config`` (stage, seed, label and the hyperparameters), the ``model`` it
+    started from (base model and parent) and the ``data`` it trained on. ``title`` names the stage in the
+    default label ``"<base> <title> (<data>)"``; ``method`` defaults to the stage's name. ``finalize``
+    fills in the wall time and the folder's files."""
     hyper = {k: v for k, v in asdict(config).items() if k not in NOT_HYPERPARAMETERS and k not in exclude}
-    hyper.update(extra_hyperparameters)
+    hyper.update(extra_hyperparameters or {})
     return {
-        "stage": stage,
-        "method": method,
-        "label": config.label or label,
-        "base_model": base_model,
-        "parent": parent,
-        "data": {"name": data_name, "rows": rows, "sha256": sha256},
+        "stage": config.stage,
+        "method": method or config.stage,
+        "label": config.label or f"{model.base_display()} {title} ({data.name})",
+        "base_model": model.base_model(),
+        "parent": model.describe(),
+        "data": {"name": data.name, "rows": data.rows, "sha256": data.sha256},
         "hyperparameters": {**hyper, "processes": world_size()},
         "versions": library_versions(),
         "seed": config.seed,
         "wall_time_s": None,  # filled in by finalize
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def precision_flags(precision: str) -> dict[str, bool]:
-    """``bf16``/``fp16`` trainer flags: mixed precision only where it helps (a GPU), fp32 weights always."""
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    if precision == "auto":
-        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and not on_gpu:
-        raise TrainInputError(f"--precision {precision} needs a GPU; use fp32 (or auto) on CPU")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def optimiser_arguments(config, flags: dict) -> dict:
-    """The ``TrainingArguments`` of every stage, PPO's included: batch, optimiser, schedule, activation
-    checkpointing, precision ``flags``, and no reporting, workers or progress bars."""
-    return dict(
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.resolved_learning_rate(),
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        report_to="none",
-        **checkpointing_flag(config.gradient_checkpointing),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        **process_group_arguments(),
-        **flags,
-    )
-
-
-def trainer_arguments(config, work: Path, flags: dict) -> dict:
-    """The arguments SFT and reward share: :func:`optimiser_arguments` plus seeds, logging and resumable
-    checkpoints in ``work`` (two kept); a stage adds only its own (e.g. ``packing``). PPO saves its own
-    checkpoints, so it takes :func:`optimiser_arguments` only."""
-    import torch
-
-    return dict(
-        **optimiser_arguments(config, flags),
-        output_dir=str(work),
-        max_steps=config.max_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        max_length=None,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-
-
-def fit(trainer, out: StageOutput, resume_from: Path | None):
-    """Train ``trainer`` (SFT or reward) quietly, from ``resume_from`` (a ``checkpoint-N`` folder) when given,
-    after cutting the step log back to step N so the resumed steps are not logged twice."""
-    from lm_eval_calib_train.callbacks import quiet
-
-    quiet(trainer)
-    if is_main():
-        out.start_work()
-        if resume_from is not None:
-            out.trim_log(int(resume_from.name.rsplit("-", 1)[1]))
-    trainer.accelerator.wait_for_everyone()  # the work folder is ready before any rank saves there
-    if resume_from is None:
-        return trainer.train()
-    return trainer.train(resume_from_checkpoint=str(resume_from))
-
-
-def checkpointing_flag(enabled: bool) -> dict[str, bool]:
-    """Activation (gradient) checkpointing under this transformers' name (trl turns it on by default)."""
-    from transformers import TrainingArguments
-
-    fields = TrainingArguments.__dataclass_fields__
-    return {
-        "activation_checkpointing"
-        if "activation_checkpointing" in fields
-        else "gradient_checkpointing": enabled
     }

@@ -28,7 +28,8 @@ from lm_eval_calib_train.models import (
     load_sequence_classifier,
     require_train_extra,
 )
-from lm_eval_calib_train.output import build_manifest, note, optimiser_arguments, precision_flags
+from lm_eval_calib_train.output import build_manifest, note
+from lm_eval_calib_train.recipe import optimiser_arguments, precision_flags
 from lm_eval_calib_train.rl_inputs import prepare_rl_stage
 
 PPO_KEYS = ("objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg")
@@ -223,16 +224,7 @@ def train_ppo(config: PPOStageConfig, callbacks: list[Any] | None = None) -> Pat
         "final_kl_coef": log.extra.get("kl_coef"),
     }
     manifest = build_manifest(
-        config,
-        stage="ppo",
-        method="ppo",
-        label=f"{policy_ref.base_display()} PPO ({data.name})",
-        base_model=policy_ref.base_model(),
-        parent=policy_ref.describe(),
-        data_name=data.name,
-        rows=len(queries),
-        sha256=data.sha256,
-        extra_hyperparameters=extra,
+        config, policy_ref, data.summary(len(queries)), title="PPO", extra_hyperparameters=extra
     )
     results = {
         "global_step": config.max_steps,

@@ -21,15 +21,9 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import (
-    StageOutput,
-    build_manifest,
-    fit,
-    note,
-    precision_flags,
-    trainer_arguments,
-)
+from lm_eval_calib_train.output import StageOutput, build_manifest, note
 from lm_eval_calib_train.ranks import global_batch, sharded_weights
+from lm_eval_calib_train.recipe import fit, precision_flags, trainer_arguments
 
 
 def split_pairs(pairs: list, eval_rows: int, max_rows: int | None) -> tuple[list, list]:
@@ -115,16 +109,7 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
         "effective_batch_size": global_batch(config.batch_size, config.gradient_accumulation_steps),
     }
     manifest = build_manifest(
-        config,
-        stage="reward",
-        method="reward",
-        label=f"{ref.base_display()} RM ({data.name})",
-        base_model=ref.base_model(),
-        parent=ref.describe(),
-        data_name=data.name,
-        rows=len(train_rows),
-        sha256=data.sha256,
-        extra_hyperparameters=extra,
+        config, ref, data.summary(len(train_rows)), title="RM", extra_hyperparameters=extra
     )
     results = {
         "global_step": result.global_step,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_calib_train.config import TrainInputError
-from lm_eval_calib_train.data import prompts, read_data
+from lm_eval_calib_train.data import DataSource, prompts, read_data
 from lm_eval_calib_train.formatting import Formatter
 from lm_eval_calib_train.models import (
     ModelRef,
@@ -33,7 +33,7 @@ class RLInputs:
     resume_from: Path | None
     policy: ModelRef
     reward: ModelRef
-    data: Any
+    data: DataSource
     prompts: list
     tokenizer: Any
     formatter: Formatter

@@ -37,14 +37,9 @@ from lm_eval_calib_train.models import (
     load_sequence_classifier,
     require_train_extra,
 )
-from lm_eval_calib_train.output import (
-    build_manifest,
-    fit,
-    note,
-    precision_flags,
-    trainer_arguments,
-)
+from lm_eval_calib_train.output import build_manifest, note
 from lm_eval_calib_train.ranks import global_batch, sharded_weights
+from lm_eval_calib_train.recipe import fit, precision_flags, trainer_arguments
 from lm_eval_calib_train.rl_inputs import prepare_rl_stage
 
 RLOO_KEYS = ("reward", "kl", "entropy", "loss")
@@ -261,16 +256,7 @@ def train_rloo(config: RLOOStageConfig, callbacks: list[Any] | None = None) -> P
         // config.num_generations,
     }
     manifest = build_manifest(
-        config,
-        stage="rloo",
-        method="rloo",
-        label=f"{policy_ref.base_display()} RLOO ({data.name})",
-        base_model=policy_ref.base_model(),
-        parent=policy_ref.describe(),
-        data_name=data.name,
-        rows=len(rows),
-        sha256=data.sha256,
-        extra_hyperparameters=extra,
+        config, policy_ref, data.summary(len(rows)), title="RLOO", extra_hyperparameters=extra
     )
     results = {
         "global_step": result.global_step,

@@ -17,15 +17,9 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import (
-    StageOutput,
-    build_manifest,
-    fit,
-    note,
-    precision_flags,
-    trainer_arguments,
-)
+from lm_eval_calib_train.output import StageOutput, build_manifest, note
 from lm_eval_calib_train.ranks import global_batch, sharded_weights
+from lm_eval_calib_train.recipe import fit, precision_flags, trainer_arguments
 
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora")
 
@@ -129,14 +123,10 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
     kind = {"full": "full", "lora": "LoRA", "lora-adapter": "LoRA adapter"}[method]
     manifest = build_manifest(
         config,
-        stage="sft",
+        ref,
+        data.summary(len(rows)),
+        title=f"SFT {kind}",
         method=method,
-        label=f"{ref.base_display()} SFT {kind} ({data.name})",
-        base_model=ref.base_model(),
-        parent=ref.describe(),
-        data_name=data.name,
-        rows=len(rows),
-        sha256=data.sha256,
         extra_hyperparameters=extra,
         exclude=() if config.method == "lora" else LORA_FIELDS,
     )
