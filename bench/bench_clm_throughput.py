@@ -38,8 +38,9 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     model_args = dict(part.split("=", 1) for part in get_bundled_model("smollm2").model_args().split(","))
-    common = dict(**model_args, dtype="float32", device="cpu", batch_size=args.batch_size,
-                  max_length=args.max_length)  # fmt: skip
+    common = dict(
+        **model_args, dtype="float32", device="cpu", batch_size=args.batch_size, max_length=args.max_length
+    )
     hf = HFLM(**common)
     calib = HFCalibLM(**common)
 
@@ -77,8 +78,10 @@ def main() -> None:
         run()
         timings[name] = time.perf_counter() - start
     limit = n_tokens / timings["plain forward (limit)"]
-    print(f"{args.docs} documents, {n_tokens:,} tokens, {len(windows)} windows of <= {args.max_length} "
-          f"tokens, batch {args.batch_size}")  # fmt: skip
+    print(
+        f"{args.docs} documents, {n_tokens:,} tokens, {len(windows)} windows of <= {args.max_length} "
+        f"tokens, batch {args.batch_size}"
+    )
     print("| scorer | seconds | tokens/s | share of the limit |")
     print("|---|---:|---:|---:|")
     for name, seconds in timings.items():

@@ -206,10 +206,10 @@ def main() -> None:
     runs = {}
     for backend in args.backends.split(","):
         out = Path(scratch.name) / f"{backend}.json"
-        cmd = [sys.executable, __file__, "--worker", backend, "--json", str(out),
-               "--model-dir", str(model_dir), "--subjects", str(args.subjects),
-               "--per-subject", str(args.per_subject), "--repeats", str(args.repeats),
-               "--hf-batch-size", str(args.hf_batch_size), "--data-dir", args.data_dir]  # fmt: skip
+        cmd = [sys.executable, __file__, "--worker", backend, "--json", str(out)]
+        cmd += ["--model-dir", str(model_dir), "--subjects", str(args.subjects)]
+        cmd += ["--per-subject", str(args.per_subject), "--repeats", str(args.repeats)]
+        cmd += ["--hf-batch-size", str(args.hf_batch_size), "--data-dir", args.data_dir]
         print(f"running {backend} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -222,9 +222,11 @@ def main() -> None:
     tokens = prompt_token_count(AutoTokenizer.from_pretrained(model_dir), requests)
     best = {name: min(run["seconds"]) for name, run in runs.items()}
     n_questions = next(iter(runs.values()))["questions"]
-    print(f"\ncalib_mmlu 5-shot: {n_questions} questions ({args.subjects} subjects x {args.per_subject}), "
-          f"{len(requests)} requests, {tokens:,} prompt tokens; SmolLM2-135M float32; "
-          f"best of {args.repeats}")  # fmt: skip
+    print(
+        f"\ncalib_mmlu 5-shot: {n_questions} questions ({args.subjects} subjects x {args.per_subject}), "
+        f"{len(requests)} requests, {tokens:,} prompt tokens; SmolLM2-135M float32; "
+        f"best of {args.repeats}"
+    )
     print(
         "| backend | seconds | prompt tokens/s | vs lm-eval `vllm` | vs lm-eval `hf` | share of the limit |"
     )

@@ -138,10 +138,10 @@ def main() -> None:
     runs = {}
     for run in RUNS:
         out = Path(scratch.name) / f"{run}.json"
-        cmd = [sys.executable, __file__, "--worker", run, "--json", str(out), "--model-dir", str(model_dir),
-               "--subject", args.subject, "--limit", str(args.limit), "--shots", str(args.shots),
-               "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
-               "--data-dir", str(Path(args.data_dir).resolve())]  # fmt: skip
+        cmd = [sys.executable, __file__, "--worker", run, "--json", str(out), "--model-dir", str(model_dir)]
+        cmd += ["--subject", args.subject, "--limit", str(args.limit), "--shots", str(args.shots)]
+        cmd += ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+        cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
         print(f"running {run} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -149,8 +149,10 @@ def main() -> None:
         runs[run] = json.loads(out.read_text())
 
     hf, calib = runs["hf"], runs["hf-calib"]
-    print(f"\nmmlu_{args.subject}_continuation: {hf['documents']} documents, {hf['requests']} requests, "
-          f"{args.shots}-shot, batch {args.batch_size}, {model_dir}; best of {args.repeats}")  # fmt: skip
+    print(
+        f"\nmmlu_{args.subject}_continuation: {hf['documents']} documents, {hf['requests']} requests, "
+        f"{args.shots}-shot, batch {args.batch_size}, {model_dir}; best of {args.repeats}"
+    )
     print("| run | task | model s | evaluate s | speed-up (model) | speed-up (evaluate) |")
     print("|---|---|---:|---:|---:|---:|")
     for run in (hf, calib):
@@ -160,9 +162,11 @@ def main() -> None:
     diff = max(abs(a - b) for a, b in zip(hf["loglikelihoods"], calib["loglikelihoods"], strict=True))
     kept = [k for k in hf["metrics"] if k.split(",")[0] in ("acc", "acc_norm")]
     same = all(calib["metrics"].get(k) == hf["metrics"][k] for k in kept)
-    print(f"max |log-likelihood(hf-calib) - hf| = {diff:.2g}; acc and acc_norm identical: {same}; "
-          f"ece {calib['metrics'].get('ece,none', float('nan')):.4f}, "
-          f"ece_norm {calib['metrics'].get('ece_norm,none', float('nan')):.4f}")  # fmt: skip
+    print(
+        f"max |log-likelihood(hf-calib) - hf| = {diff:.2g}; acc and acc_norm identical: {same}; "
+        f"ece {calib['metrics'].get('ece,none', float('nan')):.4f}, "
+        f"ece_norm {calib['metrics'].get('ece_norm,none', float('nan')):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@
 # verdict line per step. Exit status: the number of failed steps (0: all passed).
 #
 # Environment: LM_EVAL_CHECK_VENV=DIR to keep the environment in DIR (default: a temporary folder, removed
-# at the end); the test data root as for the test suite (LM_EVAL_CALIB_TEST_DATA, default ../shared/data).
+# at the end); the data root as for the tasks and the test suite (LM_EVAL_CALIB_DATA, default ../shared/data).
 set -uo pipefail
 if [ $# -lt 1 ] || { [ ! -f "$1/pyproject.toml" ] && [ ! -f "$1/setup.py" ]; }; then
   echo "usage: $0 LM_EVAL_SOURCE_FOLDER [pytest args...]  (a folder with lm-eval's pyproject.toml)" >&2
@@ -32,7 +32,7 @@ else
   trap 'rm -rf "$WORK"' EXIT
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export LM_EVAL_CALIB_DATA="${LM_EVAL_CALIB_DATA:-${LM_EVAL_CALIB_TEST_DATA:-$REPO/../shared/data}}"
+export LM_EVAL_CALIB_DATA="${LM_EVAL_CALIB_DATA:-$REPO/../shared/data}"
 VERDICT=()
 FAILED=0
 step() {  # step NAME COMMAND...: run, record PASS/FAIL

@@ -58,8 +58,13 @@ def build_model(vocab: int, tiny: bool, device: str, dtype):
     size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     if not tiny:  # TinyLlama-like: 18 layers of width 2048, about 1.0B parameters with tied embeddings
         size = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=18, num_attention_heads=32)
-    config = LlamaConfig(vocab_size=vocab, num_key_value_heads=4, max_position_embeddings=4096,
-                         tie_word_embeddings=True, **size)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=vocab,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        **size,
+    )
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype)
     return model.eval()
@@ -152,9 +157,11 @@ def main() -> None:
             torch.cuda.synchronize()
         rows.append((label, time.perf_counter() - start))
 
-    print(f"\n{name}, {n_params / 1e9:.2f}B parameters ({dtype}), {len(requests) // 4} questions, "
-          f"{args.num_fewshot}-shot, {tokens:,} prompt tokens (one sequence per question), "
-          f"batch {args.batch_size}\n")  # fmt: skip
+    print(
+        f"\n{name}, {n_params / 1e9:.2f}B parameters ({dtype}), {len(requests) // 4} questions, "
+        f"{args.num_fewshot}-shot, {tokens:,} prompt tokens (one sequence per question), "
+        f"batch {args.batch_size}\n"
+    )
     print("| scorer | seconds | prompt tokens/s | speed vs the limit | MFU |")
     print("|---|---:|---:|---:|---:|")
     results = []

@@ -74,8 +74,14 @@ def _report(args: argparse.Namespace) -> int:
     from lm_eval_calib.report.runs import ReportInputError
 
     try:
-        build_report([Path(p) for p in args.run_dirs], Path(args.out), labels=args.label, n_folds=args.folds,
-                     seed=args.seed, log=(lambda message: None) if args.quiet else print)  # fmt: skip
+        build_report(
+            [Path(p) for p in args.run_dirs],
+            Path(args.out),
+            labels=args.label,
+            n_folds=args.folds,
+            seed=args.seed,
+            log=(lambda message: None) if args.quiet else print,
+        )
     except (ReportInputError, LabelError) as exc:
         print(f"lm-eval-calib: error: {exc}", file=sys.stderr)
         return 2
@@ -135,8 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dirs", nargs="+", help="lm_eval --output_path folders (run with --log_samples)")
     report.add_argument("--out", required=True, help="report folder (new, empty, or an earlier report)")
-    report.add_argument("--label", action="append", default=[], metavar="RUN_DIR=NAME",
-                        help="name the model(s) of RUN_DIR in tables and figures (repeatable)")  # fmt: skip
+    report.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="RUN_DIR=NAME",
+        help="name the model(s) of RUN_DIR in tables and figures (repeatable)",
+    )
     report.add_argument("--folds", type=int, default=5, help="folds of cross-fitted recalibration (5)")
     report.add_argument("--seed", type=int, default=0, help="seed of the cross-fitting folds (0)")
     report.add_argument("--quiet", action="store_true", help="print only errors and the final line")

@@ -31,8 +31,19 @@ from typing import Any
 MANIFEST_NAME = "lm_eval_calib_manifest.json"
 FORMAT = "lm-eval-calib-manifest"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("stage", "method", "label", "base_model", "parent", "data", "hyperparameters", "versions",
-                 "seed", "wall_time_s", "created")  # fmt: skip
+REQUIRED_KEYS = (
+    "stage",
+    "method",
+    "label",
+    "base_model",
+    "parent",
+    "data",
+    "hyperparameters",
+    "versions",
+    "seed",
+    "wall_time_s",
+    "created",
+)
 
 
 class ManifestError(ValueError):

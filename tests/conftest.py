@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("LM_EVAL_CALIB_TEST_DATA", REPO.parent / "shared" / "data"))
+# The data root has one name everywhere: LM_EVAL_CALIB_DATA, as for the tasks (default: ../shared/data).
+DATA_ROOT = Path(os.environ.get("LM_EVAL_CALIB_DATA") or REPO.parent / "shared" / "data")
 LM_EVAL = Path(sys.executable).parent / "lm_eval"
 
 # Nothing in the tests may reach a model or data hub.
@@ -27,9 +28,7 @@ os.environ.update(OFFLINE_ENV)
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "mmlu" / "test").is_dir():
-        pytest.fail(
-            f"test data not found at {DATA_ROOT}; set LM_EVAL_CALIB_TEST_DATA to the shared data root"
-        )
+        pytest.fail(f"test data not found at {DATA_ROOT}; set LM_EVAL_CALIB_DATA to the shared data root")
     return DATA_ROOT
 
 

@@ -32,12 +32,10 @@ def sample_ids(facts):
 @pytest.fixture(scope="module")
 def facts_run(tiny_model_dir, data_root, sample_ids, tmp_path_factory):
     out = tmp_path_factory.mktemp("facts")
-    run_lm_eval(
-        ["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
-         "--tasks", "calib_facts", "--samples", json.dumps({"calib_facts": sample_ids}),
-         "--device", "cpu", "--batch_size", "16",
-         "--output_path", str(out), "--log_samples", "--metadata", json.dumps({"data_dir": str(data_root)})],
-    )  # fmt: skip
+    args = ["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32"]
+    args += ["--tasks", "calib_facts", "--samples", json.dumps({"calib_facts": sample_ids})]
+    args += ["--device", "cpu", "--batch_size", "16", "--output_path", str(out), "--log_samples"]
+    run_lm_eval([*args, "--metadata", json.dumps({"data_dir": str(data_root)})])
     return read_run(out)
 
 
@@ -67,18 +65,14 @@ def test_prompts_options_and_records(facts_run, facts, sample_ids):
 
 
 def test_distractor_count_is_configurable_and_bad_options_fail_early(tiny_model_dir, data_root, tmp_path):
-    args = ["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32", "--tasks",
-            "calib_facts", "--limit", "3", "--device", "cpu", "--log_samples"]  # fmt: skip
-    run_lm_eval(
-        [*args, "--output_path", str(tmp_path / "ok"),
-         "--metadata", json.dumps({"data_dir": str(data_root), "facts": {"n_distractors": 3, "seed": 7}})],
-    )  # fmt: skip
+    args = ["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32"]
+    args += ["--tasks", "calib_facts", "--limit", "3", "--device", "cpu", "--log_samples"]
+    options = {"data_dir": str(data_root), "facts": {"n_distractors": 3, "seed": 7}}
+    run_lm_eval([*args, "--output_path", str(tmp_path / "ok"), "--metadata", json.dumps(options)])
     _, samples = read_run(tmp_path / "ok")
     assert all(len(row["ece"]["probs"]) == 4 for row in samples["calib_facts"])
-    proc = run_lm_eval(
-        [*args, "--output_path", str(tmp_path / "bad"),
-         "--metadata", json.dumps({"data_dir": str(data_root), "facts": {"distractors": 3}})],
-        check=False,
-    )  # fmt: skip
+    options = {"data_dir": str(data_root), "facts": {"distractors": 3}}
+    bad = [*args, "--output_path", str(tmp_path / "bad"), "--metadata", json.dumps(options)]
+    proc = run_lm_eval(bad, check=False)
     assert proc.returncode != 0 and "unknown facts option(s) 'distractors'" in proc.stderr
     assert "Running loglikelihood requests" not in proc.stderr

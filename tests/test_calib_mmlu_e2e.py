@@ -30,15 +30,17 @@ def _model_args(folder: Path) -> str:
     return f"pretrained={folder},dtype=float32"
 
 
+def _hf(folder: Path, tasks: str) -> list[str]:
+    """How every ``lm_eval`` command here starts: plain ``hf`` on the tiny model, then the tasks."""
+    return ["--model", "hf", "--model_args", _model_args(folder), "--tasks", tasks]
+
+
 @pytest.fixture(scope="module")
 def pooled_run(tiny_model_dir, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("pooled")
-    run_lm_eval(
-        ["--model", "hf", "--model_args", _model_args(tiny_model_dir), "--tasks", "calib_mmlu",
-         "--samples", json.dumps({"calib_mmlu": POOLED_SAMPLES}), "--device", "cpu", "--batch_size", "8",
-         "--output_path", str(out), "--log_samples"],
-        env={"LM_EVAL_CALIB_DATA": str(data_root)},
-    )  # fmt: skip
+    args = [*_hf(tiny_model_dir, "calib_mmlu"), "--samples", json.dumps({"calib_mmlu": POOLED_SAMPLES})]
+    args += ["--device", "cpu", "--batch_size", "8", "--output_path", str(out), "--log_samples"]
+    run_lm_eval(args, env={"LM_EVAL_CALIB_DATA": str(data_root)})
     return read_run(out)
 
 
@@ -93,9 +95,11 @@ def test_prompts_are_lm_eval_mmlu_five_shot_from_the_same_subject(pooled_run, da
             f"{shots[0]['question'].strip()}\nA. {shots[0]['choices'][0]}"
         )
         assert context.count("\nAnswer:") == 6  # five solved examples, then the question
-        assert context.endswith(f"{row['doc']['question'].strip()}\nA. {row['doc']['choices'][0]}\n"
-                                f"B. {row['doc']['choices'][1]}\nC. {row['doc']['choices'][2]}\n"
-                                f"D. {row['doc']['choices'][3]}\nAnswer:")  # fmt: skip
+        assert context.endswith(
+            f"{row['doc']['question'].strip()}\nA. {row['doc']['choices'][0]}\n"
+            f"B. {row['doc']['choices'][1]}\nC. {row['doc']['choices'][2]}\n"
+            f"D. {row['doc']['choices'][3]}\nAnswer:"
+        )
         letters = "ABCD"
         for shot in shots:
             assert f"{shot['question'].strip()}" in context
@@ -129,12 +133,10 @@ def test_accuracy_equals_lm_eval_mmlu_subject_by_subject(shots, tiny_model_dir, 
     include = _reference_mmlu_tasks(tmp_path / "ref", data_root, subjects)
     out = tmp_path / "out"
     tasks = [f"calib_mmlu_{s}" for s in subjects] + [f"ref_mmlu_{s}" for s in subjects]
-    run_lm_eval(
-        ["--model", "hf", "--model_args", _model_args(tiny_model_dir), "--tasks", ",".join(tasks),
-         "--include_path", str(include), "--num_fewshot", str(shots), "--limit", "12", "--device", "cpu",
-         "--batch_size", "8", "--output_path", str(out), "--log_samples",
-         "--metadata", json.dumps({"data_dir": str(data_root)})],
-    )  # fmt: skip
+    args = [*_hf(tiny_model_dir, ",".join(tasks)), "--include_path", str(include)]
+    args += ["--num_fewshot", str(shots), "--limit", "12", "--device", "cpu", "--batch_size", "8"]
+    args += ["--output_path", str(out), "--log_samples"]
+    run_lm_eval([*args, "--metadata", json.dumps({"data_dir": str(data_root)})])
     results, samples = read_run(out)
     for subject in subjects:
         ours = {r["doc_id"]: r for r in samples[f"calib_mmlu_{subject}"]}
@@ -150,12 +152,9 @@ def test_accuracy_equals_lm_eval_mmlu_subject_by_subject(shots, tiny_model_dir, 
 
 
 def test_zero_shot_prompt_has_no_examples(tiny_model_dir, data_root, tmp_path):
-    run_lm_eval(
-        ["--model", "hf", "--model_args", _model_args(tiny_model_dir), "--tasks", "calib_mmlu_virology",
-         "--num_fewshot", "0", "--limit", "3", "--device", "cpu", "--output_path", str(tmp_path),
-         "--log_samples"],
-        env={"LM_EVAL_CALIB_DATA": str(data_root)},
-    )  # fmt: skip
+    args = [*_hf(tiny_model_dir, "calib_mmlu_virology"), "--num_fewshot", "0", "--limit", "3"]
+    args += ["--device", "cpu", "--output_path", str(tmp_path), "--log_samples"]
+    run_lm_eval(args, env={"LM_EVAL_CALIB_DATA": str(data_root)})
     results, samples = read_run(tmp_path)
     context = samples["calib_mmlu_virology"][0]["arguments"]["gen_args_0"]["arg_0"]
     assert context.count("\nAnswer:") == 1
@@ -166,11 +165,8 @@ def test_zero_shot_prompt_has_no_examples(tiny_model_dir, data_root, tmp_path):
 
 
 def test_limit_one_works_and_warns(tiny_model_dir, data_root, tmp_path):
-    proc = run_lm_eval(
-        ["--model", "hf", "--model_args", _model_args(tiny_model_dir), "--tasks", "calib_mmlu_anatomy",
-         "--limit", "1", "--device", "cpu", "--output_path", str(tmp_path)],
-        env={"LM_EVAL_CALIB_DATA": str(data_root)},
-    )  # fmt: skip
+    args = [*_hf(tiny_model_dir, "calib_mmlu_anatomy"), "--limit", "1", "--device", "cpu"]
+    proc = run_lm_eval([*args, "--output_path", str(tmp_path)], env={"LM_EVAL_CALIB_DATA": str(data_root)})
     results, _ = read_run(tmp_path)
     task = results["results"]["calib_mmlu_anatomy"]
     assert task["acc,none"] in (0.0, 1.0) and math.isfinite(task["ece,none"])
@@ -186,31 +182,23 @@ def _assert_fails_before_inference(proc, tmp_path: Path, *needles: str) -> None:
 
 
 def test_unknown_calibration_option_fails_before_inference(tiny_model_dir, data_root, tmp_path):
-    proc = run_lm_eval(
-        ["--model", "hf", "--model_args", _model_args(tiny_model_dir), "--tasks", "calib_mmlu_anatomy",
-         "--limit", "2", "--device", "cpu", "--output_path", str(tmp_path),
-         "--metadata", json.dumps({"data_dir": str(data_root), "calibration": {"nbins": 15}})],
-        check=False,
-    )  # fmt: skip
+    metadata = json.dumps({"data_dir": str(data_root), "calibration": {"nbins": 15}})
+    args = [*_hf(tiny_model_dir, "calib_mmlu_anatomy"), "--limit", "2", "--device", "cpu"]
+    proc = run_lm_eval([*args, "--output_path", str(tmp_path), "--metadata", metadata], check=False)
     _assert_fails_before_inference(proc, tmp_path, "unknown calibration option(s) 'nbins'", "n_bins")
 
 
 def test_missing_data_dir_fails_before_inference(tiny_model_dir, tmp_path):
-    proc = run_lm_eval(
-        ["--model", "hf", "--model_args", _model_args(tiny_model_dir), "--tasks", "calib_mmlu",
-         "--limit", "2", "--device", "cpu", "--output_path", str(tmp_path / "out")],
-        env={"LM_EVAL_CALIB_DATA": str(tmp_path / "no-such-root")},
-        check=False,
-    )  # fmt: skip
+    args = [*_hf(tiny_model_dir, "calib_mmlu"), "--limit", "2", "--device", "cpu"]
+    args += ["--output_path", str(tmp_path / "out")]
+    proc = run_lm_eval(args, env={"LM_EVAL_CALIB_DATA": str(tmp_path / "no-such-root")}, check=False)
     _assert_fails_before_inference(proc, tmp_path, "no-such-root", "is not a directory")
 
 
 def test_custom_bin_count_changes_binned_metrics(tiny_model_dir, data_root, tmp_path):
-    run_lm_eval(
-        ["--model", "hf", "--model_args", _model_args(tiny_model_dir), "--tasks", "calib_mmlu_anatomy",
-         "--limit", "20", "--device", "cpu", "--output_path", str(tmp_path), "--log_samples",
-         "--metadata", json.dumps({"data_dir": str(data_root), "calibration": {"n_bins": 3}})],
-    )  # fmt: skip
+    metadata = json.dumps({"data_dir": str(data_root), "calibration": {"n_bins": 3}})
+    args = [*_hf(tiny_model_dir, "calib_mmlu_anatomy"), "--limit", "20", "--device", "cpu"]
+    run_lm_eval([*args, "--output_path", str(tmp_path), "--log_samples", "--metadata", metadata])
     results, samples = read_run(tmp_path)
     data = records_to_data([row["ece"] for row in samples["calib_mmlu_anatomy"]])
     task = results["results"]["calib_mmlu_anatomy"]

@@ -125,9 +125,18 @@ def test_unequal_samples_without_documents_are_refused():
 
 
 def _difference(low: float, high: float, draws: np.ndarray) -> PairedDifference:
-    return PairedDifference(key="ece", value_a=0.1, value_b=0.1, difference=float(np.mean(draws)), low=low,
-                            high=high, level=0.95, n_documents=50, n_resamples=draws.size,
-                            differences=draws)  # fmt: skip
+    return PairedDifference(
+        key="ece",
+        value_a=0.1,
+        value_b=0.1,
+        difference=float(np.mean(draws)),
+        low=low,
+        high=high,
+        level=0.95,
+        n_documents=50,
+        n_resamples=draws.size,
+        differences=draws,
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,8 +172,17 @@ def test_p_value_below_5_percent_agrees_with_the_95_percent_interval_verdict(see
 
 
 def test_p_value_needs_the_resampled_differences():
-    result = PairedDifference(key="ece", value_a=0.1, value_b=0.2, difference=0.1, low=0.05, high=0.15,
-                              level=0.95, n_documents=50, n_resamples=9)  # fmt: skip
+    result = PairedDifference(
+        key="ece",
+        value_a=0.1,
+        value_b=0.2,
+        difference=0.1,
+        low=0.05,
+        high=0.15,
+        level=0.95,
+        n_documents=50,
+        n_resamples=9,
+    )
     with pytest.raises(CalibrationInputError, match="resampled differences"):
         result.p_value("higher")
 

@@ -78,8 +78,9 @@ def test_unknown_subject_and_missing_root(tmp_path):
         resolve_data_root(str(tmp_path / "missing"))
 
 
-def test_hub_failure_explains_offline_route():
-    # The tests run with HF_DATASETS_OFFLINE=1 (conftest), as on this project's machines.
+def test_hub_failure_explains_offline_route(monkeypatch):
+    # The tests run with HF_DATASETS_OFFLINE=1 (conftest), as on this project's machines; no data root here.
+    monkeypatch.delenv("LM_EVAL_CALIB_DATA", raising=False)
     with pytest.raises(DataNotFoundError, match="LM_EVAL_CALIB_DATA"):
         load_mmlu(None, "anatomy")
 

@@ -27,10 +27,10 @@ LIMIT = 4
 
 
 def _args(model_dir: Path, out: Path, data_root: Path) -> list[str]:
-    return ["--model", "hf-calib", "--model_args", f"pretrained={model_dir}", "--tasks", ",".join(TASKS),
-            "--num_fewshot", "0", "--device", "cpu", "--batch_size", "4", "--log_samples",
-            "--output_path", str(out), "--metadata", json.dumps({"data_dir": str(data_root)}),
-            "--limit", str(LIMIT)]  # fmt: skip
+    args = ["--model", "hf-calib", "--model_args", f"pretrained={model_dir}", "--tasks", ",".join(TASKS)]
+    args += ["--num_fewshot", "0", "--device", "cpu", "--batch_size", "4", "--log_samples"]
+    args += ["--output_path", str(out), "--metadata", json.dumps({"data_dir": str(data_root)})]
+    return [*args, "--limit", str(LIMIT)]
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,9 @@ def run_dirs(tiny_model_dir, data_root, tmp_path_factory) -> tuple[Path, Path, s
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, **OFFLINE_ENV}
     env.pop("ACCELERATE_USE_CPU", None)  # hf-calib must find the CPU route by itself
-    proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "lm_eval",
-         *_args(tiny_model_dir, multi, data_root)],
-        capture_output=True, text=True, env=env, timeout=900, cwd=REPO.parent,
-    )  # fmt: skip
+    launch = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "lm_eval"]
+    command = [*launch, *_args(tiny_model_dir, multi, data_root)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=REPO.parent)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return single, multi, proc.stderr
 
@@ -90,11 +88,11 @@ def test_report_from_the_two_process_samples_equals_the_single_process_one(run_d
     single, multi, _ = run_dirs
     out = tmp_path / "report"
     report = Path(sys.executable).parent / "lm-eval-calib"
+    labels = ["--label", f"{single}=one", "--label", f"{multi}=two"]
+    command = [str(report), "report", str(single), str(multi), "--out", str(out), "--quiet", *labels]
     proc = subprocess.run(
-        [str(report), "report", str(single), str(multi), "--out", str(out), "--quiet",
-         "--label", f"{single}=one", "--label", f"{multi}=two"],
-        capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=600,
-    )  # fmt: skip
+        command, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV}, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with (out / "leaderboard.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -161,11 +159,9 @@ def test_a_failure_on_one_rank_fails_the_run_and_writes_no_results(tiny_model_di
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, **OFFLINE_ENV}
     env.pop("ACCELERATE_USE_CPU", None)
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lm_eval", *args,
-         "--include_path", str(include)],
-        capture_output=True, text=True, env=env, timeout=900, cwd=REPO.parent,
-    )  # fmt: skip
+    launch = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lm_eval"]
+    command = [*launch, *args, "--include_path", str(include)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=REPO.parent)
     assert proc.returncode != 0
     assert "rank_failure_probe: injected failure on rank 1 while scoring" in proc.stderr
     assert "ChildFailedError" in proc.stderr and "rank      : 1" in proc.stderr  # torchrun's summary

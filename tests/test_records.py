@@ -31,9 +31,17 @@ def _sample(doc_id: int, logliks, target, choices=("yes", "no", "maybe"), **extr
     """One document as lm-eval 0.4.13 logs it for a multiple-choice task."""
     arguments = {f"gen_args_{i}": {"arg_0": "Q?\nA:", "arg_1": f" {c}"} for i, c in enumerate(choices)}
     resps = [[str(float(v)), "False"] for v in logliks]
-    return {"doc_id": doc_id, "doc": {}, "target": str(target), "arguments": arguments,
-            "resps": [[r] for r in resps], "filtered_resps": resps, "filter": "none",
-            "metrics": ["acc", "acc_norm"], **extra}  # fmt: skip
+    return {
+        "doc_id": doc_id,
+        "doc": {},
+        "target": str(target),
+        "arguments": arguments,
+        "resps": [[r] for r in resps],
+        "filtered_resps": resps,
+        "filter": "none",
+        "metrics": ["acc", "acc_norm"],
+        **extra,
+    }
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -102,21 +110,30 @@ def _generation_rows() -> list[dict]:
     for filt, correct in (("strict-match", (0, 1)), ("flexible-extract", (1, 1))):
         for doc_id, conf, verbal in ((0, 0.2, None), (1, 0.7, 0.9)):
             y = correct[doc_id]
-            rows.append({
-                "doc_id": doc_id, "filter": filt, "exact_match": float(y), "ece_norm": "an acc_norm record",
-                "ece_seqprob": generation_record(conf, y, None, estimator="seqprob", logprob=-1.0),
-                "ece_verbal": generation_record(verbal, y, "cat", estimator="verbal", reply="r", parsed=None),
-                "brier_seqprob": "see 'ece_seqprob'",
-            })  # fmt: skip
+            seqprob = generation_record(conf, y, None, estimator="seqprob", logprob=-1.0)
+            verbal_record = generation_record(verbal, y, "cat", estimator="verbal", reply="r", parsed=None)
+            rows.append(
+                {
+                    "doc_id": doc_id,
+                    "filter": filt,
+                    "exact_match": float(y),
+                    "ece_norm": "an acc_norm record",
+                    "ece_seqprob": seqprob,
+                    "ece_verbal": verbal_record,
+                    "brier_seqprob": "see 'ece_seqprob'",
+                }
+            )
     return rows
 
 
 def test_generation_records_are_read_per_estimator_and_filter(tmp_path):
     path = _write(tmp_path / f"samples_t_{STAMP}.jsonl", _generation_rows())
     assert generation_views(path) == [
-        ("strict-match", "seqprob"), ("strict-match", "verbal"),
-        ("flexible-extract", "seqprob"), ("flexible-extract", "verbal"),
-    ]  # fmt: skip
+        ("strict-match", "seqprob"),
+        ("strict-match", "verbal"),
+        ("flexible-extract", "seqprob"),
+        ("flexible-extract", "verbal"),
+    ]
     strict = read_samples(path, estimator="seqprob", filter_key="strict-match")
     assert strict.estimator == "seqprob" and strict.filter_key == "strict-match"
     assert strict.data.confidence.tolist() == [0.2, 0.7] and strict.data.correct.tolist() == [0, 1]
@@ -137,8 +154,13 @@ def test_generation_records_are_read_per_estimator_and_filter(tmp_path):
 
 
 def test_documents_and_categories_of_token_and_option_records(tmp_path):
-    token = {"confidence": [0.9, 0.2, 0.6], "correct": [1, 0, 1], "brier": [0.01, 0.04, 0.16],
-             "nll": [0.1, 1.6, 0.5], "category": "doc b"}  # fmt: skip
+    token = {
+        "confidence": [0.9, 0.2, 0.6],
+        "correct": [1, 0, 1],
+        "brier": [0.01, 0.04, 0.16],
+        "nll": [0.1, 1.6, 0.5],
+        "category": "doc b",
+    }
     rows = [{"doc_id": 3, "ece": token}, {"doc_id": 5, "ece": dict(token, category="doc a")}]
     read = read_samples(_write(tmp_path / f"samples_t_{STAMP}.jsonl", rows))
     assert read.item_document.tolist() == [0, 0, 0, 1, 1, 1] and read.scores is None
@@ -196,8 +218,12 @@ def test_mutual_information_requests_and_the_chat_template_delimiter():
 
 
 def test_a_plain_task_file_skips_what_it_cannot_score_and_refuses_generation_tasks(tmp_path):
-    rows = [_sample(0, [-1.0, -2.0, -3.0], 0), _sample(1, [-1.0, -2.0, -3.0], "[0, 1]"),
-            _sample(2, [-1.0, -2.0, -3.0], "[1, 2]"), _sample(3, [-2.0, -1.0, -3.0], 0)]  # fmt: skip
+    rows = [
+        _sample(0, [-1.0, -2.0, -3.0], 0),
+        _sample(1, [-1.0, -2.0, -3.0], "[0, 1]"),
+        _sample(2, [-1.0, -2.0, -3.0], "[1, 2]"),
+        _sample(3, [-2.0, -1.0, -3.0], 0),
+    ]
     path = _write(tmp_path / f"samples_t_{STAMP}.jsonl", rows)
     read = read_samples(path, config={"output_type": "multiple_choice"})
     assert read.doc_ids == [0, 3] and read.origin == "lm-eval" and read.scores is not None

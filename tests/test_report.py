@@ -70,10 +70,19 @@ def load_anatomy(data_dir=None, **_metadata):
 
 
 def _manifest(base_model: Path) -> dict:
-    return {"stage": "sft", "method": "full", "label": SFT_LABEL, "base_model": str(base_model),
-            "parent": str(base_model), "data": {"name": "alpaca", "rows": 0, "sha256": None},
-            "hyperparameters": {}, "versions": {}, "seed": 0, "wall_time_s": 0.0,
-            "created": "2026-11-28T00:00:00+00:00"}  # fmt: skip
+    return {
+        "stage": "sft",
+        "method": "full",
+        "label": SFT_LABEL,
+        "base_model": str(base_model),
+        "parent": str(base_model),
+        "data": {"name": "alpaca", "rows": 0, "sha256": None},
+        "hyperparameters": {},
+        "versions": {},
+        "seed": 0,
+        "wall_time_s": 0.0,
+        "created": "2026-11-28T00:00:00+00:00",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -86,19 +95,22 @@ def runs(tiny_model_dir, data_root, tmp_path_factory) -> Path:
     plain.mkdir()
     (plain / "plain_anatomy.yaml").write_text(PLAIN_TASK)
     (plain / "utils.py").write_text(PLAIN_UTILS)
-    common = ["--device", "cpu", "--batch_size", "8", "--num_fewshot", "0",
-              "--metadata", json.dumps({"data_dir": str(data_root)})]  # fmt: skip
+    common = ["--device", "cpu", "--batch_size", "8", "--num_fewshot", "0"]
+    common += ["--metadata", json.dumps({"data_dir": str(data_root)})]
     mmlu = [*range(30), *range(100, 130)]  # 30 abstract_algebra, 30 anatomy questions
-    samples = {"calib_mmlu": mmlu, "calib_mmlu_val": list(range(60)),
-               "calib_facts": sorted([*range(0, 29411, 1000), *range(1, 29411, 1000)]),  # 2 per relation
-               "calib_clm": [0, 1]}  # fmt: skip
-    run_lm_eval(["--model", "hf-calib", "--model_args", f"pretrained={tiny_model_dir},dtype=float32", *common,
-                 "--tasks", ",".join(samples), "--samples", json.dumps(samples),
-                 "--output_path", str(base / "base"), "--log_samples"])  # fmt: skip
+    samples = {
+        "calib_mmlu": mmlu,
+        "calib_mmlu_val": list(range(60)),
+        "calib_facts": sorted([*range(0, 29411, 1000), *range(1, 29411, 1000)]),  # 2 per relation
+        "calib_clm": [0, 1],
+    }
+    args = ["--model", "hf-calib", "--model_args", f"pretrained={tiny_model_dir},dtype=float32", *common]
+    args += ["--tasks", ",".join(samples), "--samples", json.dumps(samples)]
+    run_lm_eval([*args, "--output_path", str(base / "base"), "--log_samples"])
     samples = {"calib_mmlu": mmlu, "plain_anatomy": list(range(10))}
-    run_lm_eval(["--model", "hf", "--model_args", f"pretrained={sft},dtype=float32", *common,
-                 "--include_path", str(plain), "--tasks", ",".join(samples), "--samples", json.dumps(samples),
-                 "--output_path", str(base / "sft"), "--log_samples"])  # fmt: skip
+    args = ["--model", "hf", "--model_args", f"pretrained={sft},dtype=float32", *common]
+    args += ["--include_path", str(plain), "--tasks", ",".join(samples), "--samples", json.dumps(samples)]
+    run_lm_eval([*args, "--output_path", str(base / "sft"), "--log_samples"])
     (base / "empty").mkdir()
     shutil.copytree(base / "base", base / "base-again")  # the same model reported twice
     shutil.copytree(base / "sft", base / "sft-v2")  # as if made by an older version of the task
@@ -152,11 +164,14 @@ def test_every_bad_input_is_named_and_the_rest_is_reported(report, runs):
     assert (out / "messages.txt").read_text().count("\n") >= 8
     rows = _rows(out / "leaderboard.csv")
     assert sorted((r["model"], r["task"]) for r in rows) == sorted(
-        [(f"tiny-llama0 [{copy}]", task) for copy in ("base", "base-again")
-         for task in ("calib_clm", "calib_facts", "calib_mmlu v1", "calib_mmlu_val")]
+        [
+            (f"tiny-llama0 [{copy}]", task)
+            for copy in ("base", "base-again")
+            for task in ("calib_clm", "calib_facts", "calib_mmlu v1", "calib_mmlu_val")
+        ]
         + [(SFT_LABEL, "calib_mmlu v1"), (OLD_LABEL, "calib_mmlu v0.9")]
         + [(SFT_LABEL, "plain_anatomy"), (OLD_LABEL, "plain_anatomy")]
-    )  # fmt: skip
+    )
     assert {r["stage"] for r in rows if "SFT" in r["model"]} == {"sft"}
     assert "| stage |" in (out / "leaderboard.md").read_text()
 
@@ -299,8 +314,18 @@ def test_page_has_contents_task_sections_and_messages_first(report):
     section = page[page.index(f'id="{anchor("calib_facts")}"') :]
     first_table = section[: section.index("</table>")]
     headers = re.findall(r"<th[^>]*>([^<]*)</th>", first_table)
-    assert headers == ["model", "stage", "n-shot", "n", "Accuracy ↑", "ECE ↓", "ECE 95% CI", "ECE recal. ↓",
-                       "Brier ↓", "AUROC ↑"]  # fmt: skip
+    assert headers == [
+        "model",
+        "stage",
+        "n-shot",
+        "n",
+        "Accuracy ↑",
+        "ECE ↓",
+        "ECE 95% CI",
+        "ECE recal. ↓",
+        "Brier ↓",
+        "AUROC ↑",
+    ]
     assert "<summary>More columns" in section and "smECE" in section[: section.index("</details>")]
 
 
@@ -316,13 +341,28 @@ def _browser_check(page: Path, timeout: float = 90.0) -> tuple[dict, list[str]]:
         os.dup2(high_read, 3)  # via fds >= 10, so neither dup2 can clobber the other pipe end
         os.dup2(high_write, 4)
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--window-size=1280,900", f"--user-data-dir={profile}", "--remote-debugging-pipe",
-             "about:blank"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-pipe",
+        "about:blank",
+    ]
     # close_fds=False: the dup2'ed fds 3 and 4 are inheritable, every other fd of ours is close-on-exec.
-    proc = subprocess.Popen([str(CHROMIUM), *flags], close_fds=False, preexec_fn=child_fds,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(CHROMIUM), *flags],
+        close_fds=False,
+        preexec_fn=child_fds,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(cmd_read)
     os.close(out_write)
     deadline = time.monotonic() + timeout
@@ -362,11 +402,13 @@ def _browser_check(page: Path, timeout: float = 90.0) -> tuple[dict, list[str]]:
             call(f"{domain}.enable", session=session)
         call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
         receive(lambda m: m.get("method") == "Page.loadEventFired")
-        script = ("JSON.stringify({text: document.body.innerText, images: Array.from(document.images).map("
-                  "i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})), "
-                  "width: window.innerWidth, page: document.documentElement.scrollWidth, "
-                  "tables: Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent)"
-                  ".map(t => [t.scrollWidth, t.parentElement.clientWidth])})")  # fmt: skip
+        script = (
+            "JSON.stringify({text: document.body.innerText, images: Array.from(document.images).map("
+            "i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})), "
+            "width: window.innerWidth, page: document.documentElement.scrollWidth, "
+            "tables: Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent)"
+            ".map(t => [t.scrollWidth, t.parentElement.clientWidth])})"
+        )
         value = call("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session)
         call("Browser.close")
     finally:
@@ -389,8 +431,13 @@ def _browser_check(page: Path, timeout: float = 90.0) -> tuple[dict, list[str]]:
     return json.loads(value["result"]["value"]), errors
 
 
-@pytest.mark.skipif(not CHROMIUM.is_file(), reason="chromium is not installed (apt-get install chromium); "
-                    "the HTML page is checked in a real headless browser")  # fmt: skip
+NO_CHROMIUM = (
+    "chromium is not installed (apt-get install chromium); "
+    "the HTML page is checked in a real headless browser"
+)
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=NO_CHROMIUM)
 def test_html_page_loads_offline_in_a_real_browser(report, tmp_path):
     out, _ = report
     html = (out / "index.html").read_text()
@@ -470,10 +517,19 @@ def test_out_dot_in_an_empty_folder_writes_the_report_there(runs, tmp_path):
 
 
 def test_a_temperature_at_its_bound_is_flagged_in_the_leaderboard():
-    row = {"model": "m", "stage": None, "task": "calib_mmlu", "n_shot": 0, "n": 100, "ece_ci_low": 0.1,
-           "ece_ci_high": 0.2, "ece_recal": 0.0123, "recal_at_bound": True,
-           "recal_summary": "T = 5176 (at the bound), calib_mmlu_val",
-           **leaderboard.lm_eval_numbers({"ece,none": 0.15, "ece_stderr,none": 0.02})}  # fmt: skip
+    row = {
+        "model": "m",
+        "stage": None,
+        "task": "calib_mmlu",
+        "n_shot": 0,
+        "n": 100,
+        "ece_ci_low": 0.1,
+        "ece_ci_high": 0.2,
+        "ece_recal": 0.0123,
+        "recal_at_bound": True,
+        "recal_summary": "T = 5176 (at the bound), calib_mmlu_val",
+        **leaderboard.lm_eval_numbers({"ece,none": 0.15, "ece_stderr,none": 0.02}),
+    }
     text = leaderboard.to_markdown([row])
     main = text[: text.index("Details:")]
     assert "| 0.0123 (T at bound) |" in main and "(at the bound)" in text
@@ -525,8 +581,13 @@ def test_a_million_token_report(runs, tmp_path):
             nll = rng.exponential(3.0, size=per_doc)
             confidences.append(conf)
             corrects.append(correct)
-            record = {"confidence": conf.tolist(), "correct": correct.tolist(), "nll": nll.tolist(),
-                      "brier": ((conf - correct) ** 2).tolist(), "category": f"doc {doc}"}  # fmt: skip
+            record = {
+                "confidence": conf.tolist(),
+                "correct": correct.tolist(),
+                "nll": nll.tolist(),
+                "brier": ((conf - correct) ** 2).tolist(),
+                "category": f"doc {doc}",
+            }
             handle.write(json.dumps({"doc_id": doc, "ece": record, "acc": "see 'ece'"}) + "\n")
     data = CalibrationData.from_top_label(np.concatenate(confidences), np.concatenate(corrects))
     numbers = {f"{key},none": compute_metric(key, data) for key in ("acc", "ece", "ece_em", "mce", "auroc")}

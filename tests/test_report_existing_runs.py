@@ -52,12 +52,16 @@ def plain_run(tiny_model_dir, data_root, tmp_path_factory) -> Path:
     (tasks / "gsm8k.yaml").write_text(
         _yaml(gsm8k, "plain_gsm8k", data_root / "hub" / "openai" / "gsm8k", short)
     )
-    samples = {TASK: list(range(LIMIT)), f"calib_{TASK}": list(range(LIMIT)),
-               "plain_anatomy_two_golds": [0, 1], "plain_gsm8k": [0]}  # fmt: skip
-    run_lm_eval(["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32",
-                 "--device", "cpu", "--batch_size", "8", "--num_fewshot", "0", "--include_path", str(tasks),
-                 "--tasks", ",".join(samples), "--samples", json.dumps(samples), "--log_samples",
-                 "--output_path", str(base / "out")])  # fmt: skip
+    samples = {
+        TASK: list(range(LIMIT)),
+        f"calib_{TASK}": list(range(LIMIT)),
+        "plain_anatomy_two_golds": [0, 1],
+        "plain_gsm8k": [0],
+    }
+    args = ["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32"]
+    args += ["--device", "cpu", "--batch_size", "8", "--num_fewshot", "0", "--include_path", str(tasks)]
+    args += ["--tasks", ",".join(samples), "--samples", json.dumps(samples), "--log_samples"]
+    run_lm_eval([*args, "--output_path", str(base / "out")])
     return base / "out"
 
 

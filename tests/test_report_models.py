@@ -25,8 +25,14 @@ def test_gemma3_model_args_name_a_model_transformers_loads(tmp_path):
 
     cli = Path(sys.executable).parent / "lm-eval-calib"
     env = {**os.environ, "LM_EVAL_CALIB_CACHE": str(tmp_path)}
-    printed = [subprocess.run([str(cli), "model-args", "gemma3"], capture_output=True, text=True, env=env,
-                              timeout=300, check=True).stdout.strip() for _ in range(2)]  # fmt: skip
+    command = [str(cli), "model-args", "gemma3"]
+
+    def model_args() -> str:
+        return subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=300, check=True
+        ).stdout.strip()
+
+    printed = [model_args() for _ in range(2)]
     assert printed[0] == printed[1]  # the second call reuses the joined file
     args = dict(part.split("=", 1) for part in printed[0].split(","))
     folder, gguf = Path(args["pretrained"]), args["gguf_file"]

@@ -44,7 +44,7 @@ def _study(tmp_path: Path, **overrides) -> dict:
                 "treatment": "sft",
                 "expect": "higher",
             },
-        ],  # fmt: skip
+        ],
     }
     body.update(overrides)
     return body
@@ -80,8 +80,14 @@ def test_a_finished_cell_is_done_until_its_settings_or_its_parents_change(tmp_pa
     more_steps["train"]["sft"]["max_steps"] = 3
     status = {c.name: c.status for c in build_plan(parse_study(more_steps, tmp_path / "study.yaml"))}
     stale = {name for name, s in status.items() if s == "stale"}
-    assert stale == {"train/sft", "train/ppo", "eval/sft/calib_mmlu", "eval/sft/calib_facts",
-                     "eval/ppo/calib_mmlu", "eval/ppo/calib_facts"}  # fmt: skip
+    assert stale == {
+        "train/sft",
+        "train/ppo",
+        "eval/sft/calib_mmlu",
+        "eval/sft/calib_facts",
+        "eval/ppo/calib_mmlu",
+        "eval/ppo/calib_facts",
+    }
     assert status["eval/base/calib_mmlu"] == status["train/rm"] == "done"
 
     other_limit = _study(tmp_path)
@@ -153,8 +159,13 @@ def test_shipped_examples_are_valid_studies(example, monkeypatch):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lm_eval_calib.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=1200)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lm_eval_calib.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=1200,
+    )
 
 
 def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir, data_root, monkeypatch):
@@ -198,7 +209,7 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
                 "treatment": "broken",
                 "expect": "higher",
             },
-        ],  # fmt: skip
+        ],
     }
     (tmp_path / "not-a-model").mkdir()
     (tmp_path / "not-a-model" / "config.json").write_text("{}")
@@ -260,9 +271,18 @@ def _claim(name: str, draws, expect: str = "higher", margin: float | None = None
 
     draws = np.asarray(draws, dtype=float)
     low, high = np.percentile(draws, [2.5, 97.5])
-    result = PairedDifference(key="ece", value_a=0.1, value_b=0.1 + float(np.mean(draws)),
-                              difference=float(np.mean(draws)), low=float(low), high=float(high), level=0.95,
-                              n_documents=n_documents, n_resamples=draws.size, differences=draws)  # fmt: skip
+    result = PairedDifference(
+        key="ece",
+        value_a=0.1,
+        value_b=0.1 + float(np.mean(draws)),
+        difference=float(np.mean(draws)),
+        low=float(low),
+        high=float(high),
+        level=0.95,
+        n_documents=n_documents,
+        n_resamples=draws.size,
+        differences=draws,
+    )
     return FindingSpec(name, "calib_mmlu", "ece", "a", "b", expect, margin), result
 
 
@@ -327,11 +347,10 @@ def finding_runs(tiny_model_dir, data_root, tmp_path_factory) -> Path:
         weights["model.norm.weight"] *= 40.0
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     metadata = {"data_dir": str(data_root), "calibration": {"n_bins": 15, "bootstrap_seed": 7}}
-    common = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32",
-              "--device", "cpu", "--batch_size", "8", "--limit", "40", "--log_samples",
-              "--metadata", json.dumps(metadata)]  # fmt: skip
-    run_lm_eval([*common, "--tasks", "calib_mmlu,calib_mmlu_anatomy", "--num_fewshot", "0",
-                 "--output_path", str(base / "a")])  # fmt: skip
+    common = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu"]
+    common += ["--batch_size", "8", "--limit", "40", "--log_samples", "--metadata", json.dumps(metadata)]
+    tasks = "calib_mmlu,calib_mmlu_anatomy"
+    run_lm_eval([*common, "--tasks", tasks, "--num_fewshot", "0", "--output_path", str(base / "a")])
     run_lm_eval([*common, "--tasks", "calib_mmlu", "--num_fewshot", "1", "--output_path", str(base / "b")])
     return base
 

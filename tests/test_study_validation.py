@@ -57,16 +57,39 @@ def _study(tmp_path: Path, tasks: tuple[str, ...] = ("calib_mmlu", "calib_facts"
         "tasks": {task: {"limit": 4} for task in tasks},
         "models": {"base": {"pretrained": str(tmp_path / "base")}},
         "train": {
-            "sft": {"kind": "sft", "from": "base", "method": "lora", "max_steps": 2,
-                    "data": "${LM_EVAL_CALIB_DATA}/alpaca/alpaca.json", "args": {"lora_r": 4}},
-            "rm": {"kind": "reward", "from": "base", "data": "${LM_EVAL_CALIB_DATA}/hh/pairs.jsonl",
-                   "max_steps": 2},
-            "ppo": {"kind": "ppo", "policy": "sft", "reward_model": "rm", "max_steps": 1,
-                    "data": "${LM_EVAL_CALIB_DATA}/hh/pairs.jsonl"},
+            "sft": {
+                "kind": "sft",
+                "from": "base",
+                "method": "lora",
+                "max_steps": 2,
+                "data": "${LM_EVAL_CALIB_DATA}/alpaca/alpaca.json",
+                "args": {"lora_r": 4},
+            },
+            "rm": {
+                "kind": "reward",
+                "from": "base",
+                "data": "${LM_EVAL_CALIB_DATA}/hh/pairs.jsonl",
+                "max_steps": 2,
+            },
+            "ppo": {
+                "kind": "ppo",
+                "policy": "sft",
+                "reward_model": "rm",
+                "max_steps": 1,
+                "data": "${LM_EVAL_CALIB_DATA}/hh/pairs.jsonl",
+            },
         },
-        "findings": [{"claim": "SFT raises ECE", "task": "calib_mmlu", "metric": "ece", "baseline": "base",
-                      "treatment": "sft", "expect": "higher"}],
-    }  # fmt: skip
+        "findings": [
+            {
+                "claim": "SFT raises ECE",
+                "task": "calib_mmlu",
+                "metric": "ece",
+                "baseline": "base",
+                "treatment": "sft",
+                "expect": "higher",
+            }
+        ],
+    }
 
 
 def _finish_all(config) -> None:
@@ -102,8 +125,9 @@ def _same_size_same_mtime(path: Path) -> None:
 
 EVAL_MMLU = {f"eval/{m}/calib_mmlu" for m in ("base", "sft", "ppo")}
 EVAL_FACTS = {f"eval/{m}/calib_facts" for m in ("base", "sft", "ppo")}
-SFT_AND_DOWNSTREAM = {"train/sft", "train/ppo"} | {f"eval/{m}/{t}" for m in ("sft", "ppo")
-                                                    for t in ("calib_mmlu", "calib_facts")}  # fmt: skip
+SFT_AND_DOWNSTREAM = {"train/sft", "train/ppo"} | {
+    f"eval/{m}/{t}" for m in ("sft", "ppo") for t in ("calib_mmlu", "calib_facts")
+}
 
 
 @pytest.mark.parametrize(
@@ -125,7 +149,7 @@ SFT_AND_DOWNSTREAM = {"train/sft", "train/ppo"} | {f"eval/{m}/{t}" for m in ("sf
         "training-file-edited",
         "unread-folder-edited",
         "nothing",
-    ],  # fmt: skip
+    ],
 )
 def test_changed_data_reruns_exactly_the_cells_that_read_them(tmp_path, monkeypatch, change, expected):
     root = _data_root(tmp_path / "data")
@@ -252,7 +276,7 @@ def _set(path: str, value):
         "missing-model-folder",
         "data-root-lacks-task-folder",
         "data-dir-not-a-folder",
-    ],  # fmt: skip
+    ],
 )
 def test_what_would_fail_later_is_refused_before_any_cell(tmp_path, monkeypatch, change, message):
     monkeypatch.setenv(DATA_ENV, str(_data_root(tmp_path / "data")))
@@ -301,8 +325,11 @@ def test_stage_args_are_checked_against_the_stage_schema(tmp_path, stage, args, 
 
 def test_stage_args_take_dashes_and_lists_reach_the_command_as_the_train_cli_reads_them(tmp_path):
     body = _study(tmp_path)
-    body["train"]["sft"]["args"] = {"learning-rate": 1e-4, "lora_target_modules": ["q_proj", "v_proj"],
-                                    "merge_lora": False}  # fmt: skip
+    body["train"]["sft"]["args"] = {
+        "learning-rate": 1e-4,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "merge_lora": False,
+    }
     (sft, *_) = build_plan(parse_study(body, tmp_path / "s.yaml"))
     command = sft.command
     assert command[command.index("--learning-rate") + 1] == "0.0001"
@@ -325,8 +352,14 @@ def test_dry_run_refuses_a_backend_typo_before_anything_is_written(tmp_path):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(body, sort_keys=False))
     env = {**os.environ, DATA_ENV: str(root)}
-    proc = subprocess.run([sys.executable, "-m", "lm_eval_calib.cli", "study", str(study), "--dry-run"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval_calib.cli", "study", str(study), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "backend 'hf-calbi'" in proc.stderr and "did you mean hf-calib" in proc.stderr
     assert not (tmp_path / "out").exists()

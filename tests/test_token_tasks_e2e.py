@@ -16,9 +16,9 @@ from lm_eval_calib.records import records_to_data
 
 
 def _args(model: str, folder: Path, tasks: str, out: Path, *extra: str) -> list[str]:
-    return ["--model", model, "--model_args", f"pretrained={folder},dtype=float32", "--tasks", tasks,
-            "--device", "cpu", "--batch_size", "4", "--output_path", str(out), "--log_samples",
-            *extra]  # fmt: skip
+    args = ["--model", model, "--model_args", f"pretrained={folder},dtype=float32", "--tasks", tasks]
+    args += ["--device", "cpu", "--batch_size", "4", "--output_path", str(out), "--log_samples"]
+    return [*args, *extra]
 
 
 def _reference_wikitext(folder: Path, data_root: Path) -> Path:
@@ -40,10 +40,9 @@ def _reference_wikitext(folder: Path, data_root: Path) -> Path:
 def clm_run(tiny_model_dir, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("clm")
     include = _reference_wikitext(tmp_path_factory.mktemp("ref"), data_root)
-    run_lm_eval(
-        _args("hf-calib", tiny_model_dir, "calib_clm,ref_wikitext", out, "--limit", "2",
-              "--include_path", str(include), "--metadata", json.dumps({"data_dir": str(data_root)})),
-    )  # fmt: skip
+    metadata = json.dumps({"data_dir": str(data_root)})
+    extra = ["--limit", "2", "--include_path", str(include), "--metadata", metadata]
+    run_lm_eval(_args("hf-calib", tiny_model_dir, "calib_clm,ref_wikitext", out, *extra))
     return read_run(out)
 
 
@@ -79,10 +78,9 @@ def test_clm_perplexity_equals_lm_eval_wikitext(clm_run):
 def test_facts_open_scores_the_first_object_token(tiny_model_dir, data_root, tmp_path):
     from transformers import AutoTokenizer
 
-    run_lm_eval(
-        _args("hf-calib", tiny_model_dir, "calib_facts_open", tmp_path, "--limit", "6",
-              "--metadata", json.dumps({"data_dir": str(data_root)})),
-    )  # fmt: skip
+    metadata = json.dumps({"data_dir": str(data_root)})
+    extra = ["--limit", "6", "--metadata", metadata]
+    run_lm_eval(_args("hf-calib", tiny_model_dir, "calib_facts_open", tmp_path, *extra))
     results, samples = read_run(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for row in samples["calib_facts_open"]:
@@ -102,11 +100,9 @@ def test_facts_open_scores_the_first_object_token(tiny_model_dir, data_root, tmp
 
 
 def test_plain_hf_is_refused_before_inference(tiny_model_dir, data_root, tmp_path):
-    proc = run_lm_eval(
-        _args("hf", tiny_model_dir, "calib_clm", tmp_path, "--limit", "1",
-              "--metadata", json.dumps({"data_dir": str(data_root)})),
-        check=False,
-    )  # fmt: skip
+    metadata = json.dumps({"data_dir": str(data_root)})
+    args = _args("hf", tiny_model_dir, "calib_clm", tmp_path, "--limit", "1", "--metadata", metadata)
+    proc = run_lm_eval(args, check=False)
     assert proc.returncode != 0
     assert "need per-token statistics" in proc.stderr and "--model hf-calib" in proc.stderr
     assert "Running loglikelihood" not in proc.stderr and not list(tmp_path.rglob("results_*.json"))

@@ -83,9 +83,17 @@ RELATIONS: tuple[str, ...] = (
 )  # fmt: skip
 
 COLUMNS = (
-    "relation", "relation_label", "template", "subject", "object", "uuid", "prompt", "suffix", "options",
+    "relation",
+    "relation_label",
+    "template",
+    "subject",
+    "object",
+    "uuid",
+    "prompt",
+    "suffix",
+    "options",
     "target",
-)  # fmt: skip
+)
 
 _OFFLINE_HINT = (
     f"Offline? Set {DATA_ENV}=ROOT or --metadata '{{\"data_dir\": ROOT}}' with "

@@ -388,8 +388,9 @@ def recalibrate_cross_fitted(
 
     def pooled(pieces: list[CalibrationData]) -> CalibrationData:  # back in the caller's item order
         data = CalibrationData.concatenate(pieces)
-        return CalibrationData(data.confidence[inverse], data.correct[inverse], data.brier[inverse],
-                               data.nll[inverse])  # fmt: skip
+        return CalibrationData(
+            data.confidence[inverse], data.correct[inverse], data.brier[inverse], data.nll[inverse]
+        )
 
     mean = {key: float(np.mean([p[key] for p in fold_parameters])) for key in fold_parameters[0]}
     return Recalibration(

@@ -27,8 +27,9 @@ def check_continuations(requests: Sequence[Any], model: str) -> None:
             )
 
 
-def unique_truncated_pairs(requests: Sequence[tuple[Any, list[int], list[int]]], max_len: int,
-                           model: str) -> dict[Pair, list[int]]:  # fmt: skip
+def unique_truncated_pairs(
+    requests: Sequence[tuple[Any, list[int], list[int]]], max_len: int, model: str
+) -> dict[Pair, list[int]]:
     """``(context, continuation)`` token pairs -> indices of the requests that asked for them.
 
     A context longer than fits is cut from the left as ``hf`` does (``(ctx + cont)[-(max_len + 1):][:-1]``),

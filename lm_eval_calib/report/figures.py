@@ -256,20 +256,46 @@ def reliability_figure(
         2, 1, figsize=FIGSIZE, dpi=DPI, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     lefts, widths, accuracy = x0[filled], (x1 - x0)[filled], stats.accuracy[filled]
-    bars = top.bar(lefts, accuracy, width=widths, align="edge", edgecolor="black", linewidth=0.6,
-                   color="#4c72b0", label="accuracy", gid="accuracy")  # fmt: skip
+    bars = top.bar(
+        lefts,
+        accuracy,
+        width=widths,
+        align="edge",
+        edgecolor="black",
+        linewidth=0.6,
+        color="#4c72b0",
+        label="accuracy",
+        gid="accuracy",
+    )
     means = stats.mean_confidence[filled]
-    gaps = top.bar(lefts, np.abs(accuracy - means), bottom=np.minimum(accuracy, means), width=widths,
-                   align="edge", color="#dd8452", alpha=0.5, label="gap to mean confidence",
-                   gid="gap")  # fmt: skip
+    gaps = top.bar(
+        lefts,
+        np.abs(accuracy - means),
+        bottom=np.minimum(accuracy, means),
+        width=widths,
+        align="edge",
+        color="#dd8452",
+        alpha=0.5,
+        label="gap to mean confidence",
+        gid="gap",
+    )
     for bar, gap, thin in zip(bars, gaps, sparse, strict=True):
         if thin:
             bar.set_alpha(0.35)
             bar.set_hatch("///")
             gap.set_alpha(0.2)
     interval = wilson_interval(stats.count, stats.accuracy)[:, filled]
-    top.errorbar(means, accuracy, yerr=_whiskers(accuracy, *interval), fmt="none",
-                 ecolor="black", elinewidth=0.8, capsize=2, label="95% interval", gid="interval")  # fmt: skip
+    top.errorbar(
+        means,
+        accuracy,
+        yerr=_whiskers(accuracy, *interval),
+        fmt="none",
+        ecolor="black",
+        elinewidth=0.8,
+        capsize=2,
+        label="95% interval",
+        gid="interval",
+    )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_title(
         f"{title}\nECE {ece:.4f} ({SCHEMES[scheme][1]}, {n_bins} bins), n = {n}; "
@@ -353,11 +379,25 @@ def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
         smooth = curve.smooth
         if smooth is not None:
             y = np.where(smooth.drawn, smooth.accuracy, np.nan)
-            smooth_ax.fill_between(smooth.x, smooth.lower, smooth.upper, where=smooth.drawn, color=colour,
-                                   alpha=0.2, linewidth=0, gid=f"band-{i}")  # fmt: skip
-            smooth_ax.plot(smooth.x, y, "-", color=colour, linewidth=2, gid=f"smooth-{i}",
-                           label=f"{curve.label} (smECE {smooth.smece:.3f}, bandwidth {smooth.sigma:.2g}, "
-                                 f"n={curve.n})")  # fmt: skip
+            smooth_ax.fill_between(
+                smooth.x,
+                smooth.lower,
+                smooth.upper,
+                where=smooth.drawn,
+                color=colour,
+                alpha=0.2,
+                linewidth=0,
+                gid=f"band-{i}",
+            )
+            smooth_ax.plot(
+                smooth.x,
+                y,
+                "-",
+                color=colour,
+                linewidth=2,
+                gid=f"smooth-{i}",
+                label=f"{curve.label} (smECE {smooth.smece:.3f}, bandwidth {smooth.sigma:.2g}, n={curve.n})",
+            )
         if curve.confidence is not None:
             edges, counts = confidence_histogram(curve.confidence)
             hist_ax.stairs(counts / max(1, counts.sum()), edges, color=colour, linewidth=1.5)
@@ -366,15 +406,37 @@ def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
         sizes = 12 + 120 * np.sqrt(stats.count / max(1, stats.count.max()))
         low, high = wilson_interval(stats.count, stats.accuracy)[:, filled]
         accuracy = stats.accuracy[filled]
-        binned_ax.errorbar(stats.mean_confidence[filled], accuracy, yerr=_whiskers(accuracy, low, high),
-                           fmt="none", ecolor=colour, elinewidth=1, capsize=2, alpha=0.8)  # fmt: skip
+        binned_ax.errorbar(
+            stats.mean_confidence[filled],
+            accuracy,
+            yerr=_whiskers(accuracy, low, high),
+            fmt="none",
+            ecolor=colour,
+            elinewidth=1,
+            capsize=2,
+            alpha=0.8,
+        )
         line_x, line_y = dense_line(stats)
-        binned_ax.plot(line_x, line_y, "-", color=colour, linewidth=1.5, gid=f"curve-{i}",
-                       label=f"{curve.label} (ECE {curve.ece:.3f}, n={curve.n})")  # fmt: skip
+        binned_ax.plot(
+            line_x,
+            line_y,
+            "-",
+            color=colour,
+            linewidth=1.5,
+            gid=f"curve-{i}",
+            label=f"{curve.label} (ECE {curve.ece:.3f}, n={curve.n})",
+        )
         for mask, face in ((filled & ~sparse, colour), (sparse, "none")):
-            binned_ax.scatter(stats.mean_confidence[mask], stats.accuracy[mask], s=sizes[mask], marker=marker,
-                              facecolors=face, edgecolors=colour if face == "none" else "black",
-                              linewidth=0.8, zorder=3)  # fmt: skip
+            binned_ax.scatter(
+                stats.mean_confidence[mask],
+                stats.accuracy[mask],
+                s=sizes[mask],
+                marker=marker,
+                facecolors=face,
+                edgecolors=colour if face == "none" else "black",
+                linewidth=0.8,
+                zorder=3,
+            )
         share = stats.count / max(1, stats.count.sum())
         share_ax.stairs(share, np.append(stats.lower, stats.upper[-1]), color=colour, linewidth=1.5)
     smooth_ax.set_title(f"{title}: smoothed reliability (smECE's kernel), 95% bootstrap band", fontsize=9)

@@ -103,8 +103,8 @@ def _leaderboard(rows: list[dict], table: list[dict]) -> list[str]:
     n_text = 2 if with_stage else 1
     header = leaderboard.main_header(table)
     drop = header.index("task")
-    parts = [_table(_without(header, drop), [_without(leaderboard.main_cells(r, with_stage), drop)
-                                              for r in rows], n_text)]  # fmt: skip
+    main_body = [_without(leaderboard.main_cells(r, with_stage), drop) for r in rows]
+    parts = [_table(_without(header, drop), main_body, n_text)]
     header = leaderboard.details_header(table)
     body = [_without(leaderboard.details_cells(r, with_stage), drop) for r in rows]
     parts.append(
@@ -115,11 +115,13 @@ def _leaderboard(rows: list[dict], table: list[dict]) -> list[str]:
 
 
 def _recalibration(rows: list[dict]) -> list[str]:
-    main = [[r["model"], r["method"], r["fitted_on"], r["parameters"], fmt(r["ece_before"]),
-             fmt(r["ece_after"])] for r in rows]  # fmt: skip
+    main = [
+        [r["model"], r["method"], r["fitted_on"], r["parameters"], fmt(r["ece_before"]), fmt(r["ece_after"])]
+        for r in rows
+    ]
     head = ["model", "method", "fitted on", "parameters", "ECE before", "ECE after"]
-    more = [[r["model"], r["method"], str(r["n_scored"]), fmt(r["nll_before"]), fmt(r["nll_after"]),
-             fmt(r["brier_before"]), fmt(r["brier_after"])] for r in rows]  # fmt: skip
+    scores = ("nll_before", "nll_after", "brier_before", "brier_after")
+    more = [[r["model"], r["method"], str(r["n_scored"]), *(fmt(r[key]) for key in scores)] for r in rows]
     more_head = ["model", "method", "n scored", "NLL before", "NLL after", "Brier before", "Brier after"]
     return [
         _table(head, main, 4),
@@ -199,9 +201,9 @@ def render(page: PageContent) -> str:
                 "metric core; ECE of a category with few items is biased upward and noisy.</p>"
             )
         head = ["category", "n", "Accuracy", "mean confidence", "ECE", "Brier", "NLL"]
+        scores = ("acc", "confidence", "ece", "brier", "nll")
         for label, rows in breakdowns:
-            body = [[r["category"], str(r["n"]), fmt(r["acc"]), fmt(r["confidence"]), fmt(r["ece"]),
-                     fmt(r["brier"]), fmt(r["nll"])] for r in rows]  # fmt: skip
+            body = [[r["category"], str(r["n"]), *(fmt(r[key]) for key in scores)] for r in rows]
             parts.append(
                 f"<details><summary>{escape(label)} ({len(rows)} categories)</summary>"
                 f"{_table(head, body, 1)}</details>"

@@ -143,7 +143,8 @@ def findings_markdown(results: list[FindingResult]) -> str:
             "" if item.p_holm is None else f"{item.p_holm:.3f}",
             item.holm_verdict,
         ]
-        lines.append(f"| {s.claim} | {s.task} | {name} | {s.baseline} | {s.treatment} | {expected} | "
-                     + " | ".join(values)
-                     + f" | {verdict} | " + " | ".join(holm) + " |")  # fmt: skip
+        lines.append(
+            f"| {s.claim} | {s.task} | {name} | {s.baseline} | {s.treatment} | {expected} | "
+            f"{' | '.join(values)} | {verdict} | {' | '.join(holm)} |"
+        )
     return "\n".join(lines) + "\n"

@@ -225,9 +225,10 @@ def _flag_value(value: object) -> str:
 
 def eval_command(model_args: dict, settings: EvalSettings, task: str, output: Path) -> list[str]:
     """``lm_eval`` exactly as a user would type it for this cell (``--log_samples`` for the report)."""
-    command = [*(settings.launcher or (sys.executable,)), "-m", "lm_eval", "--model", settings.backend,
-               "--model_args", _args_string({**model_args, **settings.model_args}),
-               "--tasks", task, "--output_path", str(output), "--log_samples"]  # fmt: skip
+    args_text = _args_string({**model_args, **settings.model_args})
+    command = [*(settings.launcher or (sys.executable,)), "-m", "lm_eval"]
+    command += ["--model", settings.backend, "--model_args", args_text]
+    command += ["--tasks", task, "--output_path", str(output), "--log_samples"]
     if settings.limit is not None:
         command += ["--limit", str(settings.limit)]
     if settings.samples is not None:
@@ -261,8 +262,11 @@ def build_plan(config: StudyConfig) -> list[Cell]:
         if is_local_model(spec):
             folder = str(spec.pretrained)
             folders[spec.name] = {folder: content_digest(Path(folder).expanduser(), hashes)}
-        payload = {"model": spec.bundled or spec.pretrained, "args": spec.model_args,
-                   "files": folders.get(spec.name, {})}  # fmt: skip
+        payload = {
+            "model": spec.bundled or spec.pretrained,
+            "args": spec.model_args,
+            "files": folders.get(spec.name, {}),
+        }
         prints[spec.name] = _fingerprint(payload)
     for spec in config.train.values():
         if is_local_data(spec.data):
@@ -275,9 +279,16 @@ def build_plan(config: StudyConfig) -> list[Cell]:
         # the data enter by content (the path string is left out: the same bytes elsewhere are the same data)
         payload = {"spec": {**spec.__dict__, "data": data}, "parents": [prints[p] for p in spec.parents()]}
         prints[spec.name] = _fingerprint(payload)
-        cell = Cell(name=f"train/{spec.name}", kind="train", folder=checkpoint_folder(config, spec.name),
-                    command=[], fingerprint=prints[spec.name], model=spec.name, inputs=inputs,
-                    needs=[f"train/{p}" for p in spec.parents() if p in config.train])  # fmt: skip
+        cell = Cell(
+            name=f"train/{spec.name}",
+            kind="train",
+            folder=checkpoint_folder(config, spec.name),
+            command=[],
+            fingerprint=prints[spec.name],
+            model=spec.name,
+            inputs=inputs,
+            needs=[f"train/{p}" for p in spec.parents() if p in config.train],
+        )
         try:
             cell.command = train_command(config, spec)
         except (FileNotFoundError, KeyError) as exc:
@@ -292,9 +303,16 @@ def build_plan(config: StudyConfig) -> list[Cell]:
             folder = eval_folder(config, name, task)
             data = list(task_data[task].values())[0] if task_data[task] else "hub"
             payload = {"weights": prints[name], "task": task, "settings": settings.__dict__, "data": data}
-            cell = Cell(name=f"eval/{name}/{task}", kind="eval", folder=folder, command=[],
-                        fingerprint=_fingerprint(payload), model=name, task=task,
-                        inputs={**task_data[task], **folders.get(name, {})})  # fmt: skip
+            cell = Cell(
+                name=f"eval/{name}/{task}",
+                kind="eval",
+                folder=folder,
+                command=[],
+                fingerprint=_fingerprint(payload),
+                model=name,
+                task=task,
+                inputs={**task_data[task], **folders.get(name, {})},
+            )
             if name in config.train:
                 cell.needs = [f"train/{name}"]
                 source = {"pretrained": str(checkpoint_folder(config, name))}
