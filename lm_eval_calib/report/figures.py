@@ -439,9 +439,10 @@ def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
             )
         share = stats.count / max(1, stats.count.sum())
         share_ax.stairs(share, np.append(stats.lower, stats.upper[-1]), color=colour, linewidth=1.5)
-    smooth_ax.set_title(f"{title}: smoothed reliability (smECE's kernel), 95% bootstrap band", fontsize=9)
+    # The task's name on a line of its own: long names (a wrapped task and its filter) fit the panel.
+    smooth_ax.set_title(f"{title}\nsmoothed reliability (smECE's kernel), 95% bootstrap band", fontsize=9)
     binned_ax.set_title(
-        f"{title}: equal-width bins; marker area ~ items, whiskers 95% Wilson,\n"
+        f"{title}\nequal-width bins; marker area ~ items, whiskers 95% Wilson,\n"
         f"hollow and unjoined: < {MIN_BIN_COUNT} items",
         fontsize=9,
     )
