@@ -67,7 +67,7 @@ step "install lm-eval-calib (a wheel, --no-deps) and SmolLM2" \
 echo "lm-eval under test: $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("lm_eval"))')"
 
 step "smoke tests (registration, entry points, lm-eval patches)" \
-  "$VENV/bin/pytest" -q -p no:cacheprovider tests/test_registration.py tests/test_lm_eval_patches.py "$@"
+  "$VENV/bin/pytest" -q -p no:cacheprovider tests/harness/test_registration.py tests/harness/test_lm_eval_patches.py "$@"
 OUT="$(mktemp -d)"
 MODEL_ARGS="$("$VENV/bin/lm-eval-calib" model-args smollm2),dtype=float32"
 step "lm_eval --model hf-calib --tasks calib_mmlu_anatomy --limit 2 (SmolLM2-135M)" \

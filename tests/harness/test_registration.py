@@ -191,7 +191,7 @@ def test_task_dir_holds_the_task_yamls():
 def test_readme_metric_table_is_the_generated_one():
     from lm_eval_calib.cli import metrics_markdown
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert metrics_markdown() in readme, "README is stale: paste the output of `lm-eval-calib metrics`"
 
 
@@ -245,7 +245,7 @@ def test_wheel_task_entry_resolves_to_the_yamls_in_the_wheel(tmp_path: Path):
     """A freshly built wheel, installed into a folder of its own: its task entry point resolves to
     `lm_eval_calib/tasks` inside that install (not the source tree), which holds the YAMLs; the start-up
     files sit at the top level, where site-packages runs a .pth."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     wheel = subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(repo)], timeout=300)
     assert wheel.returncode == 0
@@ -263,7 +263,7 @@ def test_wheel_task_entry_resolves_to_the_yamls_in_the_wheel(tmp_path: Path):
 
 
 def test_startup_finder_watches_what_registration_patches():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lm_eval_calib" / "_startup"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lm_eval_calib" / "_startup"))
     try:
         import _lm_eval_calib_startup as startup
     finally:

@@ -23,7 +23,7 @@ from lm_eval_calib.data.lama import (
 )
 from lm_eval_calib.data.root import DATA_ENV, DataNotFoundError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SUFFIX_RELATIONS = {
     "P27": " citizen",

@@ -9,7 +9,7 @@ lengths, which moves the loss by ~1e-7 relative here; 1e-5 relative is the toler
 one step makes (~1e-3). The one-process run at ``--batch-size 2`` (what each rank would do alone) differs.
 
 This file is also the worker script of the launches that need a callback in the trainer (an interruption,
-an injected failure on one rank): ``torchrun ... tests/test_train_multiprocess.py MODE ...`` runs
+an injected failure on one rank): ``torchrun ... tests/train/test_train_multiprocess.py MODE ...`` runs
 :func:`worker`.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALPACA = "alpaca/alpaca_1k.jsonl"
 HH = "hh_rlhf/harmless-base/test.jsonl.gz"
 LOSS_TOLERANCE = 1e-5  # relative; see the module docstring

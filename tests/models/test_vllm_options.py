@@ -8,7 +8,7 @@ import pytest
 from lm_eval_calib.models.vllm_options import VLLMCalibOptions, default_max_num_batched_tokens
 
 #: A few keywords of vLLM 0.32's ``LLM`` / ``EngineArgs`` (the real list comes from the installed vLLM:
-#: ``vllm_engine.engine_arg_names``; tests/test_vllm_calib.py checks these are among them).
+#: ``vllm_engine.engine_arg_names``; tests/models/test_vllm_calib.py checks these are among them).
 ENGINE_ARG_NAMES = frozenset(
     ["kv_cache_memory_bytes", "quantization", "enable_prefix_caching", "max_num_seqs", "logprobs_mode"]
 )

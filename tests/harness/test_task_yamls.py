@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-MMLU_TASKS = Path(__file__).resolve().parents[1] / "tasks" / "mmlu"
+MMLU_TASKS = Path(__file__).resolve().parents[2] / "tasks" / "mmlu"
 
 
 def _generator():

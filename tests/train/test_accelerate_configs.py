@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "train" / "configs" / "accelerate"
 EXPECTED = {
     "multi_gpu.yaml": "MULTI_GPU",

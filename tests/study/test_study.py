@@ -14,7 +14,7 @@ import yaml
 from lm_eval_calib.study.config import StudyConfigError, load_study, parse_study
 from lm_eval_calib.study.plan import CELL_FILE, build_plan, describe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _study(tmp_path: Path, **overrides) -> dict:

@@ -14,7 +14,7 @@ from lm_eval_calib.generation.text import GeneratedText, aligned_length, generat
 from lm_eval_calib.harness.options import CalibrationOptions
 from lm_eval_calib.records import NLL_FLOOR, generation_record
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Replies SmolLM2-135M-Instruct (float32, greedy) gave to the verbalised-confidence question, logged with
 # --log_samples (ece_verbal.reply), with the value the parser must read; None = unparseable (counted).
