@@ -168,3 +168,34 @@ def test_a_failure_on_one_rank_fails_the_run_and_writes_no_results(tiny_model_di
     assert "Building contexts for calib_mmlu_anatomy on rank 0" in proc.stderr  # it did start
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert written == []  # no results_*.json, no samples_*.jsonl: nothing partial
+
+
+SMOLLM2_TASKS = ["calib_mmlu_anatomy", "calib_mmlu_anatomy_continuation"]
+
+
+@pytest.mark.integration
+def test_smollm2_under_two_processes_equals_one(smollm2_model_args, data_root, tmp_path):
+    """The real model (SmolLM2-135M-Instruct, float32), our task and a wrapped built-in one, --limit 8."""
+    base = ["--model", "hf-calib", "--model_args", smollm2_model_args, "--tasks", ",".join(SMOLLM2_TASKS)]
+    base += ["--num_fewshot", "0", "--device", "cpu", "--batch_size", "8", "--limit", "8", "--log_samples"]
+    base += ["--metadata", json.dumps({"data_dir": str(data_root)})]
+    run_lm_eval([*base, "--output_path", str(tmp_path / "one")])
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, **OFFLINE_ENV}
+    env.pop("ACCELERATE_USE_CPU", None)
+    launch = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29521", "-m", "lm_eval"]
+    command = [*launch, *base, "--output_path", str(tmp_path / "two")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=REPO.parent)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    for task in SMOLLM2_TASKS:
+        assert f"Building contexts for {task} on rank 1" in proc.stderr
+    (results_1, samples_1), (results_2, samples_2) = read_run(tmp_path / "one"), read_run(tmp_path / "two")
+    for task in SMOLLM2_TASKS:
+        one, two = results_1["results"][task], results_2["results"][task]
+        assert set(one) == set(two)
+        for key, value in one.items():
+            if isinstance(value, float):
+                assert two[key] == pytest.approx(value, abs=1e-5, nan_ok=True), (task, key)
+        assert sorted(row["doc_id"] for row in samples_1[task]) == sorted(
+            row["doc_id"] for row in samples_2[task]
+        )
