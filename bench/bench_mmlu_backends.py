@@ -51,8 +51,8 @@ HERE = Path(__file__).resolve().parent
 
 
 # -- the requests -------------------------------------------------------------------------------------------
-def mmlu_requests(data_dir: str, n_subjects: int, per_subject: int) -> list:
-    """calib_mmlu 5-shot requests of the first ``per_subject`` test questions of ``n_subjects`` subjects."""
+def mmlu_requests(data_dir: str, n_subjects: int, per_subject: int, num_fewshot: int = 5) -> list:
+    """calib_mmlu requests of the first ``per_subject`` test questions of ``n_subjects`` subjects."""
     from lm_eval.tasks import TaskManager, get_task_dict
 
     from lm_eval_calib.data.mmlu import SUBJECTS
@@ -64,6 +64,7 @@ def mmlu_requests(data_dir: str, n_subjects: int, per_subject: int) -> list:
     tasks = get_task_dict(names, TaskManager(metadata={"data_dir": data_dir}))
     requests = []
     for name in names:
+        tasks[name].set_config(key="num_fewshot", value=num_fewshot)
         tasks[name].build_all_requests(limit=per_subject, rank=0, world_size=1)
         requests += tasks[name].instances
     return requests

@@ -63,6 +63,10 @@ eval_logger = logging.getLogger(__name__)
 _SOFTMAX_CHUNK = 1024
 #: Largest batch x width x width mask of a packed forward; larger batches take the KV-cache route.
 _PACKED_MASK_BUDGET = 2**26
+#: Largest batch x width x vocabulary logits of one full-sequence forward (rolling windows, or
+#: share_context=False): 2**29 elements, 1 GiB in bfloat16. Without it, scoring four WikiText-2 articles at
+#: once on Qwen 0.5B (151k-token vocabulary) peaked at 12.6 GB. A single window always runs, however long.
+_LOGITS_BUDGET = 2**29
 
 _Request = tuple[tuple[str, str] | None, list[int], list[int]]
 
@@ -462,8 +466,7 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
         order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), tuple(items[i][0])))
         out: list = [None] * len(items)
         pbar = tqdm(total=len(items), disable=(disable_tqdm or self.rank != 0), desc="hf-calib scoring")
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in self._full_batches([len(items[i][0]) for i in order], order, batch_size):
             width = max(len(items[i][0]) for i in chunk)
             inputs = self._pad([items[i][0] for i in chunk], width)
             logits = self._forward(inputs, use_cache=False).logits
@@ -478,6 +481,26 @@ class HFCalibLM(GenerationLogprobsMixin, HFLM):
             del logits
         pbar.close()
         return out
+
+    def _full_batches(self, widths: list[int], order: list[int], batch_size: int) -> list[list[int]]:
+        """Cut ``order`` (longest first; ``widths`` are its items' input lengths, in the same order) into
+        batches of at most ``batch_size`` items whose padded logits (items x the batch's first width x
+        vocabulary) stay within ``_LOGITS_BUDGET``; an item that alone exceeds it runs alone."""
+        vocab = self._vocab_size()
+        batches: list[list[int]] = []
+        padded = 0
+        for index, width in zip(order, widths, strict=True):
+            fits = batches and len(batches[-1]) < batch_size
+            if fits and (len(batches[-1]) + 1) * padded * vocab <= _LOGITS_BUDGET:
+                batches[-1].append(index)
+            else:
+                batches.append([index])
+                padded = width
+        return batches
+
+    def _vocab_size(self) -> int:
+        head = self.model.get_output_embeddings()
+        return int(head.weight.shape[0]) if head is not None else int(self.model.config.vocab_size)
 
     # -- loglikelihood_rolling ------------------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[RollingLoglikelihoodResult]:

@@ -317,6 +317,40 @@ def test_rolling_equals_hf_on_wikitext(tiny_model_dir, data_root):
     assert len(got[0].token_stats) > 128  # several windows
 
 
+def test_long_windows_are_batched_within_the_logits_budget(tiny_model_dir, data_root, monkeypatch):
+    """A batch of long windows holds batch x width x vocabulary logits at once: with a 151k-token vocabulary
+    (Qwen 0.5B) scoring four WikiText-2 articles at once peaked at 12.6 GB. Batches are cut so that a
+    forward's logits stay within ``_LOGITS_BUDGET`` elements (one window always runs), same results."""
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_calib.models import hf_calib
+
+    text = (data_root / "wikitext2" / "wiki.test.raw").read_text(encoding="utf-8")[:3000]
+    args = dict(pretrained=str(tiny_model_dir), dtype="float32", device="cpu", batch_size=4, max_length=128)
+    requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate([text, text[:900]])]
+    unbudgeted = hf_calib.HFCalibLM(**args).loglikelihood_rolling(requests, disable_tqdm=True)
+
+    calib = hf_calib.HFCalibLM(**args)
+    vocab = calib.model.config.vocab_size
+    budget = 2 * 128 * vocab  # two full-width windows
+    monkeypatch.setattr(hf_calib, "_LOGITS_BUDGET", budget, raising=False)
+    shapes = []
+    forward = calib._forward
+
+    def recording_forward(input_ids, **kwargs):
+        shapes.append(tuple(input_ids.shape))
+        return forward(input_ids, **kwargs)
+
+    monkeypatch.setattr(calib, "_forward", recording_forward)
+    got = calib.loglikelihood_rolling(requests, disable_tqdm=True)
+    assert sum(b for b, _ in shapes) > 4  # more windows than one batch of 4 holds
+    assert all(b * width * vocab <= budget for b, width in shapes), shapes
+    assert max(b for b, _ in shapes) == 2  # cut by the budget, not by batch_size
+    for a, b in zip(unbudgeted, got, strict=True):
+        assert float(b) == pytest.approx(float(a), abs=1e-4)
+        np.testing.assert_allclose(b.token_stats.token_logprobs, a.token_stats.token_logprobs, atol=1e-5)
+
+
 def test_rolling_stats_match_a_direct_forward(calib_lm):
     from lm_eval.api.instance import Instance
 
