@@ -43,6 +43,7 @@ def peak_rss_gib() -> float:
 
 def run_worker(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(HERE))
+    import torch
     from bench_mmlu_backends import accuracy, mmlu_requests, prompt_token_count
 
     from lm_eval_calib.bundled_models import get_bundled_model
@@ -75,7 +76,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         "questions": len({(r.task_name, r.doc_id) for r in requests}),
         "accuracy": accuracy(requests, logliks),
         "loglikelihoods": logliks,
-        "threads": __import__("torch").get_num_threads(),
+        "threads": torch.get_num_threads(),
     }
 
 
