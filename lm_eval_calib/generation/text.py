@@ -43,6 +43,19 @@ class GeneratedText(str):
         return (GeneratedText, (str(self), self.token_ids.tolist(), self.token_logprobs.tolist()))
 
 
+class NonFiniteLogprobsError(ValueError):
+    """The model scored a generation (or a question about it) as NaN or infinite: its weights hold NaN or its
+    half-precision scores overflow. Raised where the document is known, so the message names it."""
+
+
+def non_finite_message(where: str, what: str, value: float) -> str:
+    """The error for a non-finite log-prob: ``where`` (``"task: document 3"``), what was scored, the fix."""
+    return (
+        f"{where}: the model scored {what} as {value}. Its scores overflow or its weights hold NaN: run it "
+        "in full precision (`--model_args ...,dtype=float32`) and check the checkpoint."
+    )
+
+
 def generation_logprobs_of(result: object) -> np.ndarray | None:
     """The token log-probs a model attached to a generation, or ``None`` (plain string)."""
     return result.token_logprobs if isinstance(result, GeneratedText) else None

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from lm_eval_calib.harness.options import CalibrationOptions
 from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
-from lm_eval_calib.metrics import bootstrap_stderr, compute_metric, small_sample_warning
+from lm_eval_calib.metrics import (
+    CalibrationData,
+    bootstrap_stderr,
+    compute_metric,
+    degenerate_confidence,
+    small_sample_warning,
+)
 from lm_eval_calib.records import records_to_data
 
 logger = logging.getLogger("lm_eval_calib")
@@ -37,13 +44,26 @@ def _failed(task_name: str, key: str, what: str, exc: Exception, logged: list[st
     return float("nan")
 
 
+def _flag_degenerate(data: CalibrationData, task_name: str, warned: set[Hashable]) -> bool:
+    """Log, once per task (and estimator, and filter), why its confidences make the metrics uninformative
+    (:func:`lm_eval_calib.metrics.degenerate_confidence`); True when AUROC is undefined (already said)."""
+    flags = degenerate_confidence(data.confidence, data.correct)
+    for flag in flags:
+        if (task_name, flag.message) not in warned:
+            warned.add((task_name, flag.message))
+            logger.warning("[%s] degenerate confidences (%s): %s", task_name, flag.code, flag.message)
+    return any(flag.code == "single_class" for flag in flags)
+
+
 def make_aggregation(
-    key: str, options: CalibrationOptions, task_name: str, warned: set[int] | None = None
+    key: str, options: CalibrationOptions, task_name: str, warned: set[Hashable] | None = None
 ) -> Callable[[Sequence], float]:
     """An lm-eval aggregation for metric ``key`` that also knows its own bootstrap stderr.
 
     ``warned`` is shared by a task's aggregations so the small-sample warning is logged once per task and
-    sample size, not once per binned metric.
+    sample size, not once per binned metric; so are the warnings about degenerate confidences (all below
+    1e-6, all equal, every answer correct or wrong: :mod:`lm_eval_calib.metrics.degenerate`), which say why
+    an ECE of 0.0000 or an AUROC of NaN carries no information.
 
     lm-eval aggregates every task before it writes anything, so an exception here would throw away the whole
     run's model outputs. A metric that fails (bad records, an allocation error, a bug) therefore logs one
@@ -60,6 +80,10 @@ def make_aggregation(
             if message and len(data) not in warned:
                 warned.add(len(data))
                 logger.warning("[%s] %s", task_name, message)
+            if _flag_degenerate(data, task_name, warned):
+                with warnings.catch_warnings():  # the warning above explains the NaN, naming the task
+                    warnings.filterwarnings("ignore", "AUROC is undefined", RuntimeWarning)
+                    return compute_metric(key, data, n_bins=options.n_bins)
             return compute_metric(key, data, n_bins=options.n_bins)
         except Exception as exc:  # any failure must cost one metric, not the run
             return _failed(task_name, key, "aggregation", exc, logged)

@@ -15,6 +15,7 @@ from .calibration_error import (
     smooth_calibration_error,
 )
 from .data import CalibrationData
+from .degenerate import DEGENERATE_FLOOR, Degeneracy, degenerate_confidence
 from .errors import CalibrationInputError
 from .prepared import PreparedData
 from .ranking import aurc, auroc, selective_accuracy
@@ -41,11 +42,13 @@ from .scoring import accuracy, brier_score, negative_log_likelihood
 from .validation import check_confidence_correct, check_option_logprobs, check_option_probs
 
 __all__ = [
+    "DEGENERATE_FLOOR",
     "METRICS",
     "SMALL_SAMPLE_THRESHOLD",
     "BinStats",
     "CalibrationData",
     "CalibrationInputError",
+    "Degeneracy",
     "MetricInfo",
     "OptionScores",
     "PreparedData",
@@ -64,6 +67,7 @@ __all__ = [
     "check_option_probs",
     "compute_metric",
     "debiased_calibration_error",
+    "degenerate_confidence",
     "expected_calibration_error",
     "fit_platt",
     "fit_temperature",

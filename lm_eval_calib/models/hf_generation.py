@@ -7,7 +7,8 @@ the next step's input. That is one ``[batch, vocab]`` log-softmax per step, no s
 ``[steps, batch, vocab]`` tensor. Each result becomes a :class:`~lm_eval_calib.generation.text.GeneratedText`
 holding the log-probs of exactly the tokens that spell the returned text (cut at the stop sequence); when
 the cut falls inside a token, or a special token sits inside the text, it stays a plain string and the task
-rescores it.
+rescores it. A NaN or infinite log-prob (NaN weights, a half-precision overflow) stops the run with an error
+naming the request's task and document (:mod:`lm_eval_calib.models.generated`).
 
 Sampled generations (``do_sample``) are not recorded: no estimator reads their log-probs.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lm_eval_calib.models.generated import with_generation_logprobs
+from lm_eval_calib.models.generated import request_label, with_generation_logprobs
 
 eval_logger = logging.getLogger(__name__)
 
@@ -105,8 +106,9 @@ class GenerationLogprobsMixin:
         finally:
             self._gen_rows, self._gen_batch = None, None
         pairs = zip(requests, texts, strict=True)
-        return [self._with_logprobs(req.args[0], text, rows.get(req.args[0], ())) for req, text in pairs]
+        return [self._with_logprobs(req, text, rows.get(req.args[0], ())) for req, text in pairs]
 
-    def _with_logprobs(self, context: str, text: str, candidates) -> Any:
+    def _with_logprobs(self, request, text: str, candidates) -> Any:
         special = getattr(self.tokenizer, "all_special_ids", ()) or ()
-        return with_generation_logprobs(text, candidates, self.tok_decode, special)
+        where = request_label(request, "hf-calib")
+        return with_generation_logprobs(text, candidates, self.tok_decode, special, where)

@@ -55,7 +55,7 @@ from lm_eval.models.utils import (
 from tqdm import tqdm
 
 from lm_eval_calib.models import vllm_engine as engine_mod
-from lm_eval_calib.models.generated import with_generation_logprobs
+from lm_eval_calib.models.generated import request_label, with_generation_logprobs
 from lm_eval_calib.models.plumbing import register_backend, rolling_results, spread_results
 from lm_eval_calib.models.requests import (
     Pair,
@@ -65,7 +65,7 @@ from lm_eval_calib.models.requests import (
     unique_truncated_pairs,
 )
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
-from lm_eval_calib.models.vllm_options import ENGINE_EXTRA_TOKENS, VLLMCalibOptions
+from lm_eval_calib.models.vllm_options import ENGINE_EXTRA_TOKENS, VLLM_0_32_ENGINE_ARGS, VLLMCalibOptions
 
 __all__ = ["VLLMCalibLM"]
 
@@ -87,7 +87,8 @@ class VLLMCalibLM(TemplateLM):
 
     Its options (``--model_args``, or keywords here) are the fields of
     :class:`~lm_eval_calib.models.vllm_options.VLLMCalibOptions`; any other keyword goes to ``vllm.LLM``.
-    All are parsed and checked before the engine starts; ``options=`` takes a ready options object instead.
+    All are parsed and checked before the engine starts, and before the missing-vLLM error where vLLM cannot
+    be imported (a typo is reported first); ``options=`` takes a ready options object instead.
     """
 
     #: Tasks check it before inference (:func:`lm_eval_calib.models.token_stats.model_provides_token_stats`).
@@ -99,14 +100,20 @@ class VLLMCalibLM(TemplateLM):
         self, pretrained: str | None = None, *, options: VLLMCalibOptions | None = None, **model_args: Any
     ) -> None:
         super().__init__()
-        engine_mod.import_vllm()
+        try:
+            engine_mod.import_vllm()
+            missing: ImportError | None = None
+        except ImportError as exc:
+            missing = exc  # reported after the options are checked: a typo first, then "install vLLM"
         if options is None:
             args = model_args if pretrained is None else {"pretrained": pretrained, **model_args}
-            options = VLLMCalibOptions.from_model_args(args, engine_mod.engine_arg_names())
+            options = _options_from(args, missing)
         elif pretrained is not None or model_args:
             raise TypeError(
                 "vllm-calib: pass either options=VLLMCalibOptions(...) or model arguments, not both"
             )
+        if missing is not None:
+            raise missing
         if options.prefix_caching and not engine_mod.sampling_field_supported("skip_reading_prefix_cache"):
             raise ValueError(
                 "vllm-calib: prefix_caching=True needs SamplingParams.skip_reading_prefix_cache (vLLM >= "
@@ -473,16 +480,30 @@ class VLLMCalibLM(TemplateLM):
             text = postprocess_generated_text(completion.text, until, None)
             self.cache_hook.add_partial("generate_until", req.args, text)  # the plain text, as hf-calib
             recorded = engine_mod.sampled_logprobs(completion) if wanted else None
-            results.append(text if recorded is None else self._with_logprobs(text, recorded))
+            results.append(text if recorded is None else self._with_logprobs(req, text, recorded))
         return results
 
-    def _with_logprobs(self, text: str, recorded: tuple[list[int], list[float]]) -> str:
+    def _with_logprobs(self, request, text: str, recorded: tuple[list[int], list[float]]) -> str:
         special = getattr(self.tokenizer, "all_special_ids", ()) or ()
-        return with_generation_logprobs(text, [recorded], self._decode_generated, special)
+        where = request_label(request, "vllm-calib")
+        return with_generation_logprobs(text, [recorded], self._decode_generated, special, where)
 
     def _decode_generated(self, ids: list[int]) -> str:
         """Generated ids as vLLM's detokenizer spells them (special tokens kept, no clean-up)."""
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _options_from(model_args: dict[str, Any], missing: ImportError | None) -> VLLMCalibOptions:
+    """The checked options; where vLLM cannot be imported (``missing``), other keys are checked against the
+    keywords of vLLM 0.32 and an error also says that vLLM is missing, so a typo is not hidden behind the
+    "install vLLM" error and then found only once vLLM is installed."""
+    if missing is None:
+        return VLLMCalibOptions.from_model_args(model_args, engine_mod.engine_arg_names())
+    names_from = "vLLM 0.32's engine (the version checked against, since vLLM cannot be imported here)"
+    try:
+        return VLLMCalibOptions.from_model_args(model_args, VLLM_0_32_ENGINE_ARGS, names_from)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{exc}\nThen: {missing}") from None
 
 
 def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:

