@@ -1,7 +1,9 @@
 """``lm-eval-calib report``: leaderboard, reliability diagrams, recalibration and breakdowns for lm-eval runs.
 
 The report is built in a temporary folder next to ``out`` and moved into place only when complete, so a
-failed build never leaves a half-written report (and never touches a folder that is not a report).
+failed build never leaves a half-written report (and never touches a folder that is not a report). Its marker
+file (:data:`MARKER`) lists the files it wrote; a later report into the same folder replaces exactly those and
+keeps everything else there (a user's notes, an ``analysis/`` folder), as training's ``--overwrite`` does.
 Problems with single inputs (no samples, mixed task versions, a non-calibration task, an empty folder, the
 same model twice) are messages: printed, listed in ``messages.txt`` and on the page, and the rest of the
 report is still written.
@@ -9,6 +11,7 @@ report is still written.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -22,11 +25,26 @@ from pathlib import Path
 from lm_eval_calib.metrics import CalibrationInputError, bootstrap_interval, compute_metric
 from lm_eval_calib.report import breakdown, html, leaderboard
 from lm_eval_calib.report.figures import Curve, overlay_diagram, reliability_diagram, smooth_reliability
+from lm_eval_calib.report.integrity import compare_bins
 from lm_eval_calib.report.labels import parse_label_overrides
 from lm_eval_calib.report.recalibrate import RecalRow, recalibrate_run
 from lm_eval_calib.report.runs import ReportInputError, TaskRun, load_run
 
 MARKER = ".lm-eval-calib-report"
+"""The report's manifest: JSON with ``files``, every file the report wrote (paths relative to ``--out``)."""
+REPORT_FILES = (
+    "leaderboard.md",
+    "leaderboard.csv",
+    "recalibration.md",
+    "recalibration.csv",
+    "breakdown.md",
+    "breakdown.csv",
+    "messages.txt",
+    "index.html",
+)
+"""The fixed names a report writes besides ``figures/`` (what a marker without a file list owns)."""
+FIGURES = "figures"
+FIGURE_SUFFIXES = (".png", ".svg", ".json")
 CONSISTENCY_TOLERANCE = 1e-9
 
 
@@ -120,11 +138,55 @@ def _replaceable(out: Path) -> bool:
     return not out.exists() or (out.is_dir() and (not any(out.iterdir()) or (out / MARKER).is_file()))
 
 
+def _safe_relative(name: object) -> bool:
+    """A manifest entry may only name a path inside the report folder."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def owned_files(out: Path) -> set[str]:
+    """The files of the earlier report in ``out`` (relative paths): its marker's ``files`` list; for a
+    report written before markers listed them, the report's fixed names and the figure files (images and
+    their data) under ``figures/``."""
+    try:
+        listed = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        listed = None
+    if isinstance(listed, dict) and isinstance(listed.get("files"), list):
+        return {name for name in listed["files"] if _safe_relative(name)} | {MARKER}
+    owned = {name for name in REPORT_FILES if (out / name).is_file()} | {MARKER}
+    if (out / FIGURES).is_dir():
+        owned |= {f"{FIGURES}/{p.name}" for p in (out / FIGURES).iterdir() if p.suffix in FIGURE_SUFFIXES}
+    return owned
+
+
+def _occupied(out: Path, name: str) -> bool:
+    """Whether writing ``out/name`` would meet something there: the path itself, or a file where one of
+    its folders would go."""
+    path = out / name
+    if path.exists() or path.is_symlink():
+        return True
+    folders = [out / folder for folder in Path(name).parents if str(folder) != "."]
+    return any(folder.is_symlink() or (folder.exists() and not folder.is_dir()) for folder in folders)
+
+
+def _not_ours(out: Path, names: Sequence[str], owned: set[str]) -> list[str]:
+    """The ``names`` a report would write over something it did not write (a listed file that has become a
+    folder counts too)."""
+    return sorted(
+        name
+        for name in names
+        if (name not in owned and _occupied(out, name)) or (name in owned and (out / name).is_dir())
+    )
+
+
 def check_out(out: Path, run_dirs: Sequence[Path]) -> Path:
     """``out`` made absolute, after refusing every ``--out`` that would overwrite or swallow an input.
 
-    An earlier report is replaced as a whole, so an input folder inside ``out`` would be deleted by the
-    very report that read it; ``out`` inside an input would put the report among the runs.
+    An input folder inside ``out`` is refused (a report among the runs it reads invites deleting them with
+    it); so is ``out`` inside an input (the report would be read as runs), and an earlier report folder that
+    holds a file of the user's under a name the report writes (never overwritten).
     """
     resolved = out.resolve()
     for folder in run_dirs:
@@ -142,14 +204,36 @@ def check_out(out: Path, run_dirs: Sequence[Path]) -> Path:
         raise ReportInputError(
             f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
         )
+    if (out / MARKER).is_file():
+        in_the_way = _not_ours(out, REPORT_FILES, owned_files(out))
+        figures = out / FIGURES
+        if figures.is_symlink() or (figures.exists() and not figures.is_dir()):
+            in_the_way.append(FIGURES)
+        if in_the_way:
+            raise ReportInputError(_in_the_way(out, in_the_way) + "; move it away or choose another --out")
     return resolved
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished report into ``out``, replacing an earlier report there (and nothing else).
+def _in_the_way(out: Path, names: Sequence[str]) -> str:
+    return (
+        f"--out {out} holds {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}, not written by "
+        "lm-eval-calib report (its marker does not list it), so it is never overwritten"
+    )
 
-    An existing ``out`` keeps its own folder and only its entries are swapped (old ones aside, new ones
-    in, old ones deleted), so ``--out .`` works and a shell inside ``out`` is not left in a deleted folder.
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished report into ``out``, replacing the earlier report's files there and nothing else.
+
+    An existing ``out`` keeps its own folder: the files the earlier report wrote (:func:`owned_files`) go
+    aside (its marker first, so the folder stops claiming to hold a report), the new ones move in (their
+    marker last), the old ones are deleted, and folders they leave empty are removed. Everything else in
+    ``out`` stays as it was, so ``--out .`` works and a user's files beside the report survive. A file of the
+    user's under a name the new report writes is never overwritten: the new report is set aside next to
+    ``out`` and the error says where.
     """
     if not out.exists():
         tmp.rename(out)
@@ -158,25 +242,47 @@ def _publish(tmp: Path, out: Path) -> None:
         raise ReportInputError(
             f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
         )
+    owned = owned_files(out)
+    new = _files(tmp)
+    in_the_way = _not_ours(out, new, owned)
+    if in_the_way:
+        kept = out.parent / f"{out.name}.new-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+        tmp.rename(kept)
+        raise ReportInputError(_in_the_way(out, in_the_way) + f"; the new report is in {kept}")
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     moved_old: list[str] = []
     moved_new: list[str] = []
     try:
-        for entry in list(out.iterdir()):
-            entry.rename(old / entry.name)
-            moved_old.append(entry.name)
-        for entry in list(tmp.iterdir()):
-            entry.rename(out / entry.name)
-            moved_new.append(entry.name)
+        for name in sorted(owned, key=lambda n: n != MARKER):  # the marker first
+            source = out / name
+            if source.is_file() or source.is_symlink():
+                (old / name).parent.mkdir(parents=True, exist_ok=True)
+                source.rename(old / name)
+                moved_old.append(name)
+        for name in sorted(new, key=lambda n: n == MARKER):  # the new marker last
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).rename(out / name)
+            moved_new.append(name)
     except BaseException:  # put the earlier report back as it was
-        for name in moved_new:
+        for name in reversed(moved_new):
             (out / name).rename(tmp / name)
-        for name in moved_old:
+        for name in reversed(moved_old):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             (old / name).rename(out / name)
         shutil.rmtree(old, ignore_errors=True)
         raise
-    tmp.rmdir()
+    _remove_emptied_folders(out, moved_old)
+    shutil.rmtree(tmp)
     shutil.rmtree(old)
+
+
+def _remove_emptied_folders(out: Path, moved: Sequence[str]) -> None:
+    """Folders of the earlier report's files that hold nothing now (deepest first); a folder that holds a
+    user's file stays."""
+    folders = {out / parent for name in moved for parent in Path(name).parents if str(parent) != "."}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def build_report(
@@ -231,13 +337,12 @@ def build_report(
             "no calibration task with logged samples in " + ", ".join(map(str, run_dirs)) + "; run lm_eval "
             "with --tasks calib_... --log_samples and pass its --output_path folder"
         )
-    for message in assign_groups(runs) + disambiguate(runs):
+    for message in assign_groups(runs) + disambiguate(runs) + compare_bins(runs):
         say(message)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        (tmp / MARKER).write_text("written by lm-eval-calib report; replaced as a whole on the next run\n")
         table, recal_rows, diagrams, breakdowns = [], [], [], []
         used_names: set[str] = set()
         runs.sort(key=lambda r: (r.group, r.label))
@@ -296,12 +401,23 @@ def build_report(
         outputs["index.html"] = html.render(page)
         for name, text in outputs.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        _write_marker(tmp)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"report of {len(runs)} run(s) written to {shown_out} in {time.perf_counter() - started:.1f} s")
     return runs
+
+
+def _write_marker(folder: Path) -> None:
+    """The report's manifest, written last: every file it holds, the ones the next report may replace."""
+    body = {
+        "written_by": "lm-eval-calib report",
+        "note": "a new report into this folder replaces the files listed here and keeps every other file",
+        "files": sorted({*_files(folder), MARKER}),
+    }
+    (folder / MARKER).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
 
 
 NOTE = (
@@ -332,6 +448,7 @@ def _leaderboard_row(run: TaskRun, interval: tuple[float, float], recal: list[Re
     row["recal_at_bound"] = primary.result.at_bound if primary else None
     row["recal_summary"] = _short_summary(primary) if primary else ""
     row["source"] = str(run.source)
+    row["caveats"] = "; ".join(run.caveats)
     return row
 
 

@@ -105,6 +105,7 @@ def _leaderboard(rows: list[dict], table: list[dict]) -> list[str]:
     drop = header.index("task")
     main_body = [_without(leaderboard.main_cells(r, with_stage), drop) for r in rows]
     parts = [_table(_without(header, drop), main_body, n_text)]
+    parts += [f'<p class="note">{escape(line)}</p>' for line in leaderboard.caveat_lines(rows)]
     header = leaderboard.details_header(table)
     body = [_without(leaderboard.details_cells(r, with_stage), drop) for r in rows]
     parts.append(

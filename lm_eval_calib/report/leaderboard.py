@@ -66,8 +66,26 @@ def _identity(table: Sequence[dict]) -> list[str]:
     return ["model", *(["stage"] if has_stages(table) else []), "task"]
 
 
+MARK = "⚠"
+"""After the model's name in a row that is not comparable or lacks a number (its ``caveats`` say why)."""
+
+
+def model_cell(row: dict) -> str:
+    return f"{row['model']} {MARK}" if row.get("caveats") else row["model"]
+
+
+def caveat_lines(table: Sequence[dict]) -> list[str]:
+    """``⚠ model / task: caveat`` for every marked row (printed below the tables)."""
+    return [
+        f"{MARK} {row['model']} / {row['task']}: {caveat}"
+        for row in table
+        for caveat in (row.get("caveats") or "").split("; ")
+        if caveat
+    ]
+
+
 def _identity_cells(row: dict, with_stage: bool) -> list[str]:
-    return [row["model"], *([row.get("stage") or ""] if with_stage else []), row["task"]]
+    return [model_cell(row), *([row.get("stage") or ""] if with_stage else []), row["task"]]
 
 
 def main_header(table: Sequence[dict]) -> list[str]:
@@ -115,6 +133,9 @@ def to_markdown(table: Sequence[dict]) -> str:
     lines = _markdown_table(main_header(table), [main_cells(row, with_stage) for row in table])
     lines += ["", "Details:", ""]
     lines += _markdown_table(details_header(table), [details_cells(row, with_stage) for row in table])
+    marked = caveat_lines(table)
+    if marked:
+        lines += ["", f"Rows marked {MARK} (see messages.txt):", "", *(f"- {line}" for line in marked)]
     return "\n".join(lines) + "\n"
 
 

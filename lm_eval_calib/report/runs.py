@@ -38,6 +38,7 @@ from lm_eval_calib.records_io import (
     results_stamp,
     samples_for_results,
 )
+from lm_eval_calib.report.integrity import option_record_problems, unreported_samples
 from lm_eval_calib.report.labels import resolve_label
 
 
@@ -72,6 +73,9 @@ class TaskRun:
     categories: list[str] = field(default_factory=list)
     bootstrap_iters: int | None = None
     """lm_eval's --bootstrap_iters (its stderrs used min(this, options.max_bootstrap) resamples)."""
+    caveats: list[str] = field(default_factory=list)
+    """Why this row is not comparable or lacks a number (damaged records, another bin count): the
+    leaderboard marks the row with them (:mod:`lm_eval_calib.report.integrity`)."""
 
     def __post_init__(self) -> None:
         self.base_label = self.base_label or self.label
@@ -233,12 +237,14 @@ def load_run(
         )
     chosen: dict[tuple[str, str], tuple[Path, dict, dict]] = {}
     messages: list[str] = []
+    readable: dict[Path, dict] = {}
     for results_file in results_files:  # oldest first, so a newer file replaces an older one
         try:
             results = read_results(results_file)
         except SamplesError as exc:
             messages.append(f"skipped: {exc}")
             continue
+        readable[results_file] = results
         named = resolve_label(results, label)
         if named.warning:
             messages.append(f"warning: {named.warning}")
@@ -257,6 +263,7 @@ def load_run(
                     f"{results_file.name}; using the newer one"
                 )
             chosen[key] = (results_file, results, {"metrics": metrics, "stage": named.stage})
+    messages += unreported_samples(folder, readable)
     runs = []
     for (name, task), (results_file, results, extra) in chosen.items():
         if samples_for_results(results_file, task) is None:
@@ -284,6 +291,8 @@ def load_run(
                     f"{what} (n_bins {opts.n_bins}, bootstrap seed {opts.bootstrap_seed}); lm-eval's run did "
                     "not compute them"
                 )
+            caveats = option_record_problems(records)
+            messages += [f"warning: {run_label} / {shown}: {caveat}" for caveat in caveats]
             runs.append(
                 TaskRun(
                     label=run_label,
@@ -297,10 +306,11 @@ def load_run(
                     n_shot=(results.get("n-shot") or {}).get(task),
                     options=records.options,
                     bootstrap_iters=_bootstrap_iters(results),
-                    scores=records.scores,
+                    scores=None if caveats else records.scores,  # never fitted on damaged loglik/target
                     item_record=records.item_document,
                     item_category=records.item_category,
                     categories=records.categories,
+                    caveats=caveats,
                 )
             )
             log(f"  read {run_label} / {shown}: {len(records.data)} items")

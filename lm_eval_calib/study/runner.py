@@ -25,7 +25,7 @@ from lm_eval_calib.study.findings import (
     findings_markdown,
     judge,
 )
-from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder
+from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder, run_file
 
 LOG_TAIL_LINES = 25
 
@@ -40,15 +40,25 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_cell_file(folder: Path, cell: Cell, seconds: float) -> None:
-    body = {
+def _cell_body(cell: Cell, seconds: float | None = None) -> dict:
+    return {
         "cell": cell.name,
         "fingerprint": cell.fingerprint,
         "command": cell.command,
-        "seconds": round(seconds, 1),
+        "seconds": None if seconds is None else round(seconds, 1),
         "inputs": cell.inputs,  # the local data it read, by content digest: names what changed when stale
     }
-    (folder / CELL_FILE).write_text(json.dumps(body, indent=2) + "\n")
+
+
+def _write_cell_file(folder: Path, cell: Cell, seconds: float) -> None:
+    (folder / CELL_FILE).write_text(json.dumps(_cell_body(cell, seconds), indent=2) + "\n")
+
+
+def _train_mode(cell: Cell) -> str:
+    """``--overwrite`` for a stale checkpoint or an interrupted run of other settings or data (the plan's
+    ``restart``: its steps are not this stage's); ``--resume`` otherwise, which continues an interrupted run
+    of this very cell (the train CLI refuses when its inputs differ) or starts from the beginning."""
+    return "--overwrite" if cell.status == "stale" or cell.restart else "--resume"
 
 
 def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
@@ -62,9 +72,10 @@ def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
         command[command.index(str(cell.folder))] = str(work)
     else:
         work = cell.folder  # the train CLI builds its folder atomically itself
-        # stale: replace the old checkpoint; missing: continue an interrupted run, if there is one
-        command.append("--overwrite" if cell.status == "stale" else "--resume")
+        command.append(_train_mode(cell))
     cell.folder.parent.mkdir(parents=True, exist_ok=True)
+    if cell.kind == "train":  # what this run is, so that a later study resumes it only if it is the same
+        run_file(cell.folder).write_text(json.dumps(_cell_body(cell), indent=2) + "\n")
     start = time.perf_counter()
     with log.open("w") as handle:
         handle.write("$ " + " ".join(command) + "\n")
@@ -80,6 +91,7 @@ def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
         _swap_into_place(work, cell.folder)
     else:
         _write_cell_file(cell.folder, cell, seconds)
+        run_file(cell.folder).unlink(missing_ok=True)
     return True, seconds, log
 
 

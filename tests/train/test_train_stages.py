@@ -262,6 +262,47 @@ def test_sft_resumes_an_interrupted_run_to_the_same_weights(sft_dir, tiny_model_
         train_sft(_sft_config(tiny_model_dir, data_root, output))
 
 
+def test_sft_resume_refuses_other_data_or_settings_and_names_the_difference(
+    tiny_model_dir, data_root, tmp_path
+):
+    """Issue 28: ``--resume`` with other data and learning rate once continued the interrupted run and wrote a
+    manifest claiming the new data and rate for the whole run."""
+    output = tmp_path / "resumed"
+    config = _sft_config(tiny_model_dir, data_root, output)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(config, callbacks=[StopAfter(3)])  # killed after step 3; last checkpoint: step 2
+    changed = _sft_config(
+        tiny_model_dir, data_root, output, data=str(data_root / "dolly_open_qa/dolly_open_qa.jsonl"),
+        learning_rate=0.05, resume=True,
+    )  # fmt: skip
+    with pytest.raises(TrainInputError) as refused:
+        train_sft(changed)
+    message = str(refused.value)
+    assert "--learning-rate: 0.001 (interrupted run) -> 0.05 (now)" in message, message
+    assert "--data: " in message and "alpaca_1k.jsonl" in message and "dolly_open_qa.jsonl" in message
+    assert "--overwrite" in message
+    assert not output.exists() and (tmp_path / ".resumed.work" / "checkpoint-2").is_dir()  # nothing lost
+    # the same data under another path is the same data: the run resumes
+    copy = tmp_path / "copy.jsonl"
+    shutil.copyfile(data_root / ALPACA, copy)
+    folder = train_sft(_sft_config(tiny_model_dir, data_root, output, data=str(copy), resume=True))
+    assert [entry["step"] for entry in _log(folder) if "loss" in entry] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_an_interrupted_run_that_did_not_record_its_inputs(
+    tiny_model_dir, data_root, tmp_path
+):
+    """A work folder from before run_inputs.json cannot be shown to match: refused, with the way out."""
+    output = tmp_path / "old"
+    config = _sft_config(tiny_model_dir, data_root, output)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(config, callbacks=[StopAfter(3)])
+    (tmp_path / ".old.work" / "run_inputs.json").unlink(missing_ok=True)
+    config.resume = True
+    with pytest.raises(TrainInputError, match="did not record its settings and data.*--overwrite"):
+        train_sft(config)
+
+
 # -- reward model -------------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,13 @@ file appeared during training, the finished checkpoint is set aside beside the f
 where. The work folder ``.NAME.work`` is deleted by ``--overwrite`` only when it holds nothing but what a run
 writes there.
 
+``--resume`` (issue 28) continues a run only with the settings and data it was started with: the work
+folder holds ``run_inputs.json`` (:func:`run_inputs`: the stage's settings that decide the result, the data's
+SHA-256, the models it starts from), written before the trainer writes there; a resumed run compares its own
+and refuses with the differences, so one checkpoint never mixes two runs' data or settings. Settings that
+change nothing but names and logs (``--label``, ``--data-name``, ``--logging-steps``, ``--save-steps``) and
+the data's path (the same bytes elsewhere are the same data) may differ.
+
 The manifest a finished folder ends with is built here too (:func:`build_manifest`; its schema is
 :mod:`lm_eval_calib.manifest`). How the trainer runs (its arguments, :func:`~lm_eval_calib_train.recipe.fit`)
 is :mod:`lm_eval_calib_train.recipe`'s job.
@@ -28,6 +35,7 @@ is :mod:`lm_eval_calib_train.recipe`'s job.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -45,7 +53,7 @@ from lm_eval_calib_train.ranks import is_main, wait_for_everyone, world_size
 
 if TYPE_CHECKING:
     from lm_eval_calib_train.config import _StageConfig
-    from lm_eval_calib_train.data import DataSummary
+    from lm_eval_calib_train.data import DataSource, DataSummary
     from lm_eval_calib_train.models import ModelRef
 
 LOG_NAME = "train_log.jsonl"
@@ -64,7 +72,10 @@ KNOWN_CHECKPOINT_FILES = re.compile(
 # The work folder of a run holds this file from the start of training (:meth:`StageOutput.start_work`);
 # older runs' work folders are recognised by their entries (trainer checkpoints, step log, wall time).
 WORK_MARKER = ".lm_eval_calib_work"
-_WORK_ENTRY = re.compile(r"^(\.?checkpoint-\d+(\.tmp)?|train_log\.jsonl|\.?elapsed\.json(\.tmp)?)$")
+INPUTS_NAME = "run_inputs.json"  # in the work folder: what the run was started with (:func:`run_inputs`)
+_WORK_ENTRY = re.compile(
+    r"^(\.?checkpoint-\d+(\.tmp)?|train_log\.jsonl|\.?elapsed\.json(\.tmp)?|\.?run_inputs\.json(\.tmp)?)$"
+)
 
 
 def _plain_name(name: object) -> bool:
@@ -88,6 +99,8 @@ class StageOutput:
         self.overwrite, self.resume = overwrite, resume
         self.started = time.time()
         self.elapsed_before = 0.0
+        self.resume_from: Path | None = None  # set by preflight: the checkpoint this run continues
+        self.inputs: dict[str, Any] | None = None  # set by check_inputs, written by start_work
 
     def preflight(self) -> Path | None:
         """Check the output before anything is loaded; return the checkpoint to resume from, if any.
@@ -95,6 +108,10 @@ class StageOutput:
         Under several processes only the main one checks and clears (``--overwrite``) the output; the others
         only look up the checkpoint to resume from, which the main process never deletes (see
         :mod:`lm_eval_calib_train.ranks`)."""
+        self.resume_from = self._preflight()
+        return self.resume_from
+
+    def _preflight(self) -> Path | None:
         if not is_main():
             return self.last_checkpoint() if self.resume else None
         final = self.final
@@ -198,9 +215,41 @@ class StageOutput:
 
     def start_work(self) -> None:
         """Create the work folder with its marker before the trainer writes there (it may write more than
-        checkpoints, e.g. a model card), so that ``--overwrite`` / ``--resume`` know it as a run's own."""
+        checkpoints, e.g. a model card), so that ``--overwrite`` / ``--resume`` know it as a run's own; with
+        the run's inputs (:meth:`check_inputs`), which a later ``--resume`` must match."""
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / WORK_MARKER).touch()
+        if self.inputs is not None and is_main():
+            tmp = self.work / f".{INPUTS_NAME}.tmp"
+            tmp.write_text(json.dumps(self.inputs, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.work / INPUTS_NAME)
+
+    # -- resuming only the same run -----------------------------------------------------------------
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Remember this run's ``inputs`` (:func:`run_inputs`); when it resumes an interrupted run, refuse
+        unless they equal the interrupted run's, naming every difference. Called once the data are read,
+        before any model is loaded or anything is written."""
+        self.inputs = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+        if self.resume_from is None:
+            return
+        try:
+            before = json.loads((self.work / INPUTS_NAME).read_text())
+        except (OSError, ValueError):
+            before = None
+        if not isinstance(before, dict):
+            raise TrainInputError(
+                f"--resume: the interrupted run in {self.work} did not record its settings and data (it was "
+                "started by an older lm-eval-calib), so resuming it could mix two runs in one checkpoint; "
+                "pass --overwrite (instead of --resume) to start over"
+            )
+        changed = input_differences(before, self.inputs)
+        if changed:
+            raise TrainInputError(
+                f"--resume: the interrupted run in {self.work} was started with other settings or data: "
+                + "; ".join(changed)
+                + ". Resuming would train one checkpoint on both; resume with the interrupted run's settings "
+                "and data, or pass --overwrite (instead of --resume) to start over"
+            )
 
     # -- wall time across interruptions --------------------------------------------------------------
     def elapsed(self) -> float:
@@ -295,6 +344,78 @@ class StageOutput:
             os.rename(tmp / name, self.final / name)
         tmp.rmdir()
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a run was started with
+
+
+NOT_RUN_INPUTS = {
+    # names, logs and how the run is handled: they do not change the trained weights
+    "output",
+    "overwrite",
+    "resume",
+    "label",
+    "data_name",
+    "logging_steps",
+    "save_steps",
+    "trust_remote_code",
+    # compared by what they name (the data's content and format, the resolved models), not as written
+    "data",
+    "data_format",
+    "model",
+    "policy",
+    "reward_model",
+    "gguf_file",
+}
+
+
+def _model_identity(ref: ModelRef) -> str:
+    """A model as a resumed run must find it again: where it is and, for a checkpoint of ours, its manifest
+    (a stage trained again in the same folder has a new one)."""
+    path = Path(ref.source) / MANIFEST_NAME
+    if path.is_file():
+        return f"{ref.describe()} (manifest sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:12]})"
+    return ref.describe()
+
+
+def run_inputs(config: _StageConfig, data: DataSource, models: dict[str, ModelRef]) -> dict[str, Any]:
+    """What decides a stage's result, as ``run_inputs.json`` records it: the stage, every setting but
+    :data:`NOT_RUN_INPUTS`, the data by content (SHA-256; the path only to name it) and the models it starts
+    from (``{"--model": ref}``)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_RUN_INPUTS}
+    return {
+        "stage": config.stage,
+        "settings": settings,
+        "data": {"sha256": data.sha256, "source": data.source, "format": data.format},
+        "models": {flag: _model_identity(ref) for flag, ref in models.items()},
+    }
+
+
+def input_differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``--flag: old (interrupted run) -> new (now)`` for every input that differs (the data by content)."""
+    changed = []
+    if before.get("stage") != now.get("stage"):
+        changed.append(f"stage: {before.get('stage')} (interrupted run) -> {now.get('stage')} (now)")
+    old, new = before.get("settings") or {}, now.get("settings") or {}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            flag = "--" + key.replace("_", "-")
+            changed.append(f"{flag}: {old.get(key)} (interrupted run) -> {new.get(key)} (now)")
+    old_data, new_data = before.get("data") or {}, now.get("data") or {}
+    if old_data.get("sha256") != new_data.get("sha256") or old_data.get("format") != new_data.get("format"):
+        changed.append(
+            f"--data: {old_data.get('source')} ({old_data.get('format')}, sha256 "
+            f"{str(old_data.get('sha256'))[:12]}) (interrupted run) -> {new_data.get('source')} "
+            f"({new_data.get('format')}, sha256 {str(new_data.get('sha256'))[:12]}) (now)"
+        )
+    old_models, new_models = before.get("models") or {}, now.get("models") or {}
+    for flag in sorted(set(old_models) | set(new_models)):
+        if old_models.get(flag) != new_models.get(flag):
+            changed.append(
+                f"{flag}: {old_models.get(flag)} (interrupted run) -> {new_models.get(flag)} (now)"
+            )
+    return changed
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, note
+from lm_eval_calib_train.output import StageOutput, build_manifest, note, run_inputs
 from lm_eval_calib_train.ranks import global_batch, sharded_weights
 from lm_eval_calib_train.recipe import fit, precision_flags, trainer_arguments
 
@@ -55,6 +55,7 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
     resume_from = out.preflight()
     ref = resolve_model(config.model, config.gguf_file)
     data = read_data(config.data, config.data_format, config.data_name)
+    out.check_inputs(run_inputs(config, data, {"--model": ref}))  # --resume: only the same run
     train_pairs, held_out = split_pairs(preference_pairs(data), config.eval_rows, config.max_rows)
     tokenizer = load_tokenizer(ref, config.trust_remote_code)
     ensure_pad_token(tokenizer, distinct=True)

@@ -22,7 +22,7 @@ from lm_eval_calib_train.models import (
     resolve_model,
     same_tokenizer,
 )
-from lm_eval_calib_train.output import StageOutput
+from lm_eval_calib_train.output import StageOutput, run_inputs
 
 
 @dataclass
@@ -58,6 +58,7 @@ def prepare_rl_stage(config: Any) -> RLInputs:
     reward_ref = resolve_model(config.reward_model, None, "--reward-model")
     require_reward_model(reward_ref)
     data = read_data(config.data, config.data_format, config.data_name)
+    out.check_inputs(run_inputs(config, data, {"--policy": policy_ref, "--reward-model": reward_ref}))
     prompt_messages = prompts(data)
     if config.max_rows:
         prompt_messages = prompt_messages[: config.max_rows]

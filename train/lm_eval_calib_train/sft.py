@@ -17,7 +17,7 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, note
+from lm_eval_calib_train.output import StageOutput, build_manifest, note, run_inputs
 from lm_eval_calib_train.ranks import global_batch, sharded_weights
 from lm_eval_calib_train.recipe import fit, precision_flags, trainer_arguments
 
@@ -47,6 +47,7 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
     resume_from = out.preflight()
     ref = resolve_model(config.model, config.gguf_file)
     data = read_data(config.data, config.data_format, config.data_name)
+    out.check_inputs(run_inputs(config, data, {"--model": ref}))  # --resume: only the same run
     examples = conversations(data)
     if config.max_rows:
         examples = examples[: config.max_rows]
