@@ -35,14 +35,14 @@ Schema (see ``examples/offline_mini.yaml``)::
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from lm_eval_calib.metrics import METRICS
 
@@ -136,6 +136,8 @@ class StudyConfig:
 
 def _expand(value: Any, where: str) -> Any:
     if isinstance(value, str):
+        if "\x00" in value:  # every path operation refuses it (ValueError: embedded null byte)
+            raise StudyConfigError(f"{where}: the text holds a NUL character (\\x00); remove it")
 
         def replace(match: re.Match) -> str:
             var = match.group(1)
@@ -152,11 +154,50 @@ def _expand(value: Any, where: str) -> Any:
 
 
 def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    """A mapping with text keys. YAML reads an unquoted ``on:``, ``yes:`` or ``no:`` key as a boolean and
+    ``1:`` as a number, which then broke sorting and joining the keys (raw TypeError)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise StudyConfigError(f"{where} must be a mapping (key: value), got {type(raw).__name__}")
+    for key in raw:
+        if not isinstance(key, str):
+            hint = (
+                " (YAML reads an unquoted on, off, yes or no as a boolean: quote it, e.g. 'on':)"
+                if isinstance(key, bool)
+                else ""
+            )
+            raise StudyConfigError(f"{where}: key {key!r} ({type(key).__name__}) is not text{hint}")
     return raw
+
+
+def _text(value: Any, where: str, what: str = "text") -> str:
+    """A string setting: text, or a number written without quotes (``pretrained: 1234`` is a folder
+    name); a list, a mapping, a boolean or nothing is a mistake (``from: [m]`` raised TypeError)."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise StudyConfigError(f"{where} is empty; give {what}")
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise StudyConfigError(f"{where} must be {what}, got {type(value).__name__} {value!r}")
+
+
+def _optional_text(raw: dict, key: str, where: str, what: str = "text") -> str | None:
+    return None if raw.get(key) is None else _text(raw[key], f"{where}.{key}", what)
+
+
+def _flag(raw: dict, key: str, default: bool, where: str) -> bool:
+    """``evaluate: false``; a quoted ``"false"`` means false too (``bool("false")`` is True: the stage was
+    evaluated), anything else that is not a yes/no is an error."""
+    from lm_eval_calib.models.model_args import parse_bool
+
+    if key not in raw:
+        return default
+    try:
+        return parse_bool(raw[key], f"{where}.{key}")
+    except ValueError as exc:
+        raise StudyConfigError(str(exc)) from None
 
 
 def _check_keys(raw: dict, allowed: set[str], where: str) -> None:
@@ -189,6 +230,11 @@ _EVAL_KEYS = {
 }
 
 
+SAMPLES_MAX = 20_000
+"""Documents ``samples:`` may select: lm_eval takes their indices as one command-line argument, which Linux
+caps at 128 KiB (MAX_ARG_STRLEN); ``samples: {stop: 1000000000}`` built a list of 10**9 integers."""
+
+
 def _samples(raw: Any, where: str) -> tuple[int, int, int] | None:
     """``samples: {start: 0, stop: 14042, step: 47}``: every 47th document, a spread over all MMLU subjects
     (``--limit`` takes the first N, which for the pooled MMLU task is one or two subjects)."""
@@ -203,14 +249,98 @@ def _samples(raw: Any, where: str) -> tuple[int, int, int] | None:
         )
     if values[1] <= values[0]:
         raise StudyConfigError(f"{where}: stop must be larger than start")
+    count = len(range(*values))
+    # lm_eval takes the indices on its command line, and one argument holds at most 128 KiB (MAX_ARG_STRLEN)
+    if count > SAMPLES_MAX or len(json.dumps(list(range(*values)), separators=(",", ":"))) > 120_000:
+        raise StudyConfigError(
+            f"{where} selects {count:,} documents; lm_eval --samples lists every index on the command line, "
+            f"which holds about {SAMPLES_MAX:,}: take a larger step, or use limit"
+        )
     return values
+
+
+def _limit(value: Any, where: str) -> int | float | None:
+    """lm_eval's ``--limit``: documents (>= 1) or a fraction (< 1); NaN passed ``limit <= 0`` and inf
+    failed in the cell (``int(inf)``)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise StudyConfigError(
+            f"{where} must be a positive number (documents, or a fraction < 1), got {value!r}"
+        )
+    return value
+
+
+def _batch_size(value: Any, where: str) -> str | int | None:
+    """lm_eval's ``--batch_size`` as its hf model reads it: an integer >= 1, ``auto`` or ``auto:N``."""
+    if value is None:
+        return None
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    ok = False
+    if text is not None:
+        head, _, schedule = text.partition(":")
+        if head == "auto":
+            ok = not schedule or _positive_number(schedule)
+        else:
+            ok = text.isdigit() and int(text) >= 1 and not schedule
+    if not ok:
+        raise StudyConfigError(
+            f"{where} must be an integer >= 1, auto or auto:N (lm_eval --batch_size), got {value!r}"
+        )
+    return value
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        number = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(number) and number > 0
+
+
+def _arguments(raw: Any, where: str) -> dict[str, Any]:
+    """``model_args:``: text keys, and values lm_eval's ``key=value,...`` string can carry."""
+    args = _mapping(raw, where)
+    for key, value in args.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise StudyConfigError(
+                f"{where}.{key} must be a single value (text, number or true/false): lm_eval reads "
+                f"--model_args as key=value pairs; got {type(value).__name__} {value!r}"
+            )
+    return args
+
+
+def _metadata(raw: Any, where: str) -> dict[str, Any]:
+    """``metadata:`` goes to lm_eval as ``--metadata JSON``: JSON values with text keys all the way down.
+    ``json.dumps`` would turn a ``false:`` key (an unquoted ``off:``) into ``"false"`` and refuse a date,
+    and the plan's fingerprint (``sort_keys``) failed on mixed key types with a raw TypeError."""
+    metadata = _mapping(raw, where)
+    _json_value(metadata, where)
+    return metadata
+
+
+def _json_value(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in _mapping(value, where).items():
+            _json_value(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _json_value(item, f"{where}[{index}]")
+    elif value is not None and not isinstance(value, (str, int, float)):
+        raise StudyConfigError(
+            f"{where} must hold JSON values (text, numbers, true/false, lists, mappings), got "
+            f"{type(value).__name__} {value!r}; quote it to pass it as text"
+        )
 
 
 def _eval_settings(raw: dict, base: EvalSettings, where: str) -> EvalSettings:
     _check_keys(raw, _EVAL_KEYS, where)
-    limit = raw.get("limit", base.limit)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0):
-        raise StudyConfigError(f"{where}.limit must be a positive number (documents, or a fraction < 1)")
+    limit = _limit(raw["limit"], f"{where}.limit") if "limit" in raw else base.limit
     samples = _samples(raw["samples"], f"{where}.samples") if "samples" in raw else base.samples
     if samples is not None and limit is not None:
         raise StudyConfigError(f"{where}: give limit or samples, not both (lm_eval accepts only one)")
@@ -218,14 +348,18 @@ def _eval_settings(raw: dict, base: EvalSettings, where: str) -> EvalSettings:
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
         raise StudyConfigError(f"{where}.num_fewshot must be an integer >= 0")
     return EvalSettings(
-        backend=str(raw.get("backend", base.backend)),
-        model_args={**base.model_args, **_mapping(raw.get("model_args"), f"{where}.model_args")},
-        device=raw.get("device", base.device),
-        batch_size=raw.get("batch_size", base.batch_size),
+        backend=_text(raw["backend"], f"{where}.backend", "a model name")
+        if "backend" in raw
+        else base.backend,
+        model_args={**base.model_args, **_arguments(raw.get("model_args"), f"{where}.model_args")},
+        device=_optional_text(raw, "device", where, "a device") if "device" in raw else base.device,
+        batch_size=_batch_size(raw["batch_size"], f"{where}.batch_size")
+        if "batch_size" in raw
+        else base.batch_size,
         limit=limit,
         num_fewshot=shots,
         samples=samples,
-        metadata={**base.metadata, **_mapping(raw.get("metadata"), f"{where}.metadata")},
+        metadata={**base.metadata, **_metadata(raw.get("metadata"), f"{where}.metadata")},
         launcher=_launcher(raw["launcher"], f"{where}.launcher") if "launcher" in raw else base.launcher,
     )
 
@@ -254,17 +388,17 @@ def _model(name: str, raw: dict, where: str) -> ModelSpec:
         )
     return ModelSpec(
         name=name,
-        bundled=raw.get("bundled"),
-        pretrained=None if raw.get("pretrained") is None else str(raw["pretrained"]),
-        model_args=_mapping(raw.get("model_args"), f"{where}.model_args"),
-        stage=str(raw.get("stage", "model")),
-        evaluate=bool(raw.get("evaluate", True)),
+        bundled=_optional_text(raw, "bundled", where, "a bundled model name (smollm2, gemma3)"),
+        pretrained=_optional_text(raw, "pretrained", where, "a folder or hub id"),
+        model_args=_arguments(raw.get("model_args"), f"{where}.model_args"),
+        stage=_text(raw.get("stage", "model"), f"{where}.stage", "a stage label"),
+        evaluate=_flag(raw, "evaluate", True, where),
     )
 
 
 def _train(name: str, raw: dict, where: str) -> TrainSpec:
     kind = raw.get("kind")
-    if kind not in TRAIN_KINDS:
+    if not isinstance(kind, str) or kind not in TRAIN_KINDS:
         raise StudyConfigError(f"{where}.kind must be one of {', '.join(TRAIN_KINDS)}, got {kind!r}")
     required = {
         "sft": ("from", "data", "max_steps", "method"),
@@ -282,18 +416,23 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
         raise StudyConfigError(f"{where}.max_steps must be an integer >= 1")
     if kind == "sft" and raw["method"] not in ("full", "lora"):
         raise StudyConfigError(f"{where}.method must be full or lora, got {raw['method']!r}")
+    raw = {**raw, "data": _text(raw["data"], f"{where}.data", "a file, folder or hub dataset name")}
+    parents = {
+        key: _optional_text(raw, key, where, "the name of a model or stage")
+        for key in ("from", "policy", "reward_model")
+    }
     args = _stage_args(kind, raw, _mapping(raw.get("args"), f"{where}.args"), f"{where}.args")
     return TrainSpec(
         name=name,
         kind=kind,
-        data=str(raw["data"]),
+        data=raw["data"],
         max_steps=steps,
-        source=raw.get("from"),
+        source=parents["from"],
         method=raw.get("method"),
-        policy=raw.get("policy"),
-        reward_model=raw.get("reward_model"),
+        policy=parents["policy"],
+        reward_model=parents["reward_model"],
         args=args,
-        evaluate=bool(raw.get("evaluate", kind != "reward")),  # a reward model is a classifier, not an LM
+        evaluate=_flag(raw, "evaluate", kind != "reward", where),  # a reward model is a classifier, not an LM
     )
 
 
@@ -362,6 +501,7 @@ def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingS
     missing = [key for key in keys if key not in raw]
     if missing:
         raise StudyConfigError(f"{where}: a finding needs {', '.join(missing)}")
+    raw = {**raw, **{key: _text(raw[key], f"{where}.{key}") for key in keys}}  # `metric: [ece, brier]`
     if raw["task"] not in tasks:
         raise StudyConfigError(f"{where}.task {raw['task']!r} is not one of the study's tasks")
     if raw["metric"] not in METRICS:
@@ -380,7 +520,12 @@ def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingS
         )
     margin = raw.get("margin")
     if raw["expect"] == "same":
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+        if (
+            isinstance(margin, bool)
+            or not isinstance(margin, (int, float))
+            or not math.isfinite(margin)
+            or not margin > 0
+        ):
             raise StudyConfigError(
                 f"{where}: expect: same needs margin: a number > 0 (the largest difference that counts "
                 f"as the same, e.g. margin: 0.02 for ECE), got {margin!r}"
@@ -439,10 +584,11 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
     if not isinstance(findings_raw, list):
         raise StudyConfigError(f"{where}: `findings:` must be a list")
     findings = [_finding(f, f"findings[{i}]", tasks, evaluated) for i, f in enumerate(findings_raw)]
-    name = raw.get("name") or source.stem
+    name = source.stem if raw.get("name") is None else _text(raw["name"], "name", "a study name")
     return StudyConfig(
-        name=_check_name(str(name), "name"),
-        output=Path(str(raw["output"])),
+        name=_check_name(name, "name"),
+        # `output: null` ran into a folder named "None"
+        output=Path(_text(raw["output"], f"{where}: output", "a folder (relative to the working directory)")),
         eval=base,
         tasks=tasks,
         models=models,
@@ -454,11 +600,15 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
 
 def load_study(path: Path | str) -> StudyConfig:
     """Read and validate a study YAML file."""
+    from lm_eval_calib_train.config_parsing import YAMLInputError, load_yaml_file
+
     path = Path(path)
     if not path.is_file():
         raise StudyConfigError(f"{path}: no such study file; see examples/offline_mini.yaml for the format")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raw = load_yaml_file(path)  # bounded: depth, aliases (a "billion laughs" file), UTF-8
+    except YAMLInputError as exc:
+        raise StudyConfigError(str(exc)) from None
+    except OSError as exc:
+        raise StudyConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return parse_study(raw, path)

@@ -12,6 +12,12 @@ folder its task reads, or the whole root for a task this package does not ship),
 local model folder. Same bytes give the same result wherever they lie, so a data root moved or copied reuses
 finished cells; any changed, added or removed file reruns exactly the cells that read it. Hub data (no data
 root, or a hub dataset name) enter by name: they cannot be hashed without downloading them.
+
+A training stage killed mid-run leaves resumable checkpoints; the runner records what that run was
+(``checkpoints/.<stage>.study_run.json``: its fingerprint and inputs) before starting it. The next study
+resumes it only when the stage's fingerprint is still the same; otherwise the stage starts over (its settings,
+data or parents changed, so the interrupted run's steps are not this stage's), and the dry run says why. An
+interrupted run the study has no record of (left by an older version) starts over too: its inputs are unknown.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from lm_eval_calib.data.root import DATA_ENV  # the cells' lm_eval inherits this
 from lm_eval_calib.study.config import EvalSettings, ModelSpec, StudyConfig, TrainSpec
 
 CELL_FILE = "study_cell.json"
+RUN_FILE_SUFFIX = ".study_run.json"
+"""``checkpoints/.<stage>.study_run.json``: the training run a study started and has not finished."""
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Cell:
     status: str = "missing"  # done | missing | stale | blocked
     reason: str = ""
     inputs: dict[str, str] = field(default_factory=dict)  # local data / folder it reads -> content digest
+    restart: bool = False  # a training run was interrupted with another fingerprint: start over, not resume
 
 
 def _fingerprint(payload: dict) -> str:
@@ -98,12 +107,29 @@ class FileHashes:
         tmp.replace(self.path)
 
 
+def path_is(path: Path, test: str = "exists") -> bool:
+    """``path.exists()`` (or ``is_file``, ``is_dir``), False for a name the system refuses: a NUL byte
+    (ValueError) or a name too long (OSError) made a dry run end in a traceback."""
+    try:
+        return bool(getattr(path, test)())
+    except (OSError, ValueError):
+        return False
+
+
+def local_path(spec: str) -> Path:
+    """``spec`` with ``~`` expanded as the train CLI does; ``~nosuchuser/x`` stays as written."""
+    try:
+        return Path(spec).expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        return Path(spec)
+
+
 def content_digest(path: Path, hashes: FileHashes) -> str:
     """A digest of the bytes under ``path`` (a file, or every file below a folder with its relative path);
     ``missing`` when there is nothing (the study's checks report that before anything runs)."""
-    if path.is_file():
+    if path_is(path, "is_file"):
         return hashes.file(path)[:16]
-    if not path.is_dir():
+    if not path_is(path, "is_dir"):
         return "missing"
     digest = hashlib.sha256()
     for item in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -115,9 +141,7 @@ def is_local_data(spec: str) -> bool:
     """Whether the train CLI reads ``spec`` as a local file or folder (else: a hub dataset name); the same
     rule as ``lm_eval_calib_train.data``."""
     return (
-        Path(spec).expanduser().exists()
-        or spec.startswith(("/", "./", "../", "~"))
-        or spec.endswith(DATA_SUFFIXES)
+        path_is(local_path(spec)) or spec.startswith(("/", "./", "../", "~")) or spec.endswith(DATA_SUFFIXES)
     )
 
 
@@ -125,14 +149,14 @@ def is_local_model(spec: ModelSpec) -> bool:
     """A ``pretrained:`` that names a folder (it exists, or is written as a path) rather than a hub id."""
     if not spec.pretrained:
         return False
-    return Path(spec.pretrained).expanduser().exists() or spec.pretrained.startswith(("/", "./", "../", "~"))
+    return path_is(local_path(spec.pretrained)) or spec.pretrained.startswith(("/", "./", "../", "~"))
 
 
 def data_root(settings: EvalSettings) -> Path | None:
     """The data root an evaluation reads (``metadata: {data_dir: ...}``, else ``$LM_EVAL_CALIB_DATA``), or
     None for the hub copy; resolved as lm_eval_calib.data.root does, in the same working directory."""
     raw = settings.metadata.get("data_dir") or os.environ.get(DATA_ENV) or None
-    return None if raw is None else Path(str(raw)).expanduser()
+    return None if raw is None else local_path(str(raw))
 
 
 def task_data_folder(task: str) -> str | None:
@@ -261,7 +285,7 @@ def build_plan(config: StudyConfig) -> list[Cell]:
     for spec in config.models.values():
         if is_local_model(spec):
             folder = str(spec.pretrained)
-            folders[spec.name] = {folder: content_digest(Path(folder).expanduser(), hashes)}
+            folders[spec.name] = {folder: content_digest(local_path(folder), hashes)}
         payload = {
             "model": spec.bundled or spec.pretrained,
             "args": spec.model_args,
@@ -270,7 +294,7 @@ def build_plan(config: StudyConfig) -> list[Cell]:
         prints[spec.name] = _fingerprint(payload)
     for spec in config.train.values():
         if is_local_data(spec.data):
-            inputs = {spec.data: content_digest(Path(spec.data).expanduser(), hashes)}
+            inputs = {spec.data: content_digest(local_path(spec.data), hashes)}
             data = list(inputs.values())[0]
         else:
             inputs, data = {}, f"hub:{spec.data}"
@@ -336,8 +360,41 @@ def build_plan(config: StudyConfig) -> list[Cell]:
             cell.status = "done"
         elif cell.folder.exists():
             cell.status, cell.reason = "stale", _why_stale(cell, recorded)
+        elif cell.kind == "train":
+            _check_interrupted(cell)
     _propagate(cells)
     return cells
+
+
+def run_file(folder: Path) -> Path:
+    """Where the runner records a training run it started (beside the checkpoint and the train CLI's work
+    folder, so neither the checkpoint nor the work folder holds a file the train CLI did not write)."""
+    return folder.with_name(f".{folder.name}{RUN_FILE_SUFFIX}")
+
+
+def train_work_folder(folder: Path) -> Path:
+    """Where ``lm-eval-calib train --output FOLDER`` keeps the resumable checkpoints of an unfinished run
+    (``lm_eval_calib_train.output``; named here so the study does not import the training add-on)."""
+    return folder.with_name(f".{folder.name}.work")
+
+
+def _check_interrupted(cell: Cell) -> None:
+    """A training cell not yet done: when the study started it before with another fingerprint (and it did not
+    finish), its interrupted run is not this stage's; mark it to start over, saying what changed."""
+    try:
+        recorded = json.loads(run_file(cell.folder).read_text())
+    except (OSError, json.JSONDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        if train_work_folder(cell.folder).exists():  # left by a study that did not record its runs
+            cell.restart = True
+            cell.reason = "an interrupted run the study did not record is started over"
+        return  # else nothing was started: the train CLI starts from the beginning
+    if recorded.get("fingerprint") == cell.fingerprint:
+        return  # the same run: the train CLI resumes it (and checks its inputs itself)
+    cell.restart = True
+    why = _why_stale(cell, recorded).replace(" (or it was not made by a study)", "")
+    cell.reason = f"an interrupted run is started over: {why}"
 
 
 def _why_stale(cell: Cell, recorded: dict | None) -> str:

@@ -426,3 +426,140 @@ def test_a_bad_launcher_is_refused_before_anything_runs(tmp_path, monkeypatch, l
     body["eval"]["launcher"] = launcher
     with pytest.raises(StudyConfigError, match=message):
         check_study(parse_study(body, tmp_path / "s.yaml"))
+
+
+# --- issue 29.4: the dry run asks the code each cell runs about the cell's settings ----------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            _set("tasks.calib_mmlu.metadata", {"calibration": {"n_bins": 1000000}}),
+            r"tasks.calib_mmlu.metadata: calibration option 'n_bins' must be a positive integer",
+        ),
+        (
+            _set("tasks.calib_facts.metadata", {"calibration": {"confidence": ["verbose"]}}),
+            r"tasks.calib_facts.metadata: .*verbose",
+        ),
+        (_set("eval.model_args", {"dtype": "float33"}), "model_args dtype 'float33' is not a torch dtype"),
+        (_set("models.base.model_args", {"dtype": "nn"}), "model_args dtype 'nn' is not a torch dtype"),
+        (_set("eval.device", "gpu"), "device 'gpu' is not a torch device"),
+        (
+            _set("tasks.calib_facts.metadata", {"facts": {"n_distractors": 0}}),
+            r"tasks.calib_facts.metadata: facts n_distractors: n_distractors=0 gives every fact 1 option",
+        ),
+        (
+            _set("tasks.calib_facts.metadata", {"facts": {"relations": []}}),
+            r"tasks.calib_facts.metadata: facts relations: relations is an empty list",
+        ),
+        (
+            _set("tasks.calib_facts.metadata", {"facts": {"relations": ["P999"]}}),
+            r"unknown LAMA T-REx relation\(s\) 'P999'",
+        ),
+        (
+            _set("tasks.calib_facts.metadata", {"facts": {"n_distractor": 3}}),
+            r"unknown facts option\(s\) 'n_distractor' for calib_facts; known: n_distractors",
+        ),
+        (_set("tasks.calib_facts.metadata", {"facts": [1]}), r"facts must be a mapping"),
+        (
+            _set("tasks.calib_facts.metadata", {"facts": {"seed": 1234.0}}),
+            r"facts seed: seed must be an integer",
+        ),
+        (_set("tasks.calib_mmlu.metadata", {"data_dir": 5}), r"metadata.data_dir must be a folder name"),
+        (
+            _set("eval.model_args", {"revision": "main,step1000"}),
+            r"do not survive lm_eval's key=value,... parsing",
+        ),
+    ],
+    ids=[
+        "n_bins-1e6",
+        "unknown-estimator",
+        "dtype-float33",
+        "dtype-not-a-dtype",
+        "device-gpu",
+        "n_distractors-0",
+        "relations-empty",
+        "relation-unknown",
+        "facts-option-typo",
+        "facts-not-a-mapping",
+        "facts-seed-float",
+        "data_dir-number",
+        "model_args-comma",
+    ],
+)
+def test_dry_run_refuses_what_the_cell_would_refuse_after_training(tmp_path, monkeypatch, change, message):
+    """Each of these passed ``--dry-run`` and failed only in its evaluation cell, after every stage had
+    trained (issue 29, item 4)."""
+    monkeypatch.setenv(DATA_ENV, str(_data_root(tmp_path / "data")))
+    body = _study(tmp_path)
+    change(body, tmp_path)
+    with pytest.raises(StudyConfigError, match=message):
+        _check(body, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("tasks.calib_mmlu.limit", float("nan")), r"tasks.calib_mmlu.limit must be a positive number"),
+        (_set("tasks.calib_mmlu.limit", float("inf")), r"tasks.calib_mmlu.limit must be a positive number"),
+        (_set("eval.batch_size", -5), r"eval.batch_size must be an integer >= 1, auto or auto:N"),
+        (_set("eval.batch_size", "auto:x"), r"eval.batch_size must be an integer >= 1, auto or auto:N"),
+        (_set("output", None), r"output must be a folder"),
+        (_set("models.base.evaluate", "perhaps"), r"models.base.evaluate='perhaps' is not a boolean"),
+        (_set("tasks.calib_mmlu", {"samples": {"stop": 10**9}}), r"selects 1,000,000,000 documents"),
+        (_set("train.ppo.args", {"num_mini_batches": 0}), r"--num-mini-batches must be >= 1"),
+        (_set("train.sft.args", {"lora_dropout": 2}), r"--lora-dropout must be in \[0, 1\)"),
+        (_set("train.sft.args", {"learning_rate": float("inf")}), r"--learning-rate: expected a finite"),
+    ],
+    ids=[
+        "limit-nan",
+        "limit-inf",
+        "batch_size-negative",
+        "batch_size-auto-x",
+        "output-null",
+        "evaluate-not-a-boolean",
+        "samples-too-many",
+        "ppo-zero-mini-batches",
+        "lora-dropout-2",
+        "learning-rate-inf",
+    ],
+)
+def test_settings_the_cell_would_refuse_are_refused_when_the_file_is_read(tmp_path, change, message):
+    body = _study(tmp_path)
+    change(body, tmp_path)
+    with pytest.raises(StudyConfigError, match=message):
+        parse_study(body, tmp_path / "s.yaml")
+
+
+def test_evaluate_false_written_as_text_means_false(tmp_path):
+    """``evaluate: "false"`` was ``bool("false")``: True, and the model was evaluated."""
+    body = _study(tmp_path)
+    body["models"]["base"]["evaluate"] = "false"
+    body["train"]["sft"]["evaluate"] = "no"
+    body["findings"] = []
+    config = parse_study(body, tmp_path / "s.yaml")
+    assert config.evaluated() == ["ppo"]
+
+
+@pytest.mark.parametrize("value", [8, "8", "auto", "auto:4"])
+def test_batch_sizes_lm_eval_accepts_pass(tmp_path, value):
+    body = _study(tmp_path)
+    body["eval"]["batch_size"] = value
+    assert parse_study(body, tmp_path / "s.yaml").eval.batch_size == value
+
+
+def test_lora_targets_the_model_lacks_are_refused_before_training(tmp_path, monkeypatch):
+    """The train CLI's own check, on the starting model's architecture (meta device: no weights read)."""
+    from transformers import LlamaConfig
+
+    monkeypatch.setenv(DATA_ENV, str(_data_root(tmp_path / "data")))
+    body = _study(tmp_path)
+    LlamaConfig(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
+    ).save_pretrained(tmp_path / "base")
+    body["train"]["sft"]["args"] = {"lora_target_modules": ["q_proj", "query_key_value"]}
+    with pytest.raises(StudyConfigError, match=r"train.sft.args.lora_target_modules: .*query_key_value not"):
+        _check(body, tmp_path)
+    body["train"]["sft"]["args"] = {"lora_target_modules": ["q_proj", "v_proj"]}
+    _check(body, tmp_path)

@@ -121,6 +121,8 @@ class SFTStageConfig(_StageConfig):
             raise TrainInputError("sft: --lora-r must be >= 1 and --lora-alpha > 0")
         if self.max_length < 8:
             raise TrainInputError("sft: --max-length must be >= 8")
+        if self.method == "lora" and not 0 <= self.lora_dropout < 1:
+            raise TrainInputError("sft: --lora-dropout must be in [0, 1) (a probability)")
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -186,6 +188,9 @@ class PPOStageConfig(_StageConfig):
         super().validate()
         if self.response_length < 1 or self.max_prompt_length < 1:
             raise TrainInputError("ppo: --response-length and --max-prompt-length must be >= 1")
+        for name in ("num_mini_batches", "num_ppo_epochs", "kl_horizon"):
+            if getattr(self, name) < 1:  # num_mini_batches 0 was a ZeroDivisionError just below
+                raise TrainInputError(f"ppo: --{name.replace('_', '-')} must be >= 1")
         if (self.batch_size * self.gradient_accumulation_steps) % self.num_mini_batches:
             raise TrainInputError(
                 "ppo: --batch-size x --gradient-accumulation-steps must be a multiple of --num-mini-batches"

@@ -2,19 +2,24 @@
 a later source wins. The schemas themselves are :mod:`lm_eval_calib_train.config`; this module turns YAML
 values and flag strings into their field types and builds the argparse flags from their fields. The study
 runner (:mod:`lm_eval_calib.study.config`) uses :func:`coerce` and :func:`build_config` to check a stage's
-``args:`` the same way. Imports nothing heavy.
+``args:`` the same way, and :func:`load_yaml_file` to read the study file within the same bounds. Imports
+nothing heavy.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from lm_eval_calib_train.config import TrainInputError, _StageConfig
+
+if typing.TYPE_CHECKING:
+    import yaml
 
 
 def _parse_bool(text: str | bool) -> bool:
@@ -40,6 +45,133 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+YAML_MAX_BYTES = 1 << 20
+"""A settings or study file is a few kilobytes; a megabyte is generous and keeps every later step small."""
+YAML_MAX_DEPTH = 32
+"""Nesting deeper than this (after following aliases) is no settings file: PyYAML's composer and every walk
+over the values recurse once per level, so ``[[[[...]]]]`` 5,000 deep raised RecursionError."""
+YAML_MAX_VALUES = 100_000
+"""Values after alias expansion. Aliases share one object in the loaded data, but a study expands
+``${VAR}``s, fingerprints and prints its values as trees: a "billion laughs" file (anchors nested 9 levels,
+10 copies each: 10**9 values from 1 KB) ran a dry run to 16 GB and an out-of-memory kill."""
+
+
+class YAMLInputError(ValueError):
+    """A YAML file that is not UTF-8, not valid YAML, or beyond the bounds above; the message names the
+    file, the place and the fix."""
+
+
+def _decode(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise YAMLInputError(
+            f"{what} is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} (offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _check_depth(text: str, what: str) -> None:
+    """Refuse deep nesting from the event stream (PyYAML's parser keeps its own stack, so this walk is
+    safe at any depth; its composer, which builds the nodes, recurses)."""
+    import yaml
+
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > YAML_MAX_DEPTH:
+                mark = event.start_mark
+                raise YAMLInputError(
+                    f"{what}: values nested more than {YAML_MAX_DEPTH} levels deep (line {mark.line + 1}); "
+                    "a settings file needs a few"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_expansion(root: yaml.Node, what: str) -> None:
+    """Refuse an anchor that contains itself, and aliases that expand past the bounds, before any value
+    is built: each node's expanded size and depth are computed once (memoised), so the check costs the
+    size of the file, not of its expansion."""
+    import yaml
+
+    too_deep = f"{what}: aliases nest values more than {YAML_MAX_DEPTH} levels deep; write the values out"
+    sizes: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()
+
+    def visit(node: yaml.Node, level: int) -> tuple[int, int]:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            mark = node.start_mark
+            raise YAMLInputError(
+                f"{what}: an anchor refers to itself (line {mark.line + 1}); its value would be infinite"
+            )
+        if level > YAML_MAX_DEPTH:
+            raise YAMLInputError(too_deep)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        open_nodes.add(key)
+        size, depth = 1, 0
+        for child in children:
+            child_size, child_depth = visit(child, level + 1)
+            size, depth = size + child_size, max(depth, child_depth)
+            if level + child_depth > YAML_MAX_DEPTH:
+                raise YAMLInputError(too_deep)
+            if size > YAML_MAX_VALUES:
+                raise YAMLInputError(
+                    f"{what}: its aliases (*name) expand to more than {YAML_MAX_VALUES:,} values; a settings "
+                    "file needs a few hundred (is it a 'billion laughs' file?)"
+                )
+        open_nodes.discard(key)
+        sizes[key] = (size, depth + 1)
+        return sizes[key]
+
+    visit(root, 1)
+
+
+def load_yaml_text(text: str, what: str) -> Any:
+    """``yaml.safe_load`` within bounds (depth, values after alias expansion); ``what`` names the source
+    in messages. Raises :class:`YAMLInputError` for anything it cannot load."""
+    import yaml
+
+    try:
+        _check_depth(text, what)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node, what)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise YAMLInputError(f"{what} is not valid YAML: {exc}") from None
+    except ValueError as exc:  # a value PyYAML cannot build, e.g. an integer of 5,000 digits
+        if isinstance(exc, YAMLInputError):
+            raise
+        raise YAMLInputError(f"{what}: a value cannot be read: {exc}") from None
+
+
+def load_yaml_file(path: str | Path, what: str | None = None) -> Any:
+    """A YAML file read as UTF-8 and loaded by :func:`load_yaml_text`; at most :data:`YAML_MAX_BYTES`."""
+    path = Path(path)
+    what = what or str(path)
+    size = path.stat().st_size
+    if size > YAML_MAX_BYTES:
+        raise YAMLInputError(
+            f"{what} is {size:,} bytes; a settings file is a few KB (limit {YAML_MAX_BYTES:,})"
+        )
+    return load_yaml_text(_decode(path.read_bytes(), what), what)
+
+
 def coerce(cls: type, name: str, value: Any) -> Any:
     """``value`` (from YAML or a flag string) as the type of field ``name``; a clear error otherwise."""
     tp, optional = _unwrap_optional(_field_types(cls)[name])
@@ -49,53 +181,72 @@ def coerce(cls: type, name: str, value: Any) -> Any:
             return None
         raise TrainInputError(f"{flag} cannot be empty")
     try:
-        if typing.get_origin(tp) is Literal:
-            choices = typing.get_args(tp)
-            if value not in choices:
-                raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
-            return value
-        if tp is bool:
-            return _parse_bool(value)
-        if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(f"expected an integer, got {value!r}")
-            return int(value)
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError(f"expected a number, got {value!r}")
-            return float(value)  # YAML reads 2e-5 as a string: float() takes it
-        if typing.get_origin(tp) is list:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            items = [str(item).strip() for item in items if str(item).strip()]
-            if not items:
-                raise ValueError("expected at least one name")
-            return items
-        if tp is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError(f"expected a string, got {type(value).__name__}")
-            return str(value)
-    except ValueError as exc:
+        return _coerce_value(tp, value)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise TrainInputError(f"{flag}: {exc}") from None
-    raise TrainInputError(f"{flag}: unsupported type {tp}")  # pragma: no cover - a programming error
+
+
+def _coerce_value(tp: Any, value: Any) -> Any:
+    """One value as type ``tp``. Checks the value's own type first: ``int([1])``, ``int(inf)`` or
+    ``list(5)`` from a YAML file or a study's ``args:`` raised TypeError/OverflowError past the message."""
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, (bool, str)):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return _parse_bool(value)
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a number, got {value!r}")
+        number = float(value) if tp is float or isinstance(value, float) else value
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        if tp is float:
+            return float(number)  # YAML reads 2e-5 as a string: float() takes it
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(value)
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            items = value.split(",")
+        elif isinstance(value, (list, tuple)) and all(isinstance(i, (str, int, float)) for i in value):
+            items = list(value)
+        else:
+            raise ValueError(f"expected names (a list, or text separated by commas), got {value!r}")
+        items = [str(item).strip() for item in items if str(item).strip()]
+        if not items:
+            raise ValueError("expected at least one name")
+        return items
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported type {tp}")  # pragma: no cover - a programming error
 
 
 def load_yaml_config(path: str | Path, cls: type[_StageConfig]) -> dict[str, Any]:
     """The settings of a ``--config`` YAML file, keys checked against the stage's fields."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise TrainInputError(f"--config {path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise TrainInputError(f"--config {path} is not valid YAML: {exc}") from None
+        raw = load_yaml_file(path, f"--config {path}") or {}
+    except YAMLInputError as exc:
+        raise TrainInputError(str(exc)) from None
     if not isinstance(raw, dict):
         raise TrainInputError(f"--config {path} must be a mapping of settings (key: value)")
     names = {f.name for f in dataclasses.fields(cls)}
     settings: dict[str, Any] = {}
     for key, value in raw.items():
-        name = str(key).replace("-", "_")
+        if not isinstance(key, str):
+            raise TrainInputError(
+                f"--config {path}: key {key!r} is not a setting name (YAML reads unquoted on/off/yes/no as "
+                "booleans and digits as numbers)"
+            )
+        name = key.replace("-", "_")
         if name not in names:
             raise TrainInputError(
                 f"--config {path}: unknown key {key!r} for `train {cls.stage}`; "
