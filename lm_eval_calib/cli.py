@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from lm_eval_calib.bundled_models import BUNDLED_MODELS
@@ -111,6 +114,43 @@ def _study(args: argparse.Namespace) -> int:
     return run_study(config)
 
 
+# -- help as plain text --------------------------------------------------------------------------------------
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
+_TRAILING_DEFAULT = re.compile(r"\s*\(default: [^()]*\)\s*$")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without reStructuredText markup: module docstrings serve as descriptions, and ``x`` or
+    :mod:`x` read as noise in a terminal."""
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+    return text.replace("``", "")
+
+
+def one_default(text: str) -> str:
+    """A help text that states its default in its own words keeps those and loses a generated second
+    ``(default: ...)`` at its end."""
+    return _TRAILING_DEFAULT.sub("", text) if text.count("(default") > 1 else text
+
+
+class PlainHelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, for help built from docstrings and generated flag texts (see :func:`plain_text`
+    and :func:`one_default`)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain_text(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return one_default(plain_text(super()._expand_help(action)))
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _all_parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm-eval-calib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -167,13 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     from lm_eval_calib_train.cli import add_train_parser
 
     add_train_parser(commands)
+    for each in _all_parsers(parser):  # the train add-on's parsers too
+        each.formatter_class = PlainHelpFormatter
     return parser
+
+
+def _reader_gone() -> int:
+    """Stop quietly when the reader of our output has gone (``lm-eval-calib tasks --wrappable | head``):
+    what is still buffered goes to /dev/null, so the interpreter's last flush raises nothing either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except (FileNotFoundError, KeyError) as exc:
         print(f"lm-eval-calib: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

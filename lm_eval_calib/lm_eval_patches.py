@@ -13,7 +13,10 @@ Two kinds:
   task folder and the models step aside when lm-eval discovers plugins itself through entry points (upstream
   PRs #4015 and #4013): registering a second time would index every task twice.
 - evaluation (applied by :func:`install_all` when our task classes load): the bootstrap stderr of calibration
-  metrics, and the check before inference that the model serves what the tasks need.
+  metrics, and the check before inference that the model serves what the tasks need. Those whose module is
+  ``lm_eval.tasks.manager`` are applied by the start-up hook too, so they also serve runs of lm-eval's own
+  tasks: the right doc_id for every ``--samples`` document, and our errors through lm-eval's CLI as one
+  line (the traceback with ``--verbosity DEBUG``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import itertools
+import numbers
 import os
 import sys
 import warnings
@@ -44,6 +49,8 @@ TASK_ENTRY_POINT = f"lm_eval_calib.task_folder.{ANCHOR}"
 MODELS = {
     "hf-calib": "lm_eval_calib.models.hf_calib:HFCalibLM",
     "vllm-calib": "lm_eval_calib.models.vllm_calib:VLLMCalibLM",
+    "completions-calib": "lm_eval_calib.models.completions_calib:CompletionsCalibLM",
+    "chat-calib": "lm_eval_calib.models.chat_calib:ChatCalibLM",
 }
 
 
@@ -111,15 +118,35 @@ def upstream_discovers_our_tasks(manager_module: ModuleType) -> bool:
     return any(os.path.realpath(path) == str(ours) for path in discover())
 
 
+def _real(path: Any) -> str:
+    """``path`` as the folder it names (absolute, symlinks and a trailing slash resolved)."""
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _add_task_dir(include_path: Any) -> list:
-    """``include_path`` with our task folder appended, keeping the caller's entries."""
-    ours = str(task_dir())
+    """``include_path`` with our task folder appended, keeping the caller's entries.
+
+    Folders are compared resolved, not as strings: ``"$(lm-eval-calib tasks-dir)/"``, a relative path or a
+    symlink to our folder is our folder, and indexing it twice makes lm-eval warn once per task ("overrides
+    existing task"). An entry that already covers our folder (it, or a folder above it) leaves the list as
+    it is; an entry inside our folder is dropped, since ours indexes it.
+    """
+    ours, ours_real = str(task_dir()), _real(task_dir())
     if include_path is None:
         return [ours]
     paths = list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
-    if ours not in {str(p) for p in paths}:
-        paths.append(ours)
-    return paths
+    try:
+        real = [_real(path) for path in paths]
+    except TypeError:  # not path-like: lm-eval reports it; only add ours
+        return [*paths, ours]
+    if any(_within(ours_real, path) for path in real):
+        return paths
+    kept = [path for path, resolved in zip(paths, real, strict=True) if not _within(resolved, ours_real)]
+    return [*kept, ours]
 
 
 def patch_task_folder(missing: list[str]) -> None:
@@ -262,6 +289,151 @@ def patch_evaluate(missing: list[str]) -> None:
     evaluator.evaluate = _flag(evaluate)
 
 
+# -- evaluation: --samples document ids (Task.doc_iterator) --------------------------------------------------
+def check_samples(task_name: str, indices: Any, n_docs: int) -> list[int]:
+    """``indices`` (one task's ``--samples`` list) as ints, or a ValueError naming the bad entry: each must
+    be an integer in ``[0, n_docs)``, listed once. (lm-eval 0.4.13 asserts only ``< n_docs``: ``-1`` then
+    logs row 0 as doc_id -1, ``1.0`` selects row 1 as doc_id 1.0, and a repeated index shifts every id after
+    it.)"""
+    where = f"--samples for {task_name}"
+    span = f"an integer from 0 to {n_docs - 1}" if n_docs else "and the task has no documents"
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        raise ValueError(f"{where}: expected a list of document indices, got {indices!r}")
+    seen: set[int] = set()
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or index < 0:
+            raise ValueError(
+                f"{where}: {index!r} is not a document index ({span}; negative indices are not supported)"
+            )
+        if index >= n_docs:
+            raise ValueError(f"{where}: {index} is out of range: the task has {n_docs} documents ({span})")
+        if index in seen:
+            raise ValueError(f"{where}: {index} is listed twice; list each document once")
+        seen.add(int(index))
+    return [int(index) for index in indices]
+
+
+def _wrap_doc_iterator(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def doc_iterator(self, *args, **kwargs):
+        samples = kwargs.get("samples")
+        if args or not samples:
+            return original(self, *args, **kwargs)
+        docs = self.eval_docs
+        indices = check_samples(getattr(self.config, "task", None) or type(self).__name__, samples, len(docs))
+        rank, world_size = int(kwargs.get("rank") or 0), int(kwargs.get("world_size") or 1)
+        # position i of the list is row indices[i]: the evaluator logs doc_id = samples[position]
+        return itertools.islice(enumerate(docs[i] for i in indices), rank, None, world_size)
+
+    return _flag(doc_iterator)
+
+
+def patch_doc_iterator(missing: list[str]) -> None:
+    """Make ``--samples`` positions and rows agree, whatever the order of the list.
+
+    lm-eval's evaluator logs the document at position ``i`` of ``doc_iterator`` as ``doc_id = samples[i]``,
+    but 0.4.13's ``doc_iterator`` yields the selected rows in row order: ``[5, 2]`` logged row 2 as doc_id 5
+    (and row 5 as 2), so paired findings and the report, which match documents by doc_id, mis-paired them.
+    Here position ``i`` is row ``samples[i]``; indices that name no single row are refused by name
+    (:func:`check_samples`). Without ``--samples``, lm-eval's own iterator runs.
+    """
+    cls = sys.modules["lm_eval.api.task"].Task
+    if not _flagged(cls.doc_iterator):
+        cls.doc_iterator = _wrap_doc_iterator(cls.doc_iterator)
+
+
+# -- evaluation: our errors through lm-eval's CLI, one line (sys.excepthook) ---------------------------------
+ERROR_PREFIX = "lm-eval-calib: error: "
+_OUR_PACKAGES = ("lm_eval_calib", "lm_eval_calib_train")
+
+
+def _lm_eval_cli_files() -> tuple[str, ...]:
+    """Source files of lm-eval's command line (``lm_eval/_cli/``, ``lm_eval/__main__.py``), where loaded."""
+    package = sys.modules.get("lm_eval")
+    where = getattr(package, "__file__", None)
+    if not where:
+        return ()
+    root = os.path.dirname(os.path.realpath(where))
+    return (os.path.join(root, "_cli") + os.sep, os.path.join(root, "__main__.py"))
+
+
+def _frames(tb: Any) -> list[str]:
+    files = []
+    while tb is not None:
+        files.append(os.path.realpath(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    return files
+
+
+def _our_folders() -> tuple[str, ...]:
+    folders = [os.path.dirname(os.path.realpath(__file__))]
+    with contextlib.suppress(Exception):
+        folders.append(os.path.realpath(task_dir()))
+    return tuple(folder.rstrip(os.sep) + os.sep for folder in folders)
+
+
+def raised_by_us(exc: BaseException, frames: list[str]) -> bool:
+    """An error of ours (its class is ours) or a ``ValueError`` our code raised (the innermost frame is ours):
+    the input and option errors whose message says what to fix. A bug (any other error, or one raised inside
+    a library we call) keeps its traceback."""
+    if type(exc).__module__.split(".")[0] in _OUR_PACKAGES:
+        return True
+    return isinstance(exc, ValueError) and bool(frames) and frames[-1].startswith(_our_folders())
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    """``--verbosity DEBUG`` / ``-v DEBUG`` / ``--verbosity=DEBUG`` on the command line, or
+    ``LMEVAL_LOG_LEVEL=DEBUG``, or lm-eval's logger already at DEBUG."""
+    if os.environ.get("LMEVAL_LOG_LEVEL", "").strip().upper() == "DEBUG":
+        return True
+    for i, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        if flag in ("--verbosity", "-v") and not value and i + 1 < len(argv):
+            value = argv[i + 1]
+        if flag in ("--verbosity", "-v") and value.strip().upper() == "DEBUG":
+            return True
+    import logging
+
+    return logging.getLogger("lm_eval").isEnabledFor(logging.DEBUG)
+
+
+def one_line_error(exc: BaseException, tb: Any, argv: list[str]) -> str | None:
+    """The line to print instead of the traceback, or None to print the traceback: only for our errors that
+    went through lm-eval's CLI, and not when ``--verbosity DEBUG`` asks for tracebacks."""
+    cli = _lm_eval_cli_files()
+    frames = _frames(tb)
+    if not cli or not any(frame.startswith(cli) for frame in frames):
+        return None
+    if not raised_by_us(exc, frames) or _debug_requested(argv):
+        return None
+    message = str(exc).strip() or type(exc).__name__
+    return ERROR_PREFIX + message.removeprefix("lm-eval-calib: ")
+
+
+def _wrap_excepthook(previous: Callable) -> Callable:
+    def excepthook(exc_type, exc, tb):
+        try:
+            line = one_line_error(exc, tb, sys.argv[1:])
+        except Exception:  # never lose the error itself: fall back to the traceback
+            line = None
+        if line is None:
+            previous(exc_type, exc, tb)
+        else:
+            print(line, file=sys.stderr)
+
+    return _flag(excepthook)
+
+
+def patch_excepthook(missing: list[str]) -> None:
+    """Print the errors we raise through lm-eval's CLI (wrap refusals, data and option errors) as one line,
+    ``lm-eval-calib: error: <message>``, instead of a traceback that buries it; ``--verbosity DEBUG`` keeps
+    the traceback. Decided when the error reaches the interpreter (``sys.excepthook``), so it relies on no
+    lm-eval internal: only tracebacks through lm-eval's CLI files are touched, everything else (and any
+    failure here) goes to the previous hook."""
+    if not _flagged(sys.excepthook):
+        sys.excepthook = _wrap_excepthook(sys.excepthook)
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch(
         "task folder",
@@ -308,6 +480,21 @@ PATCHES: tuple[Patch, ...] = (
         patch_evaluate,
         "tasks needing token statistics are not checked against the model before inference, and generation "
         "calibration tasks stop with an error after lm-eval's generation (they need the model handed over)",
+    ),
+    Patch(
+        "--samples document ids",
+        "lm_eval.tasks.manager",
+        ("lm_eval.api.task.Task.doc_iterator",),
+        patch_doc_iterator,
+        "a --samples list out of increasing order logs documents under other documents' doc_id, and negative "
+        "or repeated indices are not refused: list each index once, in increasing order",
+    ),
+    Patch(
+        "one-line errors",
+        "lm_eval.tasks.manager",
+        (),
+        patch_excepthook,
+        "errors of lm-eval-calib through lm_eval's CLI print with their traceback",
     ),
 )
 
@@ -370,9 +557,14 @@ def hook_enabled() -> bool:
 
 
 def after_import(module: ModuleType) -> None:
-    """The start-up hook's entry: apply the registration patches of ``module`` right after it executes."""
+    """The start-up hook's entry: apply the patches of ``module`` right after it executes (registration
+    patches, and evaluation patches that must also serve runs of lm-eval's own tasks). An evaluation patch
+    whose internals are not loaded yet is left to :func:`install_all`, which imports them (importing them
+    here, while lm-eval's package is half initialised, could fail)."""
     for patch in PATCHES:
-        if patch.registration and patch.module == module.__name__:
+        if patch.module != module.__name__:
+            continue
+        if patch.registration or all(_exists(internal) for internal in patch.relies_on):
             apply(patch)
 
 

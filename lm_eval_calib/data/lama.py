@@ -153,6 +153,17 @@ def _check_n_distractors(n_distractors: int | str, min_options: int = 1) -> int 
     return int(n_distractors)
 
 
+def _check_seed(seed: int) -> int:
+    """The seed as a Python int. The options are drawn from a hash of the seed's text, so ``1234.0`` (or
+    ``"1234"``) would silently give other options than ``1234``: only integers are accepted."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"seed must be an integer such as 1234 (the default), got {type(seed).__name__} {seed!r}; "
+            "write it without a decimal point or quotes"
+        )
+    return int(seed)
+
+
 def _check_min_options(min_options: int) -> int:
     if isinstance(min_options, bool) or not isinstance(min_options, (int, np.integer)) or min_options < 1:
         raise ValueError(f"min_options must be an int >= 1, got {min_options!r}")
@@ -243,6 +254,7 @@ def load_folder(
     wanted = _check_relations(relations)
     min_options = _check_min_options(min_options)
     k = _check_n_distractors(n_distractors, min_options)
+    seed = _check_seed(seed)
     missing = [p for p in _expected_files(base, wanted) if not p.is_file()]
     if missing:
         raise DataNotFoundError(
@@ -379,4 +391,5 @@ def load_lama(
     """
     _check_relations(relations)
     _check_n_distractors(n_distractors, _check_min_options(min_options))
+    _check_seed(seed)
     return load_folder(_folder(data_dir, relations), n_distractors, seed, relations, min_options)

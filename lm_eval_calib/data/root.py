@@ -9,6 +9,7 @@ on offline clusters all data arrive together. The root is given per run with
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 from pathlib import Path
 
@@ -105,3 +106,56 @@ def hub_snapshot(
             "or unset the data root to read the hub."
         )
     return folder
+
+
+# -- the datasets cache of a local snapshot, keyed by its contents -------------------------------------------
+SNAPSHOT_CACHE = "lm_eval_calib_snapshots"
+"""Folder under the ``datasets`` cache holding one cache per distinct content of a local snapshot."""
+
+_fingerprints: dict[tuple, str] = {}
+
+
+def _snapshot_files(folder: Path) -> list[Path]:
+    """The data files of a snapshot: every regular file, without hidden ones (``.cache/`` of
+    ``huggingface-cli download``, editor files), in a fixed order."""
+    files = []
+    for directory, subdirs, names in os.walk(folder):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        files += [Path(directory) / name for name in sorted(names) if not name.startswith(".")]
+    return files
+
+
+def snapshot_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 of a snapshot folder's files (relative names and bytes).
+
+    ``datasets`` caches a local hub-layout folder under a key built from its README's ``data_files``
+    patterns, not from the files: after an edit (or a truncated parquet) it keeps serving the old rows, with
+    no message. Keying the cache by this fingerprint makes what is loaded follow the files. Computed once per
+    process for unchanged files (sizes and modification times).
+    """
+    folder = Path(folder)
+    files = _snapshot_files(folder)
+    stats = tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    key = (str(folder.resolve()), stats)
+    if key not in _fingerprints:
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+            digest.update(b"\0")
+        _fingerprints[key] = digest.hexdigest()
+    return _fingerprints[key]
+
+
+def snapshot_cache_dir(folder: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The ``datasets`` cache folder for a local snapshot as its files are now:
+    ``<cache>/lm_eval_calib_snapshots/<fingerprint>`` (``cache``: ``cache_dir`` when given, else the
+    ``datasets`` cache). Another content is another folder, so an edit is never served from a stale cache;
+    the same content hits the cache again."""
+    if cache_dir is None:
+        import datasets
+
+        cache_dir = datasets.config.HF_DATASETS_CACHE
+    return Path(cache_dir) / SNAPSHOT_CACHE / snapshot_fingerprint(folder)[:16]

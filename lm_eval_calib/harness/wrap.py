@@ -44,11 +44,11 @@ from lm_eval.config.task import TaskConfig
 from lm_eval.tasks._factory import TaskFactory
 from lm_eval.tasks._index import Kind
 
-from lm_eval_calib.data.root import hub_snapshot
+from lm_eval_calib.data.root import hub_snapshot, snapshot_cache_dir
 from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.base import CalibrationTaskBase, metric_keys
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.results import option_logliks
+from lm_eval_calib.harness.results import FLOORED_KEY, option_logliks
 from lm_eval_calib.harness.task import CalibrationTask
 from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.records import NORM_SUFFIX, RECORD_LOG_KEY, RecordRef, length_normalised, make_record
@@ -206,7 +206,8 @@ def leaf_class(cfg: dict, known: Any = ()) -> type:
 
 def wrapped_config(cfg: dict, task_name: str, original: str) -> dict:
     """The original config as the wrapper gets it: renamed, provenance in metadata, and a hub dataset read
-    from ``ROOT/hub/<dataset_path>`` when a data root is set. Nothing else changes."""
+    from ``ROOT/hub/<dataset_path>`` when a data root is set (cached by its contents: :meth:`Leaf.build`).
+    Nothing else changes."""
     cfg = dict(cfg)
     for key in ("tag", "group", "task_list", "task_alias"):
         cfg.pop(key, None)
@@ -265,6 +266,21 @@ class Leaf:
     """The original task's name (a subtask's, in a group)."""
     cls: type
     config: dict
+    snapshot: tuple[str, Any] | None = None
+    """``(folder, the task's own dataset_kwargs cache_dir)`` where the data come from a local hub snapshot."""
+
+    def build(self) -> Task:
+        """The task, its data read now. A local snapshot is loaded through a ``datasets`` cache keyed by its
+        files' contents (:func:`~lm_eval_calib.data.root.snapshot_cache_dir`), computed here rather than in
+        the plan: ``datasets`` keys a local folder by its README's patterns alone and would serve the rows
+        of before an edit, with no message."""
+        config = self.config
+        if self.snapshot is not None:
+            folder, cache_dir = self.snapshot
+            kwargs = dict(config.get("dataset_kwargs") or {})
+            kwargs["cache_dir"] = str(snapshot_cache_dir(folder, cache_dir))
+            config = {**config, "dataset_kwargs": kwargs}
+        return self.cls(config=config)
 
 
 @dataclass
@@ -317,9 +333,12 @@ def plan(task_manager: Any, name: str) -> WrapPlan:
         except _Unwrappable as problem:
             problems.append((leaf_name, problem))
             continue
-        leaves.append(
-            Leaf(leaf_name, cls, wrapped_config(cfg, name if kind == "task" else leaf_name, original))
+        config = wrapped_config(cfg, name if kind == "task" else leaf_name, original)
+        local = config.get("dataset_path") != cfg.get("dataset_path")  # read from a snapshot under the root
+        snapshot = (
+            (config["dataset_path"], (cfg.get("dataset_kwargs") or {}).get("cache_dir")) if local else None
         )
+        leaves.append(Leaf(leaf_name, cls, config, snapshot))
     if problems:
         leaf_name, problem = problems[0]
         more = f" ({len(problems) - 1} more subtask(s) cannot be wrapped either)" if len(problems) > 1 else ""
@@ -353,11 +372,10 @@ def build(task_manager: Any, name: str) -> Task:
     """The task for ``calib_<x>``: the wrapper of one task, or the pooled task of a group or tag."""
     the_plan = plan(task_manager, name)
     if the_plan.kind == "task":
-        leaf = the_plan.leaves[0]
-        return leaf.cls(config=leaf.config)
+        return the_plan.leaves[0].build()
     subtasks = []
     for leaf in the_plan.leaves:
-        subtask = leaf.cls(config=leaf.config)
+        subtask = leaf.build()
         subtask.record_category = leaf.name
         subtasks.append(subtask)
     return PooledCalibrationTask(the_plan, subtasks)
@@ -539,21 +557,10 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
         super().__init__(config=config, **kwargs)
         name = self.config.task
         if self.multiple_target > 1:
-            metadata = self.config.metadata or {}
-            original = metadata.get(WRAPS_KEY, name)
-            first = self.task_docs[0]
-            raise WrapRefusal(
-                refusal_message(
-                    PREFIX + original,
-                    original,
-                    None if name == PREFIX + original else name,  # a pooled task's subtask keeps its name
-                    _Unwrappable(
-                        f"its documents have several correct answers (doc_to_target gave "
-                        f"{self.doc_to_target(first)!r} for the first one); calibration needs exactly one "
-                        "correct option per document",
-                        _SINGLE_GOLD_ALTERNATIVE.format(hint=""),
-                    ),
-                )
+            raise self._refusal(
+                f"its documents have several correct answers (doc_to_target gave "
+                f"{self.doc_to_target(self.task_docs[0])!r} for the first one); calibration needs exactly "
+                "one correct option per document"
             )
         own = set(self._metric_fn_list)
         self._adds_acc = "acc" not in own
@@ -568,10 +575,52 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
                 "them in its metric_list to wrap it"
             )
         warned: set[int] = set()  # one small-sample warning for the task, not one per metric
-        self._aggregations = ({"acc": mean} if self._adds_acc else {}) | {
-            key: make_aggregation(metric, self.calibration, name, warned)
-            for key, metric in self.calibration_keys.items()
-        }
+        self._aggregations = (
+            ({"acc": mean} if self._adds_acc else {})
+            | {
+                key: make_aggregation(metric, self.calibration, name, warned)
+                for key, metric in self.calibration_keys.items()
+            }
+            | {key: fn for key, fn in self._aggregations.items() if key == FLOORED_KEY}
+        )
+
+    def _refusal(self, reason: str) -> WrapRefusal:
+        name = self.config.task
+        original = (self.config.metadata or {}).get(WRAPS_KEY, name)
+        subtask = None if name == PREFIX + original else name  # a pooled task's subtask keeps its name
+        return WrapRefusal(
+            refusal_message(
+                PREFIX + original,
+                original,
+                subtask,
+                _Unwrappable(reason, _SINGLE_GOLD_ALTERNATIVE.format(hint="")),
+            )
+        )
+
+    def check_target(self, doc: dict) -> None:
+        """Refuse, naming the document, a target that lm-eval's multiple-choice scoring cannot score.
+
+        lm-eval decides from the FIRST document whether a task has list targets; a later document with a
+        gold list ``[0, 1]`` then crashes its ``process_results`` after inference ("The truth value of an
+        array ... is ambiguous"), and a later single target in a task whose first target is a list crashes it
+        too. Called for every document when its requests are built (before any model call) and again before
+        scoring (requests read from lm-eval's cache are not built).
+        """
+        gold = self.doc_to_text(doc) if self.multiple_input else self.doc_to_target(doc)
+        if isinstance(gold, list) and len(gold) != 1:
+            reason = (
+                f"has {'several correct answers' if gold else 'no correct answer'} (doc_to_target gave "
+                f"{gold!r}); calibration needs exactly one correct option per document"
+            )
+        elif self.multiple_target and not isinstance(gold, list):
+            reason = (
+                f"has a single target (doc_to_target gave {gold!r}) where the first document's is a list, "
+                "and lm-eval scores every document of a task the way it scores the first"
+            )
+        else:
+            return
+        index = next((i for i, other in enumerate(self.eval_docs) if other == doc), "?")
+        raise self._refusal(f"its document {index} ({str(self.doc_to_text(doc))[:60]!r}) {reason}")
 
     def category(self, doc: dict) -> Any:
         return self.record_category
@@ -581,6 +630,7 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
 
     def higher_is_better(self) -> dict:
         ours = {key: METRICS[metric].higher_is_better for key, metric in self.calibration_keys.items()}
+        ours |= {FLOORED_KEY: False} if FLOORED_KEY in self._aggregations else {}
         return (
             super(CalibrationTaskBase, self).higher_is_better()
             | ({"acc": True} if self._adds_acc else {})
@@ -605,9 +655,11 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
         # lm-eval-calib's rule for every multiple-choice task, checked before any inference: with one option
         # the answer is right at confidence 1 whatever the model does
         CalibrationTask._check_options(self, doc, list(self.doc_to_choice(doc)))
+        self.check_target(doc)
         return super().construct_requests(doc, ctx, **kwargs)
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
+        self.check_target(doc)
         values = dict(super().process_results(doc, results))  # the original's metrics, by lm-eval's code
         choices = list(self.doc_to_choice(doc))
         where = repr(str(self.doc_to_text(doc))[:60])
@@ -625,6 +677,7 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
         # lm-eval appends unconditional scores after the options for acc_mutual_info; the options come first
         logliks = option_logliks(list(results)[: len(choices)], len(choices), self.config.task, where)
         record = make_record(logliks, gold, self.category(doc))
+        values.update(self.floored_values(record, list(results)[: len(choices)]))
         if self._adds_acc:
             values["acc"] = float(record["correct"])
         values.update(self.record_values(record))

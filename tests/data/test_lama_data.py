@@ -314,6 +314,23 @@ def test_facts_task_options_are_named(facts, message, data_root):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("seed", [1234.0, 1.5, "1234", True, None, [1]])
+def test_seed_must_be_an_integer(seed, data_root, tmp_path):
+    """``1234.0`` hashed as text gave other options than ``1234``: every non-integer seed is refused, before
+    any file is read, by the loader and through the task's ``--metadata facts``."""
+    with pytest.raises(ValueError, match=r"seed must be an integer.*got"):
+        load_lama(str(tmp_path / "missing"), seed=seed, relations=["P19"])
+    with pytest.raises(ValueError, match=r"calib_facts option.*seed must be an integer"):
+        _facts_utils().load_dataset(data_dir=str(data_root), facts={"seed": seed, "relations": ["P19"]})
+
+
+def test_integer_seeds_of_any_integer_type_give_the_same_options(data_root):
+    import numpy as np
+
+    plain = load_local(data_root, seed=7, relations=["P30"])["test"]["options"]
+    assert load_local(data_root, seed=np.int64(7), relations=["P30"])["test"]["options"] == plain
+
+
 def test_open_task_keeps_one_option_per_fact(data_root):
     utils = _facts_utils()
     rows = utils.load_open_dataset(data_dir=str(data_root), facts={"relations": ["P30"]})["test"]

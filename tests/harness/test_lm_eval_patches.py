@@ -47,6 +47,8 @@ def test_every_patch_relies_on_internals_this_lm_eval_has_and_is_applied():
         "models",
         "stderr",
         "check before inference",
+        "--samples document ids",
+        "one-line errors",
     }
     for patch in PATCHES:
         for internal in patch.relies_on:
@@ -58,6 +60,8 @@ def test_every_patch_relies_on_internals_this_lm_eval_has_and_is_applied():
         evaluator_utils.stderr_for_metric,
         metrics.stderr_for_metric,
         evaluator.evaluate,
+        sys.modules["lm_eval.api.task"].Task.doc_iterator,
+        sys.excepthook,
     ):
         assert getattr(patched, flag, False), patched
     # registration: ours, or lm-eval's own entry-point discovery (then the hook stepped aside)
@@ -77,9 +81,11 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         import lm_eval.evaluator as evaluator
         import lm_eval.evaluator_utils as evaluator_utils
         import lm_eval.tasks.manager as manager
+        import lm_eval.api.task as task
         from lm_eval_calib import lm_eval_patches
 
         del manager.TaskManager.match_tasks, registry.model_registry, evaluator.evaluate
+        del task.Task.doc_iterator
         # lm-eval 0.4.13's evaluator_utils keeps the name it imported, so lm-eval still works
         vars(metrics).pop("stderr_for_metric", None)
         applied = {}
@@ -109,9 +115,11 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         "models": False,
         "stderr": True,
         "check before inference": False,
+        "--samples document ids": False,
+        "one-line errors": True,  # relies on no lm-eval internal
     }
     warned = got["warnings"]
-    assert len(warned) == 4, warned
+    assert len(warned) == 5, warned
     expected = [
         (
             "calib_<task> wrappers",
@@ -121,6 +129,7 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         ("models", "lm_eval.api.registry.model_registry", "`--model hf-calib`"),
         ("stderr", "lm_eval.api.metrics.stderr_for_metric", "*_stderr are N/A"),
         ("check before inference", "lm_eval.evaluator.evaluate", "not checked against the model"),
+        ("--samples document ids", "lm_eval.api.task.Task.doc_iterator", "under other documents' doc_id"),
     ]
     for message, (name, internal, loss) in zip(warned, expected, strict=True):
         assert message.startswith(f"lm-eval-calib: {name} patch: {internal} not found in lm-eval 0.4.13")

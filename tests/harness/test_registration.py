@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conftest import LM_EVAL, OFFLINE_ENV
 
+from lm_eval_calib.lm_eval_patches import MODELS
 from lm_eval_calib.registration import task_dir
 
 
@@ -181,6 +182,41 @@ def test_hook_keeps_user_include_paths(tmp_path: Path):
     # ours is added only where lm-eval does not discover it itself
     ours = [] if _lm_eval_discovers_plugins() else [str(task_dir())]
     assert proc.stdout.strip().splitlines() == [str([str(tmp_path), *ours]), "True True"]
+
+
+def test_our_task_folder_given_as_another_spelling_is_indexed_once(tmp_path: Path):
+    """``--include_path "$(lm-eval-calib tasks-dir)/"`` (or a relative path, or a symlink) named the folder
+    the hook adds, spelled differently: compared as strings it was indexed twice (65 "overrides existing
+    task" warnings). Paths are compared resolved; a user folder inside ours is covered by ours."""
+    from lm_eval_calib.lm_eval_patches import _add_task_dir
+
+    code = textwrap.dedent(
+        f"""
+        import logging
+        from lm_eval.tasks import TaskManager
+        records = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+        logging.getLogger("lm_eval").addHandler(Keep())
+        tm = TaskManager(include_path={str(task_dir()) + "/"!r})
+        overrides = [m for m in records if "overrides existing task" in m]
+        print(len(overrides), "calib_mmlu" in tm.all_tasks, overrides[:1])
+        """
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "0 True []", proc.stdout
+    ours, other = str(task_dir()), str(tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(task_dir(), target_is_directory=True)
+    relative = os.path.relpath(task_dir())
+    for spelling in (ours + "/", relative, str(link), Path(ours)):
+        assert _add_task_dir(spelling) == [spelling]  # already ours: nothing added
+        assert _add_task_dir([other, spelling]) == [other, spelling]
+    assert _add_task_dir([str(task_dir() / "mmlu"), other]) == [other, ours]  # ours covers its subfolder
+    assert _add_task_dir([str(task_dir().parent)]) == [str(task_dir().parent)]  # a folder above ours too
+    assert _add_task_dir(other) == [other, ours] and _add_task_dir(None) == [ours]
 
 
 def test_task_dir_holds_the_task_yamls():
@@ -375,5 +411,5 @@ def test_hook_steps_aside_when_lm_eval_discovers_plugins_itself(tmp_path: Path):
     assert got["fake"].startswith(str(fake))
     assert got["include_path"] is None and got["ours_indexed"] == 1
     assert got["wrappers"] is True
-    assert got["ours_before"] is False and got["loaded"] == ["hf-calib", "vllm-calib"]
+    assert got["ours_before"] is False and got["loaded"] == sorted(MODELS)
     assert got["hf_calib"] == "lm_eval_calib.models.hf_calib:HFCalibLM"
