@@ -96,3 +96,12 @@ def read_run(output_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
         path = newest_samples(output_dir, task)
         samples[task] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return results, samples
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct, de-quantised from its GGUF file into a float32 folder vLLM loads
+    (once per test run: the vLLM engine tests and the endpoint server tests share it)."""
+    from lm_eval_calib.models.vllm_export import export_bundled_model
+
+    return export_bundled_model(tmp_path_factory.mktemp("smollm2-hf") / "model")

@@ -92,6 +92,10 @@ PTRUE_CHOICES_TEXT = (" (A", " (B")
 """Continuations scored after the plain-text prompt (it ends with ':')."""
 PTRUE_CHOICES_CHAT = ("(A", "(B")
 """Continuations scored at the start of the assistant's reply (no leading space)."""
+PTRUE_QUESTION_YES_NO = "Is the proposed answer above true? Reply with Yes or No."
+PTRUE_CHOICES_YES_NO = ("Yes", "No")
+"""P(True) through a chat endpoint (``chat-calib``): the first reply token's top log-probs hold one token
+each for Yes and No, where "(A" would take two."""
 
 VERBAL_QUESTION = (
     "How confident are you that the answer above is correct? "

@@ -5,11 +5,19 @@ Every estimator question is asked once per document, all documents of a task tog
 ``generate_until`` call (verbalised confidence and the sampled answers). Requests go to the model itself, not
 to lm-eval's ``CachingLM`` in front of it: the cache keys on the request, so K identical sampling requests
 would all get the first sample back.
+
+Every log-likelihood they read must be finite: a model with NaN weights (or a half-precision overflow)
+stops the run with :class:`~lm_eval_calib.generation.text.NonFiniteLogprobsError`, naming the task, the
+document and the fix, instead of a NaN or a confidence of 1.0 in the metrics. Such a model usually generates
+empty answers, which have no tokens to rescore; a model that does not attach log-probs to its generations
+(``hf``, ``vllm``; those that do check their own) therefore scores each empty answer's text prompt once
+(:data:`EMPTY_PROBE`), only to check that it can.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -20,13 +28,19 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import CachingLM
 
 from lm_eval_calib.generation import estimators as est
-from lm_eval_calib.generation.text import generation_logprobs_of
+from lm_eval_calib.generation.text import NonFiniteLogprobsError, generation_logprobs_of, non_finite_message
 
 logger = logging.getLogger("lm_eval_calib")
 
 ANSWER_MARK = "\x00lm-eval-calib answer\x00"
 QUESTION_MARK = "\x00lm-eval-calib question\x00"
 PROVIDES_GENERATION_LOGPROBS_ATTR = "provides_generation_logprobs"
+MESSAGES = "messages"
+"""The glue of a model that takes the conversation as JSON messages (chat endpoints, ``chat-calib``): the
+follow-up questions become new messages, and P(True) asks for a one-token Yes / No reply."""
+Glue = tuple[str, str] | str | None
+EMPTY_PROBE = " "
+"""Continuation scored after the prompt of an empty answer (see the module docstring); any text would do."""
 
 
 class MissingLoglikelihoodError(ValueError):
@@ -92,7 +106,7 @@ def check_model(lm: Any, estimators: Sequence[str], task: str) -> None:
 
 
 # -- prompts ------------------------------------------------------------------------------------------------
-def chat_glue(chat_template: Callable[..., str]) -> tuple[str, str]:
+def chat_glue(chat_template: Callable[..., Any]) -> tuple[str, str] | str:
     """The template text between the assistant's answer and a new user question, and after that question.
 
     Found by rendering a conversation with marker strings, so any chat template works without knowing its
@@ -105,6 +119,8 @@ def chat_glue(chat_template: Callable[..., str]) -> tuple[str, str]:
             {"role": "user", "content": QUESTION_MARK},
         ]
     )
+    if not isinstance(rendered, str):
+        return MESSAGES  # a chat endpoint's JSON messages (lm-eval's JsonChatStr): continued as messages
     start, mid = rendered.find(ANSWER_MARK), rendered.find(QUESTION_MARK)
     if start < 0 or mid < start:
         raise ValueError(
@@ -114,10 +130,16 @@ def chat_glue(chat_template: Callable[..., str]) -> tuple[str, str]:
     return rendered[start + len(ANSWER_MARK) : mid], rendered[mid + len(QUESTION_MARK) :]
 
 
-def followup_prompt(item: Generation, question: str, text_suffix: str, glue: tuple[str, str] | None) -> str:
+def followup_prompt(item: Generation, question: str, text_suffix: str, glue: Glue) -> Any:
     """The original prompt, the model's own answer, then ``question`` (a new chat turn when templated)."""
     if glue is None:
         return item.context + item.text + text_suffix
+    if glue == MESSAGES:
+        messages = json.loads(item.context.prompt) + [
+            {"role": "assistant", "content": str(item.text)},
+            {"role": "user", "content": question},
+        ]
+        return type(item.context)(json.dumps(messages, ensure_ascii=False))
     return item.context + item.text + glue[0] + question + glue[1]
 
 
@@ -131,7 +153,7 @@ def run_passes(
     items: Sequence[Generation],
     estimators: Sequence[str],
     n_samples: int,
-    glue: tuple[str, str] | None,
+    glue: Glue,
 ) -> None:
     """Fill ``seq``, ``ptrue``, ``verbal`` and ``samples`` of every item the chosen estimators need."""
     model = unwrap(lm)
@@ -139,19 +161,29 @@ def run_passes(
     ll_targets: list[tuple[Generation, str]] = []
     rescore: list[Generation] = []
     want_seq = bool({"seqprob", "seqprob_mean"} & set(estimators))
+    # models that attach log-probs check their own generations (hf-calib, vllm-calib: models/generated.py),
+    # and a chat endpoint's conversation (not a str) cannot be scored with an arbitrary continuation
+    probe_empty = not provides_generation_logprobs(lm)
 
     for item in items:
         if want_seq:
             logprobs = generation_logprobs_of(item.text)
             if logprobs is not None:
+                _check(item, "its generation", float(logprobs.sum()))
                 item.seq = (float(logprobs.sum()), int(logprobs.shape[0]), "generation")
             elif item.text == "":
                 item.seq = (0.0, 0, "empty")
+                if probe_empty and isinstance(item.context, str):
+                    ll_requests.append(_instance("loglikelihood", item, (item.context, EMPTY_PROBE), 0))
+                    ll_targets.append((item, "probe"))
             else:
                 rescore.append(item)
         if "ptrue" in estimators:
-            prompt = followup_prompt(item, est.PTRUE_QUESTION, est.PTRUE_TEXT_SUFFIX, glue)
-            choices = est.PTRUE_CHOICES_TEXT if glue is None else est.PTRUE_CHOICES_CHAT
+            question = est.PTRUE_QUESTION_YES_NO if glue == MESSAGES else est.PTRUE_QUESTION
+            prompt = followup_prompt(item, question, est.PTRUE_TEXT_SUFFIX, glue)
+            choices = {None: est.PTRUE_CHOICES_TEXT, MESSAGES: est.PTRUE_CHOICES_YES_NO}.get(
+                glue, est.PTRUE_CHOICES_CHAT
+            )
             for idx, choice in enumerate(choices):
                 ll_requests.append(_instance("loglikelihood", item, (prompt, choice), idx))
                 ll_targets.append((item, f"ptrue{idx}"))
@@ -182,8 +214,9 @@ def run_passes(
         ptrue_parts: dict[int, list[float]] = {}
         for (item, what), request, result in zip(ll_targets, ll_requests, results, strict=True):
             value = float(result[0])
-            if not math.isfinite(value):
-                raise ValueError(f"{item.task}: document {item.doc_id}: the model scored {what} as {value}")
+            _check(item, _WHAT.get(what, what), value)
+            if what == "probe":
+                continue
             if what == "seq":
                 item.seq = (value, _n_tokens(model, request, result), "rescored")
             else:
@@ -223,11 +256,23 @@ def _rescore(model: Any, items: list[Generation], ll_requests: list, ll_targets:
         results = score([request for _, request in exact])
         for (item, request), result in zip(exact, results, strict=True):
             value = float(result[0])
-            if not math.isfinite(value):
-                raise ValueError(
-                    f"{item.task}: document {item.doc_id}: the model scored its generation {value}"
-                )
+            _check(item, "its generation", value)
             item.seq = (value, len(request[2]), "rescored")
+
+
+_WHAT = {
+    "seq": "its generation",
+    "probe": "the prompt of its empty answer",
+    "ptrue0": "the P(True) question's True choice",
+    "ptrue1": "the P(True) question's False choice",
+}
+
+
+def _check(item: Generation, what: str, value: float) -> None:
+    """A non-finite log-likelihood is a broken model: stop, naming the task, the document and the fix."""
+    if not math.isfinite(value):
+        where = f"{item.task}: document {item.doc_id}"
+        raise NonFiniteLogprobsError(non_finite_message(where, what, value))
 
 
 def _n_tokens(model: Any, request: Instance, result: Any) -> int:

@@ -7,7 +7,7 @@ here once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from lm_eval.api.task import ConfigurableTask
@@ -15,6 +15,7 @@ from lm_eval.api.task import ConfigurableTask
 from lm_eval_calib import lm_eval_patches
 from lm_eval_calib.harness.aggregation import make_aggregation
 from lm_eval_calib.harness.options import CalibrationOptions
+from lm_eval_calib.harness.results import FLOORED_KEY, floored_options
 from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef
 
@@ -47,9 +48,21 @@ class CalibrationTaskBase(ConfigurableTask):
         self._aggregations: dict[str, Callable] = {
             key: make_aggregation(key, self.calibration, name, warned) for key in self.record_keys
         }
+        if self.OUTPUT_TYPE == "multiple_choice":
+            # reported only when the model floors options (chat-calib): documents of other models emit no
+            # value under this key, and lm-eval aggregates only the keys that documents emit
+            self._aggregations[FLOORED_KEY] = _total
 
     def category(self, doc: dict) -> Any:
         return doc.get(self.category_field) if self.category_field else None
+
+    def floored_values(self, record: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
+        """The count of floored options, in the record and as :data:`FLOORED_KEY`, where the model says."""
+        count = floored_options(results)
+        if count is None:
+            return {}
+        record["floored"] = count
+        return {FLOORED_KEY: count}
 
     def record_values(self, record: dict[str, Any]) -> dict[str, Any]:
         """Per-document values of the record keys: the record once, references to it elsewhere."""
@@ -60,7 +73,14 @@ class CalibrationTaskBase(ConfigurableTask):
         return self._aggregations
 
     def higher_is_better(self) -> dict:
-        return {key: METRICS[key].higher_is_better for key in self._aggregations if key in METRICS}
+        directions = {key: METRICS[key].higher_is_better for key in self._aggregations if key in METRICS}
+        if FLOORED_KEY in self._aggregations:
+            directions[FLOORED_KEY] = False
+        return directions
+
+
+def _total(values: Sequence[float]) -> float:
+    return float(sum(values))
 
 
 def metric_keys(excluded: Iterable[str] = ()) -> tuple[str, ...]:

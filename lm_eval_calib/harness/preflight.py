@@ -37,7 +37,9 @@ def check_token_stats(lm: Any, task_dict: Any) -> None:
         raise MissingTokenStatsError(
             f"task(s) {', '.join(needing)} need per-token statistics (top-1 token and its probability at "
             f"every position), which model {type(lm).__name__} does not return. Run them with "
-            "`--model hf-calib` (same --model_args as `hf`) or `--model vllm-calib` (needs vLLM)."
+            "`--model hf-calib` (same --model_args as `hf`) or `--model vllm-calib` (needs vLLM); for a "
+            "model served behind /v1/completions, `--model completions-calib` (same --model_args as "
+            "`local-completions`)."
         )
 
 

@@ -11,6 +11,19 @@ from typing import Any
 
 import numpy as np
 
+FLOORED_KEY = "n_floored_options"
+"""Results key: how many option log-probabilities the model could not read and gave a floor instead (a chat
+endpoint's options outside its ``top_logprobs``; see lm_eval_calib/models/chat_calib.py)."""
+
+
+def floored_options(results: Sequence[Any]) -> int | None:
+    """How many of a document's option results say ``floored`` (None: the model does not say, i.e. it
+    scored every option exactly)."""
+    flags = [getattr(result, "floored", None) for result in results]
+    if all(flag is None for flag in flags):
+        return None
+    return sum(bool(flag) for flag in flags)
+
 
 class ModelOutputError(RuntimeError):
     """The model's log-likelihood results cannot be scored (missing, malformed or NaN)."""

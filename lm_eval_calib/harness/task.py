@@ -93,4 +93,5 @@ class CalibrationTask(CalibrationTaskBase):
         where = repr(self.doc_to_text(doc)[:60])
         logliks = option_logliks(results, len(choices), self.config.task, where)
         record = make_record(logliks, self._target_index(doc, choices), self.category(doc))
-        return {"acc": float(record["correct"])} | self.record_values(record)
+        floored = self.floored_values(record, results)
+        return {"acc": float(record["correct"])} | self.record_values(record) | floored

@@ -44,7 +44,7 @@ class TokenCalibrationTask(CalibrationTaskBase):
         if stats is None:
             raise ModelOutputError(
                 f"{self.config.task}: the model returned no token statistics; run this task with "
-                "`--model hf-calib` or `--model vllm-calib`"
+                "`--model hf-calib` or `--model vllm-calib` (a served model: `--model completions-calib`)"
             )
         if self.first_token_only:
             stats = stats[:1]

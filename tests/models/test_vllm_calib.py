@@ -50,14 +50,6 @@ def vllm_tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("vllm-tiny-llama"), hidden_size=64, heads=2, kv_heads=1)
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory) -> Path:
-    """The real SmolLM2-135M-Instruct, de-quantised from its GGUF file into a float32 folder vLLM loads."""
-    from lm_eval_calib.models.vllm_export import export_bundled_model
-
-    return export_bundled_model(tmp_path_factory.mktemp("smollm2-hf") / "model")
-
-
 #: Every engine the tests start, kept until the session ends: in-process vLLM engines share global
 #: parallel-state groups, and tearing one down mid-session breaks the others.
 _ENGINES: list = []
