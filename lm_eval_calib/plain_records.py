@@ -44,12 +44,24 @@ def target_delimiter(config: Mapping[str, Any] | None, chat_template: bool = Fal
     return delimiter
 
 
+ARGUMENTS_LAYOUT = '{"gen_args_<i>": {"arg_0": context, "arg_1": continuation}, ...}'
+"""How lm-eval 0.4 logs a document's requests under ``arguments``."""
+
+
+def _request_index(key: Any) -> int:
+    """The ``i`` of lm-eval's ``gen_args_<i>`` key (the request's position)."""
+    suffix = str(key).rsplit("_", 1)[-1]
+    if not (suffix.isascii() and suffix.isdigit() and len(suffix) < 10):
+        raise SkipDocument(f"'arguments' is not lm-eval's {ARGUMENTS_LAYOUT} (it has key {str(key)[:40]!r})")
+    return int(suffix)
+
+
 def _requests(sample: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(context, continuation)`` per request: lm-eval logs ``{"gen_args_i": {"arg_0": ..., "arg_1": ...}}``;
     an in-memory sample holds a list of pairs."""
     raw = sample.get("arguments")
     if isinstance(raw, Mapping):
-        items = [raw[key] for key in sorted(raw, key=lambda k: int(str(k).rsplit("_", 1)[-1]))]
+        items = [raw[key] for key in sorted(raw, key=_request_index)]
         pairs = [(item.get("arg_0"), item.get("arg_1")) for item in items if isinstance(item, Mapping)]
     elif isinstance(raw, Sequence) and not isinstance(raw, str):
         pairs = [tuple(item)[:2] for item in raw if isinstance(item, Sequence) and len(item) >= 2]
@@ -67,7 +79,11 @@ def _logliks(sample: Mapping[str, Any]) -> list[float]:
         raise SkipDocument("no per-option responses in 'filtered_resps'")
     values = []
     for response in responses:
-        value = response[0] if isinstance(response, Sequence) and not isinstance(response, str) else response
+        value = response
+        if isinstance(response, Sequence) and not isinstance(response, str):
+            if not response:
+                raise SkipDocument("an empty response in 'filtered_resps'")
+            value = response[0]
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -84,34 +100,59 @@ def _gold_candidates(target: Any, choices: list[str]) -> list[int]:
     lm-eval logs ``str(doc_to_target(doc))``: an index (``"2"``), an option text, or a list. A digit string
     that is also an option text is ambiguous; both readings are returned and the logged ``acc`` decides.
     """
+    target = _one_gold(target)
     candidates: list[int] = []
     if isinstance(target, bool):
         raise SkipDocument(f"target {target!r} is not an option")
     if isinstance(target, int):
         candidates.append(target)
-    elif isinstance(target, list):
-        if len(target) != 1:
-            raise SkipDocument("several gold options (multi-gold)")
-        return _gold_candidates(target[0], choices)
     elif isinstance(target, str):
-        text = target.strip()
-        if text.startswith("[") and text.endswith("]"):
-            try:
-                parsed = ast.literal_eval(text)
-            except (SyntaxError, ValueError):
-                parsed = None
-            if isinstance(parsed, list):
-                return _gold_candidates(parsed, choices)
-        if target.isdigit():
+        if target.isdecimal() and len(target) <= 18:  # int() reads exactly these (any script's digits)
             candidates.append(int(target))
         if target in choices:
             candidates.append(choices.index(target))
     candidates = [c for c in dict.fromkeys(candidates) if 0 <= c < len(choices)]
     if not candidates:
-        raise SkipDocument(
-            f"target {target!r} is neither an option index nor one of the {len(choices)} options"
-        )
+        shown = repr(target) if len(repr(target)) <= 60 else repr(target)[:57] + "..."
+        raise SkipDocument(f"target {shown} is neither an option index nor one of the {len(choices)} options")
     return candidates
+
+
+def _one_gold(target: Any) -> Any:
+    """The gold answer inside a list of one (or the text of one, ``"[2]"``), unwrapped however deep;
+    several gold options are a :class:`SkipDocument`. A loop, not recursion: a logged target can be nested
+    deeper than Python's recursion limit."""
+    while True:
+        if isinstance(target, list):
+            if len(target) != 1:
+                raise SkipDocument("several gold options (multi-gold)")
+            target = target[0]
+        elif isinstance(target, str) and target.strip().startswith("[") and target.strip().endswith("]"):
+            parsed = _literal(target.strip())
+            if not isinstance(parsed, list):
+                return target
+            target = parsed
+        else:
+            return target
+
+
+def _literal(text: str) -> Any:
+    """A Python literal read from ``text``, or None when it is none (or too deep or odd to build)."""
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):  # TypeError: [{[1]: 2}]
+        return None
+
+
+def _logged_value(value: Any) -> int | None:
+    """lm-eval's own per-document value of a rule (``acc``: 0.0 or 1.0) as 0/1, or None when it logged none
+    (or something that is not a finite number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return int(round(float(value)))
+    except (OverflowError, ValueError):  # inf, nan, an integer too large for a float
+        return None
 
 
 def option_record(
@@ -128,7 +169,8 @@ def option_record(
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     logliks = _logliks(sample)
     requests = _requests(sample)
-    metrics = sample.get("metrics") or ()
+    metrics = sample.get("metrics")
+    metrics = metrics if isinstance(metrics, list | tuple) else ()
     if "acc_mutual_info" in metrics and len(logliks) == len(requests) and len(logliks) % 2 == 0:
         half = len(logliks) // 2  # the second half are the unconditional ("", choice) requests
         logliks, requests = logliks[:half], requests[:half]
@@ -142,10 +184,10 @@ def option_record(
     choices = [c[len(delimiter) :] if delimiter and c.startswith(delimiter) else c for c in continuations]
     scores = length_normalised(logliks, choices) if rule == "acc_norm" else logliks
     candidates = _gold_candidates(sample.get("target"), choices)
-    logged = sample.get(rule)
+    logged = _logged_value(sample.get(rule))
     records = [make_record(scores, gold, category) for gold in candidates]
-    if isinstance(logged, int | float) and not isinstance(logged, bool):
-        records = [r for r in records if r["correct"] == int(round(float(logged)))]
+    if logged is not None:
+        records = [r for r in records if r["correct"] == logged]
         if not records:
             raise SkipDocument(f"recomputed {rule} disagrees with the {rule} lm-eval logged")
     return records[0]

@@ -40,7 +40,8 @@ Every item weighs the same when records are pooled (:func:`records_to_data`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -148,6 +149,87 @@ class RecordRef:
 def record_of(value: dict[str, Any] | RecordRef) -> dict[str, Any]:
     """The record behind a per-document metric value (a record, or a reference to one)."""
     return value.record if isinstance(value, RecordRef) else value
+
+
+VALUE_FIELDS = ("confidence", "correct", "brier", "nll")
+"""The fields every record holds, one value per item: what :func:`records_to_data` pools."""
+
+_EXPECTED = {
+    "confidence": "a probability in [0, 1]",
+    "correct": "0 or 1 (or true/false)",
+    "brier": "a finite number",
+    "nll": "a number, or null when unknown",
+}
+"""What each value field must hold, item by item (a token record holds a flat list of them)."""
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """Why a record read back from a file cannot be pooled: the field and what it should hold."""
+
+    field: str
+    expected: str
+
+
+def _numbers(value: Any, *, allow_bool: bool = False, allow_null: bool = False) -> np.ndarray | None:
+    """``value`` as float64 (a number: 0-d, a flat list of numbers: 1-d), or None when it is neither.
+
+    Stricter than ``np.asarray(value, dtype=float)``, which also reads ``"0.2"`` and ``True`` as numbers."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # a list holding lists of other lengths
+        return None
+    if array.ndim > 1:
+        return None
+    kinds = "iufb" if allow_bool else "iuf"
+    if array.dtype.kind in kinds:
+        return array.astype(np.float64)
+    if array.dtype.kind != "O":
+        return None
+    items = []  # integers too large for int64, nulls
+    for item in array.ravel().tolist():
+        if item is None and allow_null:
+            items.append(math.nan)
+        elif isinstance(item, int | float) and (allow_bool or not isinstance(item, bool)):
+            try:
+                items.append(float(item))
+            except OverflowError:
+                return None
+        else:
+            return None
+    return np.asarray(items, dtype=np.float64).reshape(array.shape)
+
+
+def record_problem(record: Mapping[str, Any], prefix: str = "") -> RecordProblem | None:
+    """The first value field of ``record`` that :func:`records_to_data` cannot pool, or None.
+
+    Records this package writes always pass. A damaged or hand-edited samples file would otherwise stop deep
+    in numpy (``KeyError``, ``TypeError``) or in the metric core with a message that cannot say which
+    document is wrong; the reader (:mod:`lm_eval_calib.records_io`) adds the file and line. ``prefix`` is
+    put before the field names in the message (``"ece."``). A ``confidence`` of ``null`` (an unparseable
+    verbalised reply) is the reader's to skip, not checked here.
+    """
+    confidence = _numbers(record.get("confidence"))
+    if confidence is None or not ((confidence >= 0) & (confidence <= 1)).all():  # NaN is outside too
+        return RecordProblem("confidence", _EXPECTED["confidence"] + " or a flat list of them (one per token)")
+    for name in VALUE_FIELDS[1:]:
+        values = _numbers(record.get(name), allow_bool=name == "correct", allow_null=name == "nll")
+        if (
+            name not in record
+            or values is None
+            or values.shape != confidence.shape
+            or (name == "correct" and not ((values == 0) | (values == 1)).all())
+            or (name == "brier" and not np.isfinite(values).all())
+        ):
+            if confidence.ndim:
+                n = confidence.shape[0]
+                expected = f"a list of {n} values (one per item, as {prefix}confidence), each {_EXPECTED[name]}"
+            elif values is not None and values.ndim:
+                expected = f"{_EXPECTED[name]} (one value, as {prefix}confidence)"
+            else:
+                expected = _EXPECTED[name]
+            return RecordProblem(name, expected)
+    return None
 
 
 def records_to_data(records: Sequence[dict[str, Any] | RecordRef]) -> CalibrationData:

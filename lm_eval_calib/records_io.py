@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.metrics import CalibrationData, OptionScores
+from lm_eval_calib.metrics import CalibrationData, CalibrationInputError, OptionScores
 from lm_eval_calib.plain_records import RULES, SkipDocument, option_record, target_delimiter
-from lm_eval_calib.records import NORM_SUFFIX, RECORD_LOG_KEY, records_to_data
+from lm_eval_calib.records import NORM_SUFFIX, RECORD_LOG_KEY, record_problem, records_to_data
 
 STAMP = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?"
 """lm-eval's file time stamp: ``datetime.now().isoformat().replace(":", "-")``."""
@@ -50,6 +50,26 @@ RECORD_KEYS = {"acc": RECORD_LOG_KEY, "acc_norm": RECORD_LOG_KEY + NORM_SUFFIX}
 class SamplesError(ValueError):
     """A samples file (or the results file beside it) cannot be read into records; the message says how to
     fix it."""
+
+
+DAMAGED = "the file is damaged or was edited: rerun lm_eval with --log_samples to write it again"
+"""The fix every message about a malformed logged document ends with."""
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A logged value as JSON, cut to ``limit`` characters, for messages."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field_error(path: Path, number: int, field: str, row: Mapping[str, Any], expected: str) -> SamplesError:
+    """One malformed field of one logged document: the file, the line, the field, what it holds and what it
+    should hold."""
+    held = _shown(row[field.rsplit(".", 1)[-1]]) if field.rsplit(".", 1)[-1] in row else "missing"
+    return SamplesError(f"{path} line {number}: {field} is {held}; expected {expected}; {DAMAGED}")
 
 
 def samples_name(name: str) -> tuple[str, str] | None:
@@ -141,7 +161,10 @@ class TaskRecords:
         records = list(records)
         if not records:
             raise SamplesError(f"{task}: no documents to read")
-        data = records_to_data(records)
+        try:
+            data = records_to_data(records)
+        except CalibrationInputError as exc:  # the reader checked each record; this is the pooled sample
+            raise SamplesError(f"{extra.get('source') or task}: {exc}") from exc
         sizes = np.fromiter(
             (np.atleast_1d(np.asarray(r["confidence"])).shape[0] for r in records), np.int64, len(records)
         )
@@ -150,9 +173,6 @@ class TaskRecords:
         per_record = np.array(
             [-1 if r.get("category") is None else code[str(r["category"])] for r in records], dtype=np.int64
         )
-        scores = None
-        if all(not isinstance(r["confidence"], list) and "loglik" in r and "target" in r for r in records):
-            scores = OptionScores.build([r["loglik"] for r in records], [int(r["target"]) for r in records])
         return cls(
             task=task,
             records=records,
@@ -161,7 +181,7 @@ class TaskRecords:
             item_document=np.repeat(np.arange(len(records), dtype=np.int64), sizes),
             item_category=np.repeat(per_record, sizes),
             categories=names,
-            scores=scores,
+            scores=_option_scores(records),
             **extra,
         )
 
@@ -187,19 +207,62 @@ class TaskRecords:
         )
 
 
+def _option_scores(records: Sequence[Mapping[str, Any]]) -> OptionScores | None:
+    """Per-option scores for temperature scaling when every record is an option record with a usable
+    ``loglik`` and integer ``target``; else None. Damaged ``loglik``/``target`` drop temperature scaling
+    only (the report says so, :mod:`lm_eval_calib.report.integrity`): every other number comes from
+    ``confidence``/``correct``."""
+    if not all(
+        not isinstance(r["confidence"], list)
+        and isinstance(r.get("loglik"), list)
+        and isinstance(r.get("target"), int)
+        and not isinstance(r["target"], bool)
+        for r in records
+    ):
+        return None
+    try:
+        return OptionScores.build([r["loglik"] for r in records], [r["target"] for r in records])
+    except (CalibrationInputError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _parse_line(path: Path, number: int, raw: bytes) -> Any:
+    """One line of a samples file as JSON; a :class:`SamplesError` naming the line when it is not."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SamplesError(
+            f"{path} line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+            f"{DAMAGED}"
+        ) from None
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise SamplesError(f"{path} line {number} is not JSON (nested too deeply); {DAMAGED}") from None
+    except ValueError as exc:  # JSONDecodeError, and integers too long to read
+        raise SamplesError(f"{path} line {number} is not JSON ({exc}); {DAMAGED}") from exc
+
+
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Every logged document of a samples file with its line number; each is a JSON object whose
+    ``filter`` (when present) is text."""
     rows = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SamplesError(f"{path} line {number} is not JSON ({exc})") from exc
-            if not isinstance(row, dict):
-                raise SamplesError(f"{path} line {number} is not a JSON object")
-            rows.append((number, row))
+    try:
+        with Path(path).open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                row = _parse_line(path, number, raw)
+                if row is None:
+                    continue
+                if not isinstance(row, dict):
+                    raise SamplesError(f"{path} line {number} is not a JSON object; {DAMAGED}")
+                if not isinstance(row.get("filter", "none"), str):
+                    expected = 'text (the lm-eval filter the document was scored under, e.g. "none")'
+                    raise _field_error(path, number, "filter", row, expected)
+                rows.append((number, row))
+    except OSError as exc:
+        raise SamplesError(f"{path} cannot be read ({exc})") from exc
     if not rows:
         raise SamplesError(f"{path} holds no logged documents")
     return rows
@@ -248,15 +311,25 @@ def generation_views(path: Path) -> list[tuple[str, str]]:
 
 def has_records(path: Path, rule: str = "acc") -> bool:
     """Whether the first logged document of ``path`` carries a calibration record for ``rule``."""
-    with Path(path).open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
+    with Path(path).open("rb") as handle:
+        for raw in handle:
+            if raw.strip():
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
+                    row = json.loads(raw.decode("utf-8"))
+                except (ValueError, RecursionError):  # not UTF-8, not JSON
                     return False
                 return isinstance(row, dict) and isinstance(row.get(RECORD_KEYS[rule]), dict)
     return False
+
+
+def _check_doc_id(path: Path, number: int, row: Mapping[str, Any]) -> None:
+    """lm-eval logs each document's index as ``doc_id``: two runs are paired by it, so it must be there and
+    be an integer (or text)."""
+    if "doc_id" not in row:
+        raise SamplesError(f"{path} line {number} has no doc_id; is it an lm-eval samples file?")
+    doc_id = row["doc_id"]
+    if isinstance(doc_id, bool) or not isinstance(doc_id, int | str):
+        raise _field_error(path, number, "doc_id", row, f"an integer (lm-eval's document index)")
 
 
 def read_samples(
@@ -285,6 +358,11 @@ def read_samples(
     path = Path(path)
     parsed = samples_name(path.name)
     task = task or (parsed[0] if parsed else path.stem)
+    if config is not None and not isinstance(config, Mapping):
+        raise SamplesError(
+            f"{task}: the results file's configs.{task} is {_shown(config)}; expected a mapping (lm-eval's "
+            "task config): keep lm-eval's results file as it wrote it"
+        )
     try:
         options = calibration_options(config)
     except ValueError as exc:
@@ -315,8 +393,7 @@ def read_samples(
             )
         delimiter = target_delimiter(config, chat_template)
     for number, row in rows:
-        if "doc_id" not in row:
-            raise SamplesError(f"{path} line {number} has no doc_id; is it an lm-eval samples file?")
+        _check_doc_id(path, number, row)
         if logged:
             record = row.get(key)
             if not isinstance(record, dict) or "confidence" not in record:
@@ -326,25 +403,31 @@ def read_samples(
             if record["confidence"] is None:  # an unparseable verbalised reply: counted, never scored
                 reason = f"{estimator} gave no confidence (unparseable reply)"
                 skipped[reason] += 1
-                example.setdefault(reason, row["doc_id"])
+                example.setdefault(reason, (row["doc_id"], number))
                 continue
+            problem = record_problem(record, prefix=f"{key}.")
+            if problem is not None:
+                raise _field_error(path, number, f"{key}.{problem.field}", record, problem.expected)
         else:
             try:
                 record = option_record(row, rule, delimiter)
             except SkipDocument as exc:
                 reason = str(exc)
                 skipped[reason] += 1
-                example.setdefault(reason, row["doc_id"])
+                example.setdefault(reason, (row["doc_id"], number))
                 continue
+            except ValueError as exc:  # a document option_record cannot even skip: never a bare traceback
+                raise SamplesError(f"{path} line {number}: {exc}; {DAMAGED}") from exc
         records.append(record)
         doc_ids.append(row["doc_id"])
     reasons = [
-        f"{task}: skipped {count} of {len(rows)} documents: {reason} (e.g. doc_id {example[reason]})"
+        f"{task}: skipped {count} of {len(rows)} documents: {reason} (e.g. doc_id {example[reason][0]})"
         for reason, count in skipped.most_common()
     ]
     if not records:
+        found = [f"{reason} (e.g. doc_id {example[reason][0]} at line {example[reason][1]})" for reason in skipped]
         raise SamplesError(
-            f"{path}: no document of {task} could be scored ({'; '.join(reasons) or 'empty'}); only "
+            f"{path}: no document of {task} could be scored ({'; '.join(found) or 'empty'}); only "
             "single-answer multiple-choice tasks and lm-eval-calib calibration tasks can be calibrated"
         )
     repeated = [d for d, n in Counter(map(str, doc_ids)).items() if n > 1]
@@ -384,7 +467,13 @@ def read_task(
             f"{Path(results_file).parent}: no samples for {task}; rerun lm_eval with --log_samples to "
             "score it"
         )
-    config = (results.get("configs") or {}).get(task)
+    configs = results.get("configs")
+    if configs is not None and not isinstance(configs, Mapping):
+        raise SamplesError(
+            f"{results_file}: configs is {_shown(configs)}; expected a mapping of task names to their configs "
+            "(keep lm-eval's results file as it wrote it)"
+        )
+    config = (configs or {}).get(task)
     return read_samples(
         samples,
         task,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import relplot  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from lm_eval_calib.metrics import BinStats, CalibrationData, bin_statistics, compute_metric  # noqa: E402
+from lm_eval_calib.metrics import (  # noqa: E402
+    BinStats,
+    CalibrationData,
+    Degeneracy,
+    bin_statistics,
+    compute_metric,
+    degenerate_confidence,
+)
 
 FIGSIZE = (5.0, 5.0)
 OVERLAY_FIGSIZE = (11.0, 6.0)
@@ -61,6 +70,19 @@ MIN_SMOOTH_WEIGHT = 2.0
 """The smoothed curve is drawn only between the lowest and highest confidence observed, and only where
 about this many items lie within its kernel (see :func:`smooth_reliability`); elsewhere it would be an
 extrapolation from a distant item or two."""
+TITLE_CHARS = {"diagram": 62, "overlay": 58}
+"""Longest title line (characters) of a diagram (5 in wide, 8 pt) and of an overlay panel (9 pt, half of
+11 in): longer titles wrap at spaces, so a long label and task (``... (acc_norm rule)``) stay inside
+the figure."""
+COLLAPSED = ("tiny_confidence", "saturated_confidence", "constant_confidence")
+"""Degenerate conditions under which a reliability diagram holds one point: drawn as a note instead."""
+SHORT_DEGENERACY = {
+    "tiny_confidence": "confidences all < 1e-6",
+    "saturated_confidence": "confidences all ~ 1",
+    "constant_confidence": "one confidence value",
+    "single_class": "answers all right or all wrong",
+}
+"""How an overlay's legend names a curve's degenerate conditions (the page's messages say more)."""
 plt.rcParams["svg.hashsalt"] = "lm-eval-calib"  # identical inputs give identical SVG files
 
 
@@ -91,6 +113,52 @@ class Curve:
     smooth: SmoothCurve | None = None
     confidence: np.ndarray | None = None
     """The items' confidences, for the histogram under the smoothed curves."""
+    degenerate: tuple[str, ...] = ()
+    """Codes of :func:`~lm_eval_calib.metrics.degenerate_confidence`: named in the legend."""
+
+
+def wrap_title(title: str, width: int) -> str:
+    """``title`` broken at spaces into lines of at most ``width`` characters (existing line breaks kept):
+    matplotlib never wraps a title, so a long one runs past the figure's edge and loses its end."""
+    return "\n".join(
+        textwrap.fill(line, width, break_on_hyphens=False) if line else line for line in title.split("\n")
+    )
+
+
+def legend_below(fig: Figure, handles: list, labels: list[str], fontsize: float, ncols: int = 2) -> None:
+    """One legend under the panels, never over the data, and as wide as the figure at most: the panels are
+    laid out above it (the figure keeps its size). Columns drop to one, then labels wrap, until it fits."""
+    renderer = fig.canvas.get_renderer()
+    width = fig.bbox.width * 0.98
+    for columns, wrap in [*((c, None) for c in range(min(ncols, len(labels)), 0, -1)), (1, 60), (1, 40)]:
+        shown = labels if wrap is None else [textwrap.fill(label, wrap) for label in labels]
+        legend = fig.legend(
+            handles, shown, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=columns, fontsize=fontsize
+        )
+        box = legend.get_window_extent(renderer)
+        if box.width <= width or (columns, wrap) == (1, 40):
+            break
+        legend.remove()
+    fig.tight_layout(rect=(0.0, (box.height + 4) / fig.bbox.height, 1.0, 1.0))
+
+
+def _degenerate_note(ax, flags: Sequence[Degeneracy]) -> None:
+    """The top panel of a diagram whose confidences collapsed: what the numbers mean, in words, where an
+    empty frame (one point at 0 or 1) would be."""
+    ax.set_axis_off()
+    text = "\n\n".join(textwrap.fill(f"\u26a0 {flag.message}", 68) for flag in flags)
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        fontsize=7.5,
+        transform=ax.transAxes,
+        wrap=False,
+        gid="degenerate-note",
+        bbox={"boxstyle": "round", "facecolor": "#fff8e1", "edgecolor": "#e0c060"},
+    )
 
 
 def _finite(value: float | None) -> float | None:
@@ -244,11 +312,30 @@ def bins_json(stats: BinStats, x0: np.ndarray | None = None, x1: np.ndarray | No
 
 
 def reliability_figure(
-    stats: BinStats, ece: float, n: int, title: str, scheme: str, confidence: np.ndarray
+    stats: BinStats,
+    ece: float,
+    n: int,
+    title: str,
+    scheme: str,
+    confidence: np.ndarray,
+    degenerate: Sequence[Degeneracy] = (),
 ) -> Figure:
     """Accuracy bars over each bin's interval, the gap to the mean confidence shaded, Wilson whiskers,
-    sparse bins hatched; the confidence histogram with the bin boundaries below."""
+    sparse bins hatched; the confidence histogram with the bin boundaries below; the legend under both.
+
+    ``degenerate`` (:func:`~lm_eval_calib.metrics.degenerate_confidence`): when the confidences collapsed
+    (:data:`COLLAPSED`) the top panel is a note saying what the numbers mean; answers of one class only add
+    a line to the title.
+    """
     n_bins = len(stats.count)
+    head = wrap_title(title, TITLE_CHARS["diagram"]) + (
+        f"\nECE {ece:.4f} ({SCHEMES[scheme][1]}, {n_bins} bins), n = {n}; hatched: < {MIN_BIN_COUNT} items"
+    )
+    if any(flag.code == "single_class" for flag in degenerate):
+        head += "\n\u26a0 answers all of one class: AUROC undefined, ECE only distance to 0 or 1"
+    collapsed = [flag for flag in degenerate if flag.code in COLLAPSED]
+    if collapsed:
+        return _collapsed_figure(head, collapsed, stats, scheme, confidence)
     filled = stats.count > 0
     x0, x1 = draw_intervals(stats, scheme)
     sparse = (stats.count < MIN_BIN_COUNT)[filled]
@@ -297,11 +384,7 @@ def reliability_figure(
         gid="interval",
     )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set_title(
-        f"{title}\nECE {ece:.4f} ({SCHEMES[scheme][1]}, {n_bins} bins), n = {n}; "
-        f"hatched: < {MIN_BIN_COUNT} items",
-        fontsize=8,
-    )
+    top.set_title(head, fontsize=8)
     top.set_ylabel("accuracy")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -311,13 +394,29 @@ def reliability_figure(
     if sparse.any():  # the legend shows the dense style; the sparse one gets its own entry
         handles.append(Patch(facecolor="#4c72b0", alpha=0.35, hatch="///", edgecolor="black", linewidth=0.6))
         labels.append(f"accuracy, < {MIN_BIN_COUNT} items")
-    top.legend(handles, labels, loc="upper left", fontsize=7)
+    _histogram_panel(bottom, stats, scheme, confidence)
+    legend_below(fig, handles, labels, fontsize=7)
+    return fig
+
+
+def _histogram_panel(bottom, stats: BinStats, scheme: str, confidence: np.ndarray) -> None:
     edges, counts = confidence_histogram(confidence)
     bottom.stairs(counts, edges, fill=True, color="grey", gid="histogram")
     for boundary in bin_boundaries(stats, scheme):
         bottom.axvline(boundary, color="#4c72b0", linewidth=0.6, linestyle=":")
+    bottom.set_xlim(0, 1)
     bottom.set_xlabel("confidence")
     bottom.set_ylabel(f"items per 1/{HIST_BINS}", fontsize=8)
+
+
+def _collapsed_figure(
+    head: str, flags: Sequence[Degeneracy], stats: BinStats, scheme: str, confidence: np.ndarray
+) -> Figure:
+    """The diagram of collapsed confidences: the note where the bars would be, the histogram below."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=FIGSIZE, dpi=DPI, gridspec_kw={"height_ratios": [3, 1]})
+    top.set_title(head, fontsize=8)
+    _degenerate_note(top, flags)
+    _histogram_panel(bottom, stats, scheme, confidence)
     fig.tight_layout()
     return fig
 
@@ -339,7 +438,8 @@ def reliability_diagram(
     """Write ``stem``.png, .svg and .json (the bins drawn); returns their paths."""
     stats = bin_statistics(data.confidence, data.correct, n_bins=n_bins, scheme=scheme)
     ece = compute_metric(SCHEMES[scheme][0], data, n_bins=n_bins)
-    fig = reliability_figure(stats, ece, len(data), title, scheme, data.confidence)
+    flags = degenerate_confidence(data.confidence, data.correct)
+    fig = reliability_figure(stats, ece, len(data), title, scheme, data.confidence, flags)
     x0, x1 = draw_intervals(stats, scheme)
     edges, counts = confidence_histogram(data.confidence)
     numbers = {
@@ -352,6 +452,7 @@ def reliability_diagram(
         "bins": bins_json(stats, x0, x1),
         "bin_boundaries": bin_boundaries(stats, scheme).tolist(),
         "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+        "degenerate": [{"code": flag.code, "message": flag.message} for flag in flags],
     }
     return _save(fig, stem, numbers)
 
@@ -366,14 +467,18 @@ def dense_line(stats: BinStats) -> tuple[np.ndarray, np.ndarray]:
 def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
     """Left: every model's smoothed reliability curve with its 95% bootstrap band, the histograms of their
     confidences below. Right: the equal-width bins, marker area ~ items, Wilson whiskers, hollow markers and
-    no line for sparse bins, the share of items per bin below."""
+    no line for sparse bins, the share of items per bin below. One legend under all four panels names each
+    curve once with both its numbers (it would cover the curves inside a panel, and run past it with a
+    generation task's several estimators)."""
     fig, axes = plt.subplots(
         2, 2, figsize=OVERLAY_FIGSIZE, dpi=DPI, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     (smooth_ax, binned_ax), (hist_ax, share_ax) = axes
     colours = plt.get_cmap("tab10").colors
     for ax in (smooth_ax, binned_ax):
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    handles: list = [Line2D([], [], color="black", linestyle="--", linewidth=1)]
+    labels = ["perfect calibration"]
     for i, curve in enumerate(curves):
         stats, colour, marker = curve.stats, colours[i % len(colours)], MARKERS[i % len(MARKERS)]
         smooth = curve.smooth
@@ -396,8 +501,9 @@ def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
                 color=colour,
                 linewidth=2,
                 gid=f"smooth-{i}",
-                label=f"{curve.label} (smECE {smooth.smece:.3f}, bandwidth {smooth.sigma:.2g}, n={curve.n})",
             )
+        handles.append(Line2D([], [], color=colour, marker=marker, markeredgecolor="black", linewidth=2))
+        labels.append(_curve_label(curve))
         if curve.confidence is not None:
             edges, counts = confidence_histogram(curve.confidence)
             hist_ax.stairs(counts / max(1, counts.sum()), edges, color=colour, linewidth=1.5)
@@ -424,7 +530,6 @@ def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
             color=colour,
             linewidth=1.5,
             gid=f"curve-{i}",
-            label=f"{curve.label} (ECE {curve.ece:.3f}, n={curve.n})",
         )
         for mask, face in ((filled & ~sparse, colour), (sparse, "none")):
             binned_ax.scatter(
@@ -440,9 +545,10 @@ def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
         share = stats.count / max(1, stats.count.sum())
         share_ax.stairs(share, np.append(stats.lower, stats.upper[-1]), color=colour, linewidth=1.5)
     # The task's name on a line of its own: long names (a wrapped task and its filter) fit the panel.
-    smooth_ax.set_title(f"{title}\nsmoothed reliability (smECE's kernel), 95% bootstrap band", fontsize=9)
+    shown = wrap_title(title, TITLE_CHARS["overlay"])
+    smooth_ax.set_title(f"{shown}\nsmoothed reliability (smECE's kernel), 95% bootstrap band", fontsize=9)
     binned_ax.set_title(
-        f"{title}\nequal-width bins; marker area ~ items, whiskers 95% Wilson,\n"
+        f"{shown}\nequal-width bins; marker area ~ items, whiskers 95% Wilson,\n"
         f"hollow and unjoined: < {MIN_BIN_COUNT} items",
         fontsize=9,
     )
@@ -450,13 +556,22 @@ def overlay_figure(curves: Sequence[Curve], title: str) -> Figure:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_ylabel("accuracy")
-        ax.legend(loc="upper left", fontsize=7)
     hist_ax.set_ylabel(f"share of items per 1/{HIST_BINS}", fontsize=8)
     share_ax.set_ylabel("share of items per bin", fontsize=8)
     for ax in (hist_ax, share_ax):
         ax.set_xlabel("confidence")
-    fig.tight_layout()
+    legend_below(fig, handles, labels, fontsize=7.5)
     return fig
+
+
+def _curve_label(curve: Curve) -> str:
+    """``model (n=...): smECE ..., bandwidth ...; ECE ...`` and, for degenerate confidences, what is wrong."""
+    smooth = curve.smooth
+    numbers = f"smECE {smooth.smece:.3f}, bandwidth {smooth.sigma:.2g}; " if smooth is not None else ""
+    label = f"{curve.label} (n={curve.n}): {numbers}ECE {curve.ece:.3f}"
+    if curve.degenerate:
+        label += " \u26a0 " + ", ".join(SHORT_DEGENERACY.get(code, code) for code in curve.degenerate)
+    return label
 
 
 def _smooth_json(smooth: SmoothCurve | None) -> dict | None:
@@ -488,6 +603,7 @@ def overlay_diagram(curves: Sequence[Curve], title: str, stem: Path) -> list[Pat
                 "label": c.label,
                 "n": c.n,
                 "ece": c.ece,
+                "degenerate": list(c.degenerate),
                 "bins": [  # points, not bars: draw_x0 / draw_x1 stay null
                     {**b, "on_line": bool(b["count"] >= MIN_BIN_COUNT)} for b in bins_json(c.stats)
                 ],

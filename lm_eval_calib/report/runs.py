@@ -76,6 +76,9 @@ class TaskRun:
     caveats: list[str] = field(default_factory=list)
     """Why this row is not comparable or lacks a number (damaged records, another bin count): the
     leaderboard marks the row with them (:mod:`lm_eval_calib.report.integrity`)."""
+    computed: list[str] = field(default_factory=list)
+    """The leaderboard keys the report computed from the logged records because lm-eval's run did not (a
+    plain task's calibration metrics, a generation task's accuracy): the page says so for this row."""
 
     def __post_init__(self) -> None:
         self.base_label = self.base_label or self.label
@@ -311,6 +314,7 @@ def load_run(
                     item_category=records.item_category,
                     categories=records.categories,
                     caveats=caveats,
+                    computed=list(computed) if records.estimator is None else ["acc"],
                 )
             )
             log(f"  read {run_label} / {shown}: {len(records.data)} items")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lm_eval
 import pytest
-from conftest import REPO, read_run, run_lm_eval
+from helpers import REPO, read_run, run_lm_eval
 
 from lm_eval_calib.generation.estimators import parse_verbal
 

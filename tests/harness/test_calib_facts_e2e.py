@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import read_run, run_lm_eval
+from helpers import read_run, run_lm_eval
 
 from lm_eval_calib.data.lama import load_lama
 from lm_eval_calib.harness.task import CALIBRATION_KEYS

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_run, run_lm_eval
+from helpers import read_run, run_lm_eval
 
 from lm_eval_calib.data.mmlu import load_local
 from lm_eval_calib.harness.task import CALIBRATION_KEYS

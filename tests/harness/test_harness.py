@@ -250,7 +250,7 @@ def test_a_failing_metric_loses_nothing_in_a_real_run(
     does.
     """
     import lm_eval
-    from conftest import read_run
+    from helpers import read_run
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import LM_EVAL, OFFLINE_ENV, REPO
+from helpers import LM_EVAL, OFFLINE_ENV, REPO
 
 SUBJECT = "abstract_algebra"
 WRAPPED = f"calib_mmlu_{SUBJECT}_continuation"  # lm-eval's mmlu_abstract_algebra_continuation, wrapped

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import textwrap
 
-from conftest import OFFLINE_ENV
+from helpers import OFFLINE_ENV
 
 from lm_eval_calib import lm_eval_patches
 from lm_eval_calib.lm_eval_patches import PATCHES, install_all

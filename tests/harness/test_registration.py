@@ -10,7 +10,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from conftest import LM_EVAL, OFFLINE_ENV
+from helpers import LM_EVAL, OFFLINE_ENV
 
 from lm_eval_calib.lm_eval_patches import MODELS
 from lm_eval_calib.registration import task_dir

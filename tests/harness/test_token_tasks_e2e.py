@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_run, run_lm_eval
+from helpers import read_run, run_lm_eval
 
 from lm_eval_calib.data.wikitext import load_wikitext
 from lm_eval_calib.metrics import METRICS, compute_metric

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_run, run_lm_eval
+from helpers import read_run, run_lm_eval
 from scipy.special import log_softmax
 
 from lm_eval_calib.data.root import DataNotFoundError, hub_snapshot
@@ -481,7 +481,7 @@ def test_the_name_patch_fails_soft_with_one_warning(tmp_path):
     import subprocess
     import textwrap
 
-    from conftest import OFFLINE_ENV
+    from helpers import OFFLINE_ENV
 
     fake = tmp_path / "lm_eval" / "tasks"
     fake.mkdir(parents=True)

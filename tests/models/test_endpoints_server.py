@@ -275,7 +275,7 @@ def test_server_dying_mid_run_then_cache_sends_only_the_missing(server, smollm2_
 def test_cli_key_never_written_and_refused_in_model_args(server, smollm2_dir, data_root, tmp_path):
     """Through the lm_eval CLI: the key from OPENAI_API_KEY works and appears in no file or log; a key in
     --model_args is refused before any request, without printing it."""
-    from conftest import run_lm_eval
+    from helpers import run_lm_eval
 
     out = tmp_path / "run"
     base = f"model={SERVED_NAME},base_url={server.root}/v1/chat/completions"

