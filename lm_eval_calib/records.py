@@ -211,7 +211,9 @@ def record_problem(record: Mapping[str, Any], prefix: str = "") -> RecordProblem
     """
     confidence = _numbers(record.get("confidence"))
     if confidence is None or not ((confidence >= 0) & (confidence <= 1)).all():  # NaN is outside too
-        return RecordProblem("confidence", _EXPECTED["confidence"] + " or a flat list of them (one per token)")
+        return RecordProblem(
+            "confidence", _EXPECTED["confidence"] + " or a flat list of them (one per token)"
+        )
     for name in VALUE_FIELDS[1:]:
         values = _numbers(record.get(name), allow_bool=name == "correct", allow_null=name == "nll")
         if (
@@ -223,7 +225,9 @@ def record_problem(record: Mapping[str, Any], prefix: str = "") -> RecordProblem
         ):
             if confidence.ndim:
                 n = confidence.shape[0]
-                expected = f"a list of {n} values (one per item, as {prefix}confidence), each {_EXPECTED[name]}"
+                expected = (
+                    f"a list of {n} values (one per item, as {prefix}confidence), each {_EXPECTED[name]}"
+                )
             elif values is not None and values.ndim:
                 expected = f"{_EXPECTED[name]} (one value, as {prefix}confidence)"
             else:

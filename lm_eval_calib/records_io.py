@@ -65,10 +65,14 @@ def _shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _field_error(path: Path, number: int, field: str, row: Mapping[str, Any], expected: str) -> SamplesError:
+MISSING = object()
+"""The value of a field a logged document lacks (for :func:`_field_error`)."""
+
+
+def _field_error(path: Path, number: int, field: str, value: Any, expected: str) -> SamplesError:
     """One malformed field of one logged document: the file, the line, the field, what it holds and what it
     should hold."""
-    held = _shown(row[field.rsplit(".", 1)[-1]]) if field.rsplit(".", 1)[-1] in row else "missing"
+    held = "missing" if value is MISSING else _shown(value)
     return SamplesError(f"{path} line {number}: {field} is {held}; expected {expected}; {DAMAGED}")
 
 
@@ -140,7 +144,8 @@ class TaskRecords:
     """Category code of each item (-1 = none); names in ``categories``."""
     categories: list[str]
     scores: OptionScores | None
-    """Per-option scores and gold indices when every record is an option record (for temperature scaling)."""
+    """Per-option scores and gold indices when every record is an option record with a usable ``loglik`` and
+    ``target`` (for temperature scaling); else None."""
     options: CalibrationOptions = field(default_factory=CalibrationOptions)
     rule: str = "acc"
     estimator: str | None = None
@@ -232,8 +237,8 @@ def _parse_line(path: Path, number: int, raw: bytes) -> Any:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SamplesError(
-            f"{path} line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-            f"{DAMAGED}"
+            f"{path} line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the "
+            f"line); {DAMAGED}"
         ) from None
     if not line.strip():
         return None
@@ -259,7 +264,7 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                     raise SamplesError(f"{path} line {number} is not a JSON object; {DAMAGED}")
                 if not isinstance(row.get("filter", "none"), str):
                     expected = 'text (the lm-eval filter the document was scored under, e.g. "none")'
-                    raise _field_error(path, number, "filter", row, expected)
+                    raise _field_error(path, number, "filter", row["filter"], expected)
                 rows.append((number, row))
     except OSError as exc:
         raise SamplesError(f"{path} cannot be read ({exc})") from exc
@@ -329,7 +334,7 @@ def _check_doc_id(path: Path, number: int, row: Mapping[str, Any]) -> None:
         raise SamplesError(f"{path} line {number} has no doc_id; is it an lm-eval samples file?")
     doc_id = row["doc_id"]
     if isinstance(doc_id, bool) or not isinstance(doc_id, int | str):
-        raise _field_error(path, number, "doc_id", row, f"an integer (lm-eval's document index)")
+        raise _field_error(path, number, "doc_id", doc_id, "an integer (lm-eval's document index)")
 
 
 def read_samples(
@@ -407,7 +412,8 @@ def read_samples(
                 continue
             problem = record_problem(record, prefix=f"{key}.")
             if problem is not None:
-                raise _field_error(path, number, f"{key}.{problem.field}", record, problem.expected)
+                value = record.get(problem.field, MISSING)
+                raise _field_error(path, number, f"{key}.{problem.field}", value, problem.expected)
         else:
             try:
                 record = option_record(row, rule, delimiter)
@@ -425,7 +431,10 @@ def read_samples(
         for reason, count in skipped.most_common()
     ]
     if not records:
-        found = [f"{reason} (e.g. doc_id {example[reason][0]} at line {example[reason][1]})" for reason in skipped]
+        found = [
+            f"{reason} (e.g. doc_id {example[reason][0]}), first at line {example[reason][1]}"
+            for reason in skipped
+        ]
         raise SamplesError(
             f"{path}: no document of {task} could be scored ({'; '.join(found) or 'empty'}); only "
             "single-answer multiple-choice tasks and lm-eval-calib calibration tasks can be calibrated"
@@ -470,8 +479,8 @@ def read_task(
     configs = results.get("configs")
     if configs is not None and not isinstance(configs, Mapping):
         raise SamplesError(
-            f"{results_file}: configs is {_shown(configs)}; expected a mapping of task names to their configs "
-            "(keep lm-eval's results file as it wrote it)"
+            f"{results_file}: configs is {_shown(configs)}; expected a mapping of task names to their "
+            "configs (keep lm-eval's results file as it wrote it)"
         )
     config = (configs or {}).get(task)
     return read_samples(

@@ -9,6 +9,7 @@ on offline clusters all data arrive together. The root is given per run with
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -26,11 +27,20 @@ def resolve_data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
     An explicit ``data_dir`` (from ``--metadata``) wins over the environment variable, so one run can be
     pointed elsewhere without touching the shell.
     """
+    if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+        raise DataNotFoundError(
+            "data_dir in --metadata must be a folder path (text), got "
+            f"{type(data_dir).__name__} {data_dir!r}; "
+            """e.g. --metadata '{"data_dir": "/data/lm_eval_calib"}', or leave it out to use """
+            f"${DATA_ENV} or the hub copy"
+        )
     raw = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV) or None
     if raw is None:
         return None
-    root = Path(raw).expanduser()
-    if not root.is_dir():
+    root = Path(raw)
+    with contextlib.suppress(RuntimeError):  # `~nosuchuser/...`: no such home, so no such directory either
+        root = root.expanduser()
+    if not root.is_dir():  # False too for a path with a NUL character
         source = "data_dir in --metadata" if data_dir not in (None, "") else f"${DATA_ENV}"
         raise DataNotFoundError(
             f"data root {str(root)!r} (from {source}) is not a directory. Point it at a folder laid out like "

@@ -66,6 +66,12 @@ class CalibrationOptions:
                 f'{{"{OPTIONS_KEY}": {{"n_bins": 15}}}}, got {type(raw).__name__} {raw!r}'
             )
         known = {f.name: f for f in fields(cls)}
+        for name in raw:
+            if not isinstance(name, str):  # a study file's unquoted `on`/`false` key; sorting would fail
+                raise ValueError(
+                    f"calibration option name {name!r} ({type(name).__name__}) is not text (YAML reads an "
+                    f"unquoted on, off, yes or no as a boolean: quote it); known options: {', '.join(known)}"
+                )
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ValueError(

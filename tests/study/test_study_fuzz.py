@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lm_eval_calib.study.checks import check_study, task_option_problems
@@ -455,14 +455,7 @@ def _read_everything(path: Path, config: Any) -> None:
     has_records(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="records_io lets malformed records through as KeyError/TypeError/ValueError/CalibrationInputError "
-    "(issue 29.5, reported with reproductions; records_io.py is fixed separately): drop this mark then",
-)
-@settings(
-    FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate]
-)  # no shrinking while it is expected to fail
+@FUZZ
 @given(
     plain=st.booleans(),
     mutations=st.lists(st.tuples(st.integers(0, 2), _SAMPLE_KEYS, _SAMPLE_VALUES), max_size=3),
