@@ -22,7 +22,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lm_eval_calib.metrics import CalibrationInputError, bootstrap_interval, compute_metric
+from lm_eval_calib.metrics import (
+    CalibrationInputError,
+    bootstrap_interval,
+    compute_metric,
+    degenerate_confidence,
+)
 from lm_eval_calib.report import breakdown, html, leaderboard
 from lm_eval_calib.report.figures import Curve, overlay_diagram, reliability_diagram, smooth_reliability
 from lm_eval_calib.report.integrity import compare_bins
@@ -396,7 +401,7 @@ def build_report(
             diagrams=diagrams,
             breakdowns=[(run.group, run.label, rows) for run, rows in breakdowns],
             messages=messages,
-            notes=[NOTE],
+            notes=[*leaderboard.source_lines(table), NOTE],
         )
         outputs["index.html"] = html.render(page)
         for name, text in outputs.items():
@@ -421,10 +426,15 @@ def _write_marker(folder: Path) -> None:
 
 
 NOTE = (
-    "Values ± stderr are the numbers lm-eval wrote for each run. ECE 95% CI: percentile bootstrap over the "
-    "logged records (same resamples as the stderr). ECE recal.: ECE after temperature scaling (Platt scaling "
-    "for token-level tasks) fitted on held-out items, never on the items scored."
+    "ECE 95% CI: percentile bootstrap over the logged records (same resamples as the stderr). ECE recal.: "
+    "ECE after temperature scaling (Platt scaling for token-level tasks) fitted on held-out items, never on "
+    "the items scored. “(degenerate)” after an ECE: the confidences collapsed (all near 0, all near 1 or all "
+    "equal) or the answers are all right or all wrong, so it only restates the accuracy, the error rate or "
+    "the distance of the confidences from 1 or 0; “undefined (one class)”: every answer is right or every "
+    "answer is wrong, so confidence has nothing to rank (the row's ⚠ note says more)."
 )
+"""The footer's fixed part (after :func:`~lm_eval_calib.report.leaderboard.source_lines`, which says row by
+row where the values come from)."""
 
 
 def _leaderboard_row(run: TaskRun, interval: tuple[float, float], recal: list[RecalRow]) -> dict:
@@ -448,7 +458,10 @@ def _leaderboard_row(run: TaskRun, interval: tuple[float, float], recal: list[Re
     row["recal_at_bound"] = primary.result.at_bound if primary else None
     row["recal_summary"] = _short_summary(primary) if primary else ""
     row["source"] = str(run.source)
-    row["caveats"] = "; ".join(run.caveats)
+    flags = degenerate_confidence(run.data.confidence, run.data.correct)
+    row["degenerate"] = "; ".join(flag.code for flag in flags)
+    row["computed_by_report"] = ", ".join(run.computed)
+    row["caveats"] = "; ".join([*run.caveats, *(flag.message for flag in flags)])
     return row
 
 
@@ -477,6 +490,7 @@ def _overlays(runs: list[TaskRun], tmp: Path) -> dict[str, str]:
                 len(r.data),
                 smooth_reliability(r.data.confidence, r.data.correct),
                 r.data.confidence,
+                tuple(flag.code for flag in degenerate_confidence(r.data.confidence, r.data.correct)),
             )
             for r in members
         ]

@@ -16,6 +16,11 @@ What the pictures are meant to say, and how they avoid saying more:
   smECE's own bandwidth, via ``relplot``) with a 95% bootstrap band; the binned view stands beside it.
 * The panel under a diagram shows where the confidences lie (a fine histogram),
   not a per-bin count that equal-mass binning makes flat by construction.
+* Nothing covers the data and nothing runs past the edge: the legend sits under the panels (one for the
+  whole overlay, naming each curve with its numbers), long titles wrap.
+* Degenerate confidences (:func:`~lm_eval_calib.metrics.degenerate_confidence`) are said, not drawn as an
+  empty frame: a diagram whose confidences collapsed (or whose bars would all be invisible) shows the note
+  instead; answers all of one class add a title line; an overlay's legend names the condition.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ TITLE_CHARS = {"diagram": 62, "overlay": 58}
 """Longest title line (characters) of a diagram (5 in wide, 8 pt) and of an overlay panel (9 pt, half of
 11 in): longer titles wrap at spaces, so a long label and task (``... (acc_norm rule)``) stay inside
 the figure."""
+VISIBLE = 0.005
+"""Bars (and gaps) lower than this are not visible in a diagram; one whose bars all are is drawn as a note."""
 COLLAPSED = ("tiny_confidence", "saturated_confidence", "constant_confidence")
 """Degenerate conditions under which a reliability diagram holds one point: drawn as a note instead."""
 SHORT_DEGENERACY = {
@@ -333,9 +340,8 @@ def reliability_figure(
     )
     if any(flag.code == "single_class" for flag in degenerate):
         head += "\n\u26a0 answers all of one class: AUROC undefined, ECE only distance to 0 or 1"
-    collapsed = [flag for flag in degenerate if flag.code in COLLAPSED]
-    if collapsed:
-        return _collapsed_figure(head, collapsed, stats, scheme, confidence)
+    if degenerate and (any(flag.code in COLLAPSED for flag in degenerate) or _shows_nothing(stats)):
+        return _collapsed_figure(head, degenerate, stats, scheme, confidence)
     filled = stats.count > 0
     x0, x1 = draw_intervals(stats, scheme)
     sparse = (stats.count < MIN_BIN_COUNT)[filled]
@@ -397,6 +403,13 @@ def reliability_figure(
     _histogram_panel(bottom, stats, scheme, confidence)
     legend_below(fig, handles, labels, fontsize=7)
     return fig
+
+
+def _shows_nothing(stats: BinStats) -> bool:
+    """Every bar and every gap to the mean confidence is under a pixel high (answers all wrong at confidences
+    near 0, e.g. the sequence probability of long answers just above the degenerate floor)."""
+    filled = stats.count > 0
+    return bool(np.nanmax(np.maximum(stats.accuracy[filled], stats.mean_confidence[filled])) < VISIBLE)
 
 
 def _histogram_panel(bottom, stats: BinStats, scheme: str, confidence: np.ndarray) -> None:

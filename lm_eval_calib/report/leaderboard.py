@@ -1,8 +1,12 @@
 """Leaderboard rows: one per (model or training stage, task), written as Markdown and CSV.
 
 The metric values and stderrs are the numbers lm-eval wrote into its results JSON (never recomputed, so the
-report cannot drift from the run); the ECE interval and the after-recalibration columns are computed from
-the logged records.
+report cannot drift from the run), except where the run has none: a plain lm-eval task's calibration metrics
+and a generation task's accuracy are computed by the report from the logged records (a row's
+``computed_by_report``; those cells are marked :data:`COMPUTED` and the page names the rows). The ECE
+interval and the after-recalibration columns are computed from the logged records. A row whose confidences
+are degenerate (:func:`lm_eval_calib.metrics.degenerate_confidence`: ``degenerate`` holds the codes) is
+marked, its ECE cell says "(degenerate)" and an undefined AUROC says why instead of ``nan``.
 """
 
 from __future__ import annotations
@@ -50,9 +54,36 @@ def _name(key: str) -> str:
     return f"{METRICS[key].display_name} {'↑' if METRICS[key].higher_is_better else '↓'}"
 
 
+COMPUTED = "†"
+"""After a value the report computed from the logged records (lm-eval's run did not compute it)."""
+DEGENERATE_ECE = ("tiny_confidence", "saturated_confidence", "constant_confidence", "single_class")
+"""Degenerate conditions under which the ECE says nothing about calibration: it only restates the accuracy,
+the error rate, or (answers all of one class) how far the confidences are from 0 or 1."""
+
+
+def _listed(row: dict, key: str, separator: str) -> set[str]:
+    return {item for item in str(row.get(key) or "").split(separator) if item}
+
+
 def _with_stderr(row: dict, key: str) -> str:
     value, stderr = row[key], row[f"{key}_stderr"]
-    return fmt(value) + ("" if stderr is None or value is None else f" ± {fmt(stderr)}")
+    text = fmt(value) + ("" if stderr is None or value is None else f" ± {fmt(stderr)}")
+    return f"{text} {COMPUTED}" if text and key in _listed(row, "computed_by_report", ", ") else text
+
+
+def ece_cell(row: dict) -> str:
+    """The ECE, marked "(degenerate)" under :data:`DEGENERATE_ECE` (``0.0000`` from answers all wrong at
+    confidence 1e-10 is no finding)."""
+    text = _with_stderr(row, "ece")
+    return f"{text} (degenerate)" if text and _listed(row, "degenerate", "; ") & set(DEGENERATE_ECE) else text
+
+
+def auroc_cell(row: dict) -> str:
+    """The AUROC, or why there is none: answers all of one class leave nothing to rank (lm-eval: NaN)."""
+    value = row["auroc"]
+    if "single_class" in _listed(row, "degenerate", "; ") and (value is None or value != value):
+        return "undefined (one class)"
+    return _with_stderr(row, "auroc")
 
 
 def recal_cell(row: dict) -> str:
@@ -101,11 +132,11 @@ def main_cells(row: dict, with_stage: bool) -> list[str]:
         "" if row["n_shot"] is None else str(row["n_shot"]),
         str(row["n"]),
         _with_stderr(row, "acc"),
-        _with_stderr(row, "ece"),
+        ece_cell(row),
         "" if low is None else f"[{fmt(low, 3)}, {fmt(high, 3)}]",
         recal_cell(row),
         _with_stderr(row, "brier"),
-        _with_stderr(row, "auroc"),
+        auroc_cell(row),
     ]
 
 
@@ -119,6 +150,25 @@ def details_cells(row: dict, with_stage: bool) -> list[str]:
         *_identity_cells(row, with_stage),
         *(_with_stderr(row, key) for key in DETAILS),
         row.get("recal_summary") or "",
+    ]
+
+
+def source_lines(table: Sequence[dict]) -> list[str]:
+    """Where the numbers come from, row by row: lm-eval's results, except the keys the report computed."""
+    computed = [
+        f"{row['model']} / {row['task']}: {row['computed_by_report']}"
+        for row in table
+        if row.get("computed_by_report")
+    ]
+    if not computed:
+        return ["Values ± stderr are the numbers lm-eval wrote for each run."]
+    return [
+        "Values ± stderr are the numbers lm-eval wrote for each run, except those marked "
+        f"{COMPUTED}: lm-eval's run did not compute them, so the report did, from the logged records with "
+        "the code a calibration task's aggregation runs (the run's n_bins and bootstrap seed; a generation "
+        "task's accuracy is the share of answers its own metric judged correct). Computed by the report: "
+        + "; ".join(computed)
+        + "."
     ]
 
 
@@ -136,6 +186,7 @@ def to_markdown(table: Sequence[dict]) -> str:
     marked = caveat_lines(table)
     if marked:
         lines += ["", f"Rows marked {MARK} (see messages.txt):", "", *(f"- {line}" for line in marked)]
+    lines += ["", *source_lines(table)]
     return "\n".join(lines) + "\n"
 
 
