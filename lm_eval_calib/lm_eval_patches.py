@@ -9,14 +9,17 @@ Two kinds:
 
 - registration (the start-up hook, ``_lm_eval_calib_startup``, applies them right after their lm-eval module
   executes; ``LM_EVAL_CALIB_NO_HOOK=1`` switches them off): our task folder on ``TaskManager``'s search path,
-  ``calib_<task>`` wrappers of lm-eval's own tasks, ``hf-calib``/``vllm-calib`` in the model registry. The
-  task folder and the models step aside when lm-eval discovers plugins itself through entry points (upstream
-  PRs #4015 and #4013): registering a second time would index every task twice.
+  ``calib_<task>`` wrappers of lm-eval's own tasks, ``hf-calib``/``vllm-calib`` in the model registry, and
+  runs of our tasks building them before the model (in place before lm-eval's CLI calls ``simple_evaluate``,
+  which is before any task class of ours loads). The task folder and the models step aside when lm-eval
+  discovers plugins itself through entry points (upstream PRs #4015 and #4013): registering a second time
+  would index every task twice.
 - evaluation (applied by :func:`install_all` when our task classes load): the bootstrap stderr of calibration
-  metrics, and the check before inference that the model serves what the tasks need. Those whose module is
-  ``lm_eval.tasks.manager`` are applied by the start-up hook too, so they also serve runs of lm-eval's own
-  tasks: the right doc_id for every ``--samples`` document, and our errors through lm-eval's CLI as one
-  line (the traceback with ``--verbosity DEBUG``).
+  metrics, and the check before inference that the model serves what the tasks need. Those whose module the
+  start-up hook watches are applied by it too (the check before inference when ``lm_eval.evaluator`` loads);
+  those of ``lm_eval.tasks.manager`` also serve runs of lm-eval's own tasks: the right doc_id for every
+  ``--samples`` document, and our errors through lm-eval's CLI as one line (the traceback with
+  ``--verbosity DEBUG``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import itertools
 import numbers
 import os
@@ -289,6 +293,130 @@ def patch_evaluate(missing: list[str]) -> None:
     evaluator.evaluate = _flag(evaluate)
 
 
+# -- registration: tasks before the model (lm_eval.evaluator.simple_evaluate) --------------------------------
+EARLY_PARAMETERS = ("model", "model_args", "tasks", "samples", "limit", "task_manager", "metadata")
+"""The parameters of ``simple_evaluate`` the patch reads or sets (checked when it applies)."""
+
+
+def names_our_tasks(tasks: Any) -> bool:
+    """Whether a ``tasks`` list names one of ours (``calib_*``: our task folder's names and the wrappers)."""
+    names = [tasks] if isinstance(tasks, str) else tasks if isinstance(tasks, (list, tuple)) else []
+    return any(isinstance(name, str) and name.startswith(WRAP_PREFIX) for name in names)
+
+
+def _model_args_dict(model_args: Any) -> dict | None:
+    """``model_args`` as simple_evaluate reads it (a ``key=value,...`` string or a dict), None if unreadable
+    (then simple_evaluate reports it, as before)."""
+    if isinstance(model_args, dict):
+        return model_args
+    if model_args is None or model_args == "":
+        return {}
+    if isinstance(model_args, str):
+        try:
+            return _resolve("lm_eval.evaluator.simple_parse_args_string")(model_args)
+        except Exception:
+            return None
+    return None
+
+
+def _task_manager(arguments: dict, model_args: dict) -> Any:
+    """The TaskManager simple_evaluate would use: the caller's, or one with simple_evaluate's metadata
+    (the model_args, then ``metadata`` over them)."""
+    if arguments.get("task_manager") is not None:
+        return arguments["task_manager"]
+    task_manager_class = _resolve("lm_eval.evaluator.TaskManager")
+    return task_manager_class(metadata=model_args | (arguments.get("metadata") or {}))
+
+
+def check_samples_early(loaded: Any, samples: Any) -> None:
+    """``--samples`` checked against the built tasks (:func:`check_samples`, as ``doc_iterator`` will)."""
+    if not isinstance(samples, dict) or not isinstance(loaded, dict):
+        return
+    tasks = loaded.get("tasks") or {}
+    for name, indices in samples.items():
+        if name in tasks and indices:
+            check_samples(name, indices, len(tasks[name].eval_docs))
+
+
+@contextlib.contextmanager
+def _served_once(manager: Any, tasks: Any, loaded: Any):
+    """While simple_evaluate runs, its ``manager.load(tasks)`` returns the tasks built already (the same
+    list object: simple_evaluate passes its ``tasks`` on), once; any other call loads as usual."""
+    load = manager.load
+
+    def served(task_list, *args, **kwargs):
+        vars(manager).pop("load", None)
+        if task_list is tasks and not args and not kwargs:
+            return loaded
+        return load(task_list, *args, **kwargs)
+
+    manager.load = served
+    try:
+        yield
+    finally:
+        vars(manager).pop("load", None)
+
+
+def _early_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> inspect.BoundArguments | None:
+    """The call's arguments when it is one to build tasks for first: a model named (not an LM object, which
+    is loaded already) and our tasks in the list; None to pass the call through as it is."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:  # simple_evaluate reports a wrong call itself
+        return None
+    arguments = bound.arguments
+    if not isinstance(arguments.get("model"), str) or not names_our_tasks(arguments.get("tasks")):
+        return None
+    if arguments.get("limit") is not None and arguments.get("samples") is not None:
+        return None  # simple_evaluate refuses the pair before anything else
+    return bound
+
+
+def _wrap_simple_evaluate(original: Callable) -> Callable:
+    from lm_eval_calib.harness import preflight
+
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def simple_evaluate(*args, **kwargs):
+        bound = _early_call(signature, args, kwargs)
+        model_args = _model_args_dict(bound.arguments.get("model_args")) if bound else None
+        if bound is None or model_args is None:
+            return original(*args, **kwargs)
+        manager = _task_manager(bound.arguments, model_args)
+        tasks = bound.arguments["tasks"]
+        loaded = manager.load(tasks)  # the errors the run would raise after the model, now before it
+        check_samples_early(loaded, bound.arguments.get("samples"))
+        preflight.check_model_folder(model_args)
+        bound.arguments["task_manager"] = manager
+        with _served_once(manager, tasks, loaded):
+            return original(*bound.args, **bound.kwargs)
+
+    return _flag(simple_evaluate)
+
+
+def patch_simple_evaluate(missing: list[str]) -> None:
+    """Build the tasks before the model when a run names our tasks.
+
+    lm-eval 0.4.13's ``simple_evaluate`` creates the model (15-60 s for a real one) before it builds the
+    tasks, so a bad option, missing data or a bad ``--samples`` index was reported only after the model had
+    loaded. The wrapper builds the tasks first with the TaskManager simple_evaluate would use, checks
+    ``--samples`` and a ``pretrained=`` folder, then calls simple_evaluate with that TaskManager, whose
+    ``load`` hands it the tasks built (once: built once, as before). Applied by the start-up hook when
+    ``lm_eval.evaluator`` loads, so it is in place before lm-eval's CLI looks ``simple_evaluate`` up. Runs
+    that name none of our tasks, or pass a model object, go straight to simple_evaluate.
+    """
+    evaluator = sys.modules["lm_eval.evaluator"]
+    original = evaluator.simple_evaluate
+    if _flagged(original):
+        return
+    parameters = inspect.signature(original).parameters
+    absent = [name for name in EARLY_PARAMETERS if name not in parameters]
+    if absent:
+        raise LookupError(f"simple_evaluate has no parameter {', '.join(absent)}")
+    evaluator.simple_evaluate = _wrap_simple_evaluate(original)
+
+
 # -- evaluation: --samples document ids (Task.doc_iterator) --------------------------------------------------
 def check_samples(task_name: str, indices: Any, n_docs: int) -> list[int]:
     """``indices`` (one task's ``--samples`` list) as ints, or a ValueError naming the bad entry: each must
@@ -472,6 +600,20 @@ PATCHES: tuple[Patch, ...] = (
         "where lm-eval looks it up there, calibration metrics' *_stderr are N/A (or lm-eval's generic, slow "
         "bootstrap); the metrics themselves are unaffected",
         partial=True,
+    ),
+    Patch(
+        "tasks before the model",
+        "lm_eval.evaluator",
+        (
+            "lm_eval.evaluator.simple_evaluate",
+            "lm_eval.evaluator.TaskManager",
+            "lm_eval.evaluator.simple_parse_args_string",
+            "lm_eval.tasks.manager.TaskManager.load",
+        ),
+        patch_simple_evaluate,
+        "runs of lm-eval-calib's tasks load the model before the tasks are built, so a bad option, missing "
+        "data or a bad --samples index is reported only after the model has loaded",
+        registration=True,
     ),
     Patch(
         "check before inference",

@@ -16,7 +16,7 @@ from lm_eval_calib.task_folder import task_dir
 
 __all__ = ["MODELS", "WATCHED", "WRAP_PREFIX", "find_spec", "task_dir"]
 
-WATCHED = frozenset(("lm_eval.tasks.manager", "lm_eval.models"))
+WATCHED = frozenset(("lm_eval.tasks.manager", "lm_eval.models", "lm_eval.evaluator"))
 """The lm-eval modules after whose execution registration patches apply (the start-up finder's list)."""
 
 

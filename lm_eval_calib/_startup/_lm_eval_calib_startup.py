@@ -15,7 +15,7 @@ import sys
 
 # Modules after whose execution lm_eval_calib.registration patches something (keep in step with
 # registration.WATCHED; a test checks).
-_TARGETS = frozenset(("lm_eval.tasks.manager", "lm_eval.models"))
+_TARGETS = frozenset(("lm_eval.tasks.manager", "lm_eval.models", "lm_eval.evaluator"))
 
 
 class LmEvalCalibFinder:

@@ -1,13 +1,17 @@
-"""Fail before inference when a task needs token statistics and the model does not provide them.
+"""Checks before the model loads and before inference.
 
-Only the evaluator sees the model and the tasks together, so the "check before inference" patch of
-:mod:`lm_eval_calib.lm_eval_patches` wraps ``lm_eval.evaluator.evaluate`` to call :func:`check_token_stats`
-and :func:`bind_models`. The wrapper only looks; everything else passes through untouched.
+Before the model (the "tasks before the model" patch of :mod:`lm_eval_calib.lm_eval_patches` wraps
+``lm_eval.evaluator.simple_evaluate``): the tasks are built first, then :func:`check_model_folder` names a
+``pretrained=`` folder that does not exist. Before inference (only the evaluator sees the model and the
+tasks together, so the "check before inference" patch wraps ``lm_eval.evaluator.evaluate``):
+:func:`check_token_stats` and :func:`bind_models`. The wrappers only look; everything else passes through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from lm_eval_calib.models.token_stats import model_provides_token_stats
@@ -50,6 +54,42 @@ def bind_models(lm: Any, task_dict: Any) -> None:
         bind = getattr(task, "bind_model", None)
         if callable(bind):
             bind(lm)
+
+
+class NoSuchModelFolderError(ValueError):
+    """``pretrained=`` names a local folder that does not exist."""
+
+
+LOCAL_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+def looks_like_local_path(value: str) -> bool:
+    """Whether ``pretrained=value`` can only mean a folder on this machine, not a Hugging Face repo id
+    (``name`` or ``namespace/name``): it starts like a path, or has more than one ``/``, or the platform's
+    own separator where that is not ``/``."""
+    return (
+        value.startswith(LOCAL_PATH_PREFIXES)
+        or value in (".", "..")
+        or value.count("/") > 1
+        or (os.sep != "/" and os.sep in value)
+    )
+
+
+def check_model_folder(model_args: Mapping[str, Any]) -> None:
+    """Refuse a ``pretrained=`` that is a local path and exists nowhere, naming it: without this,
+    transformers takes it for a repo id and says "Repo id must be in the form ...", after the hub retries."""
+    value = model_args.get("pretrained")
+    if not isinstance(value, str) or not looks_like_local_path(value):
+        return
+    folder = Path(value).expanduser()
+    if folder.exists():
+        return
+    raise NoSuchModelFolderError(
+        f"--model_args pretrained={value}: no such folder ({folder.absolute()} does not exist). Give the "
+        "folder of a saved model (its config.json inside), or a Hugging Face repo id such as "
+        "HuggingFaceTB/SmolLM2-135M-Instruct; `lm-eval-calib model-args smollm2` prints the arguments of "
+        "the bundled model."
+    )
 
 
 def install() -> None:

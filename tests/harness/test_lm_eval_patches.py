@@ -46,6 +46,7 @@ def test_every_patch_relies_on_internals_this_lm_eval_has_and_is_applied():
         "calib_<task> wrappers",
         "models",
         "stderr",
+        "tasks before the model",
         "check before inference",
         "--samples document ids",
         "one-line errors",
@@ -60,6 +61,7 @@ def test_every_patch_relies_on_internals_this_lm_eval_has_and_is_applied():
         evaluator_utils.stderr_for_metric,
         metrics.stderr_for_metric,
         evaluator.evaluate,
+        evaluator.simple_evaluate,
         sys.modules["lm_eval.api.task"].Task.doc_iterator,
         sys.excepthook,
     ):
@@ -85,6 +87,7 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         from lm_eval_calib import lm_eval_patches
 
         del manager.TaskManager.match_tasks, registry.model_registry, evaluator.evaluate
+        del evaluator.simple_evaluate
         del task.Task.doc_iterator
         # lm-eval 0.4.13's evaluator_utils keeps the name it imported, so lm-eval still works
         vars(metrics).pop("stderr_for_metric", None)
@@ -114,12 +117,13 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         "calib_<task> wrappers": False,
         "models": False,
         "stderr": True,
+        "tasks before the model": False,
         "check before inference": False,
         "--samples document ids": False,
         "one-line errors": True,  # relies on no lm-eval internal
     }
     warned = got["warnings"]
-    assert len(warned) == 5, warned
+    assert len(warned) == 6, warned
     expected = [
         (
             "calib_<task> wrappers",
@@ -128,6 +132,7 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         ),
         ("models", "lm_eval.api.registry.model_registry", "`--model hf-calib`"),
         ("stderr", "lm_eval.api.metrics.stderr_for_metric", "*_stderr are N/A"),
+        ("tasks before the model", "lm_eval.evaluator.simple_evaluate", "after the model has loaded"),
         ("check before inference", "lm_eval.evaluator.evaluate", "not checked against the model"),
         ("--samples document ids", "lm_eval.api.task.Task.doc_iterator", "under other documents' doc_id"),
     ]
@@ -182,3 +187,39 @@ def test_without_the_stderr_lookup_a_real_run_still_runs_with_na_stderrs(tiny_mo
         assert isinstance(result[f"{metric},none"], float), result
     assert isinstance(result["acc_stderr,none"], float)  # acc aggregates by lm-eval's mean: lm-eval's stderr
     assert result["ece_stderr,none"] == result["brier_stderr,none"] == "N/A", result
+
+
+def test_a_changed_simple_evaluate_gives_one_warning_and_runs_unpatched():
+    """``simple_evaluate`` without a parameter the early build sets (as a newer lm-eval might have it): one
+    warning, and lm-eval's function stays in place."""
+    code = """
+        import json, warnings
+        import lm_eval.evaluator as evaluator
+        from lm_eval_calib import lm_eval_patches
+
+        def simple_evaluate(model, tasks=None):
+            return "lm-eval's"
+
+        evaluator.simple_evaluate = simple_evaluate
+        (patch,) = [p for p in lm_eval_patches.PATCHES if p.name == "tasks before the model"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            applied = lm_eval_patches.apply(patch)
+        print(json.dumps({"applied": applied, "warnings": [str(w.message) for w in caught],
+                          "kept": evaluator.simple_evaluate is simple_evaluate}))
+    """
+    proc = _python(code, env={"LM_EVAL_CALIB_NO_HOOK": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    assert got["applied"] is False and got["kept"] is True
+    (warned,) = got["warnings"]
+    assert warned.startswith("lm-eval-calib: tasks before the model patch: could not be applied"), warned
+    assert "simple_evaluate has no parameter model_args, samples, limit, task_manager, metadata" in warned
+
+
+def test_runs_that_name_none_of_our_tasks_are_not_built_early():
+    assert lm_eval_patches.names_our_tasks(["calib_mmlu_anatomy"])
+    assert lm_eval_patches.names_our_tasks("calib_mmlu_anatomy")
+    assert lm_eval_patches.names_our_tasks(["hellaswag", "calib_arc_easy"])
+    assert not lm_eval_patches.names_our_tasks(["hellaswag", "mmlu"])
+    assert not lm_eval_patches.names_our_tasks(None)
