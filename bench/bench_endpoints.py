@@ -34,6 +34,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 HERE = Path(__file__).resolve().parent
+ROUTES = ("local-completions", "completions-calib", "chat-calib", "vllm-calib")
 sys.path.insert(0, str(HERE.parent / "tests" / "models"))  # the server launcher and relay the tests use
 
 from endpoint_servers import API_KEY, SERVED_NAME, Relay, start_vllm_server  # noqa: E402
@@ -53,7 +54,9 @@ def _evaluate(model, limit: int, data_dir: str, chat: bool) -> tuple[float, dict
     return time.perf_counter() - start, out["results"]["calib_mmlu"]
 
 
-def run(limit: int, concurrent: int, data_dir: str, model_dir: Path, work: Path) -> list[dict]:
+def run(
+    limit: int, concurrent: int, data_dir: str, model_dir: Path, work: Path, wanted: tuple[str, ...] = ROUTES
+) -> list[dict]:
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
     from lm_eval_calib.models.chat_calib import ChatCalibLM
@@ -79,6 +82,8 @@ def run(limit: int, concurrent: int, data_dir: str, model_dir: Path, work: Path)
             "chat-calib": (ChatCalibLM, "/v1/chat/completions", {}, True),
         }
         for name, (cls, route, extra, chat) in routes.items():
+            if name not in wanted:
+                continue
             relay = Relay(server.root)
             try:
                 start = time.perf_counter()
@@ -91,6 +96,8 @@ def run(limit: int, concurrent: int, data_dir: str, model_dir: Path, work: Path)
                 relay.close()
     finally:
         server.stop()
+    if "vllm-calib" not in wanted:
+        return rows
     from lm_eval_calib.models.vllm_calib import VLLMCalibLM
 
     start = time.perf_counter()
@@ -121,6 +128,9 @@ def main() -> None:
         default=os.environ.get("LM_EVAL_CALIB_DATA", str(HERE.parent.parent / "shared" / "data")),
     )
     parser.add_argument("--model-dir", help="an exported float32 SmolLM2 folder (default: export one)")
+    parser.add_argument(
+        "--routes", default=",".join(ROUTES), help=f"comma-separated subset of {','.join(ROUTES)}"
+    )
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,8 +139,9 @@ def main() -> None:
             from lm_eval_calib.models.vllm_export import export_bundled_model
 
             model_dir = export_bundled_model(Path(tmp) / "smollm2")
-        rows = run(args.limit, args.concurrent, args.data_dir, model_dir, Path(tmp))
-    offline = rows[-1]["seconds"]
+        wanted = tuple(r.strip() for r in args.routes.split(",") if r.strip())
+        rows = run(args.limit, args.concurrent, args.data_dir, model_dir, Path(tmp), wanted)
+    offline = next((r["seconds"] for r in rows if r["route"].startswith("vllm-calib")), float("nan"))
     print("| route | start s | seconds | requests | vs vllm-calib | acc | ECE |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:

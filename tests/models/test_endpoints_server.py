@@ -202,6 +202,27 @@ def test_generation_seqprob_from_the_endpoint_equals_hf_calib(server, smollm2_di
         np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=LL_ATOL)
 
 
+def test_generation_estimators_through_a_chat_endpoint(server, manager):
+    """calib_gsm8k through chat-calib: seqprob from the reply's own log-probs, P(True) from a Yes/No turn of
+    the same conversation (both read from top_logprobs), verbal and consistency (one request with n)."""
+    from lm_eval import simple_evaluate
+
+    estimators = ["seqprob", "seqprob_mean", "ptrue", "verbal", "consistency"]
+    out = simple_evaluate(
+        model=_chat(server.root), tasks=["calib_gsm8k"], limit=2, num_fewshot=0, apply_chat_template=True,
+        gen_kwargs="max_gen_toks=24", log_samples=True, task_manager=manager,
+        metadata={"calibration": {"confidence": estimators, "samples": 2}},
+    )  # fmt: skip
+    for sample in out["samples"]["calib_gsm8k"]:
+        seq = sample["ece_seqprob"]
+        assert seq["source"] == "generation" and seq["n_tokens"] > 0 and seq["logprob"] < 0
+        ptrue = sample["ece_ptrue"]["loglik"]
+        assert len(ptrue) == 2 and all(-30 < value <= 0 for value in ptrue)  # Yes and No read, not floored
+        assert sample["ece_consistency"]["samples"] == 2
+        assert "reply" in sample["ece_verbal"]
+    assert "ece_ptrue,flexible-extract" in out["results"]["calib_gsm8k"]
+
+
 def test_consistency_samples_come_from_one_request_with_n(server):
     """K identical sampling requests: ONE request with n=K, K draws (not K copies of one seeded draw), and
     the same K draws again from the same seed."""
