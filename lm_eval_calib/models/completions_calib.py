@@ -10,6 +10,12 @@ the same log-likelihoods) and also carry what calibration needs from a served mo
 - the log-probs of generated tokens on ``generate_until`` results (``logprobs: 1`` with the generation), so
   ``seqprob`` / ``seqprob_mean`` cost no second request.
 
+Questions whose options are single tokens (answer letters) cost ONE request each: the next-token
+``top_logprobs`` of the context, read by token id, hold each option's exact log-probability, and the server
+can reuse its prefix cache (echoing prompt log-probs disables it in vLLM and computes each option's whole
+prompt again); options outside the top ``top_logprobs`` (default 20) fall back to the echo.
+``one_request_per_question=false`` echoes every option as ``local-completions`` does.
+
 Rolling documents are cut into the windows ``hf`` cuts for ``max_length - 1`` tokens: the API needs one
 position for the generated token lm-eval's ``local-completions`` asks for (its own rule). Extra
 ``--model_args``: ``tokens_as_ids`` (default true: ask for ``return_tokens_as_token_ids``, which vLLM and
@@ -20,20 +26,22 @@ probe request before the run). The API key comes from ``OPENAI_API_KEY``, never 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 
 from lm_eval_calib.models.endpoint_checks import EndpointError, refuse_secrets
 from lm_eval_calib.models.endpoint_client import EndpointMixin, guarded
 from lm_eval_calib.models.endpoint_parsing import completion_token_stats, parse_token_id
 from lm_eval_calib.models.generated import with_generation_logprobs
-from lm_eval_calib.models.model_args import parse_bool
+from lm_eval_calib.models.model_args import parse_bool, parse_int
 from lm_eval_calib.models.plumbing import register_backend, rolling_results
 from lm_eval_calib.models.requests import rolling_windows
-from lm_eval_calib.models.token_stats import LoglikelihoodResult
+from lm_eval_calib.models.token_stats import LoglikelihoodResult, TokenStats
 
 __all__ = ["CompletionsCalibLM"]
 
@@ -49,8 +57,17 @@ class CompletionsCalibLM(EndpointMixin, LocalCompletionsAPI):
     provides_token_stats = True
     provides_generation_logprobs = True
 
-    def __init__(self, tokens_as_ids: Any = True, check_endpoint: Any = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        tokens_as_ids: Any = True,
+        check_endpoint: Any = True,
+        one_request_per_question: Any = True,
+        top_logprobs: Any = 20,
+        **kwargs: Any,
+    ) -> None:
         refuse_secrets(NAME, kwargs)
+        self.one_request_per_question = parse_bool(one_request_per_question, "one_request_per_question")
+        self.top_logprobs = parse_int(top_logprobs, "top_logprobs", minimum=1)
         if not kwargs.get("base_url"):
             raise EndpointError(
                 f"{NAME}: base_url is required, e.g. base_url=http://HOST:PORT/v1/completions"
@@ -90,6 +107,67 @@ class CompletionsCalibLM(EndpointMixin, LocalCompletionsAPI):
         if not choices:
             raise EndpointError(f"{self.base_url} answered without choices: {str(answer)[:300]}")
         completion_token_stats(choices[0], ids, 1)  # raises, naming the setting, when log-probs are missing
+
+    # -- one request per question -------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, **kwargs) -> list:
+        """Where a context's continuations are single tokens (answer letters), ONE request per context: the
+        next-token ``top_logprobs`` (by token id) hold each option's exact log-probability, and without
+        prompt log-probs the server can reuse its prefix cache (vLLM computes every prompt in full when
+        prompt log-probs are asked). Options outside the top-k, multi-token continuations and over-long
+        contexts take lm-eval's echo route. Same numbers either way (tested against ``hf-calib``)."""
+        fast: dict[tuple[int, ...], list[int]] = {}
+        rest: list[int] = []
+        for i, (_, context, continuation) in enumerate(requests):
+            single = len(continuation) == 1 and len(context) > 0 and len(context) + 1 <= self.max_length
+            if self.one_request_per_question and self.tokens_as_ids and single:
+                fast.setdefault(tuple(context), []).append(i)
+            else:
+                rest.append(i)
+        results: list[Any] = [None] * len(requests)
+
+        def score(context: tuple[int, ...]) -> None:
+            payload = {
+                "model": self.model,
+                "prompt": [list(context)],
+                "max_tokens": 1,
+                "temperature": 0,
+                "logprobs": self.top_logprobs,
+                "seed": self._seed,
+                "return_tokens_as_token_ids": True,
+            }
+            choice = (self.post_json(payload).get("choices") or [{}])[0]
+            top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0]
+            by_id = {parse_token_id(k): float(v) for k, v in (top or {}).items()}
+            by_id.pop(None, None)
+            if not by_id:
+                rest.extend(fast[context])
+                return
+            best_id, best = max(by_id.items(), key=lambda kv: kv[1])
+            for i in fast[context]:
+                token = int(requests[i][2][0])
+                if token not in by_id:
+                    rest.append(i)
+                    continue
+                stats = TokenStats(
+                    token_ids=np.asarray([token]),
+                    token_logprobs=np.asarray([by_id[token]]),
+                    top1_ids=np.asarray([best_id]),
+                    top1_logprobs=np.asarray([best]),
+                )
+                results[i] = LoglikelihoodResult(by_id[token], token == best_id, stats)
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
+
+        if fast:
+            with ThreadPoolExecutor(max_workers=max(1, int(self._concurrent))) as pool:
+                for future in [pool.submit(score, context) for context in fast]:
+                    future.result()
+        if rest:
+            rest.sort()
+            echoed = super()._loglikelihood_tokens([requests[i] for i in rest])
+            for i, result in zip(rest, echoed, strict=True):
+                results[i] = result
+        return results
 
     # -- parsing ----------------------------------------------------------------------------------------
     def parse_logprobs(self, outputs=None, tokens=None, ctxlens=None, **kwargs) -> list[LoglikelihoodResult]:

@@ -118,16 +118,26 @@ def test_completions_route_equals_hf_calib_document_by_document(server, smollm2_
 
 
 def test_local_completions_gives_the_same_option_loglikelihoods(server, smollm2_dir, manager):
-    """lm-eval's own local-completions (no token statistics) scores our MC tasks with the same numbers."""
+    """lm-eval's own local-completions (no token statistics, every option echoed) scores our MC tasks with the
+    numbers completions-calib reads from one request per question (letters: next-token top_logprobs), and
+    completions-calib's own echo route agrees too."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
     reqs = _requests(manager, {"calib_mmlu_anatomy": 2})["calib_mmlu_anatomy"]
     plain = LocalCompletionsAPI(
         model=SERVED_NAME, base_url=f"{server.root}/v1/completions", tokenizer=str(smollm2_dir)
     )
-    ours = _completions(server.root, smollm2_dir).loglikelihood(reqs)
+    relay = Relay(server.root)
+    try:
+        ours = _completions(relay.root, smollm2_dir, check_endpoint=False).loglikelihood(reqs)
+        assert relay.scoring_requests() == 2  # two questions, four letters each: one request per question
+    finally:
+        relay.close()
+    echoed = _completions(server.root, smollm2_dir, one_request_per_question=False).loglikelihood(reqs)
     theirs = plain.loglikelihood(reqs)
-    assert [r[0] for r in ours] == pytest.approx([r[0] for r in theirs], abs=1e-6)
+    assert [r[0] for r in ours] == pytest.approx([r[0] for r in theirs], abs=1e-4)
+    assert [r[0] for r in echoed] == pytest.approx([r[0] for r in theirs], abs=1e-6)
+    assert [r[1] for r in ours] == [r[1] for r in theirs]  # is_greedy
 
 
 def test_chat_route_letters_equal_a_direct_transformers_computation(server, smollm2_dir, manager):
@@ -202,7 +212,7 @@ def test_generation_seqprob_from_the_endpoint_equals_hf_calib(server, smollm2_di
         np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=LL_ATOL)
 
 
-def test_generation_estimators_through_a_chat_endpoint(server, manager):
+def test_generation_estimators_through_a_chat_endpoint(server, data_root):
     """calib_gsm8k through chat-calib: seqprob from the reply's own log-probs, P(True) from a Yes/No turn of
     the same conversation (both read from top_logprobs), verbal and consistency (one request with n)."""
     from lm_eval import simple_evaluate
@@ -210,8 +220,8 @@ def test_generation_estimators_through_a_chat_endpoint(server, manager):
     estimators = ["seqprob", "seqprob_mean", "ptrue", "verbal", "consistency"]
     out = simple_evaluate(
         model=_chat(server.root), tasks=["calib_gsm8k"], limit=2, num_fewshot=0, apply_chat_template=True,
-        gen_kwargs="max_gen_toks=24", log_samples=True, task_manager=manager,
-        metadata={"calibration": {"confidence": estimators, "samples": 2}},
+        gen_kwargs="max_gen_toks=24", log_samples=True,
+        metadata={"data_dir": str(data_root), "calibration": {"confidence": estimators, "samples": 2}},
     )  # fmt: skip
     for sample in out["samples"]["calib_gsm8k"]:
         seq = sample["ece_seqprob"]
@@ -263,14 +273,14 @@ def test_server_dying_mid_run_then_cache_sends_only_the_missing(server, smollm2_
     from lm_eval import simple_evaluate
 
     cache = str(tmp_path / "cache")
-    common = {"tasks": ["calib_mmlu_anatomy"], "limit": 2, "task_manager": manager}
+    common = {"tasks": ["calib_mmlu_anatomy"], "limit": 5, "task_manager": manager}
 
     def run(relay: Relay):
         args = f"model={SERVED_NAME},base_url={relay.root}/v1/completions,tokenizer={smollm2_dir}"
         args += ",max_retries=1"
         return simple_evaluate(model="completions-calib", model_args=args, use_cache=cache, **common)
 
-    dying = Relay(server.root, fail_after=4)  # the probe and 3 of the 8 option requests
+    dying = Relay(server.root, fail_after=3)  # the probe and 2 of the 5 questions (one request each)
     try:
         with pytest.raises(EndpointError, match="stopped answering.*--use_cache"):
             run(dying)
@@ -279,7 +289,7 @@ def test_server_dying_mid_run_then_cache_sends_only_the_missing(server, smollm2_
     back = Relay(server.root)
     try:
         resumed = run(back)
-        assert back.scoring_requests() == 1 + 8 - 3  # the probe and the 5 unanswered requests
+        assert back.scoring_requests() == 1 + 5 - 2  # the probe and the 3 unanswered questions
     finally:
         back.close()
     fresh = simple_evaluate(
