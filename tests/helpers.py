@@ -73,3 +73,23 @@ def read_run(output_dir: Path) -> tuple[dict, dict[str, list[dict]]]:
         path = newest_samples(output_dir, task)
         samples[task] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return results, samples
+
+
+def hf_calib_lm(folder: Path, **kwargs):
+    """``hf-calib`` on a local folder in float32 on the CPU: the reference the vLLM and endpoint tests use."""
+    from lm_eval_calib.models.hf_calib import HFCalibLM
+
+    args = {"dtype": "float32", "device": "cpu", "batch_size": 8, **kwargs}
+    return HFCalibLM(pretrained=str(folder), **args)
+
+
+def task_requests(manager, limits: dict[str, int], **build) -> dict[str, list]:
+    """The real requests lm-eval builds for each task, its first ``limits[task]`` documents."""
+    from lm_eval.tasks import get_task_dict
+
+    tasks = get_task_dict(list(limits), manager)
+    out = {}
+    for name, limit in limits.items():
+        tasks[name].build_all_requests(limit=limit, rank=0, world_size=1, **build)
+        out[name] = list(tasks[name].instances)
+    return out

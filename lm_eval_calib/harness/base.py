@@ -51,7 +51,7 @@ class CalibrationTaskBase(ConfigurableTask):
         if self.OUTPUT_TYPE == "multiple_choice":
             # reported only when the model floors options (chat-calib): documents of other models emit no
             # value under this key, and lm-eval aggregates only the keys that documents emit
-            self._aggregations[FLOORED_KEY] = _total
+            self._aggregations[FLOORED_KEY] = total
 
     def category(self, doc: dict) -> Any:
         return doc.get(self.category_field) if self.category_field else None
@@ -79,7 +79,8 @@ class CalibrationTaskBase(ConfigurableTask):
         return directions
 
 
-def _total(values: Sequence[float]) -> float:
+def total(values: Sequence[float]) -> float:
+    """The aggregation of a count per document (floored options, unparsed verbal replies): their sum."""
     return float(sum(values))
 
 

@@ -32,7 +32,7 @@ from lm_eval_calib import lm_eval_patches
 from lm_eval_calib.generation import estimators as est
 from lm_eval_calib.generation import passes
 from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.base import CalibrationTaskBase
+from lm_eval_calib.harness.base import CalibrationTaskBase, total
 from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
 from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef, generation_record, record_of
@@ -91,10 +91,6 @@ class EstimatorRecordRef(RecordRef):
         return (EstimatorRecordRef, (self.record, self.key))
 
 
-def _total(values: Sequence[float]) -> float:
-    return float(sum(values))
-
-
 class GenerationCalibrationTask(CalibrationTaskBase):
     """A ``generate_until`` task plus the calibration of its answers; see the module docstring."""
 
@@ -114,7 +110,7 @@ class GenerationCalibrationTask(CalibrationTaskBase):
                     f"calib_{key}",
                 )
         if "verbal" in self.estimators:
-            self._aggregations[UNPARSED_KEY] = _total
+            self._aggregations[UNPARSED_KEY] = total
         self._primary = self._primary_metric()
         self._lm: Any = None
         self._glue: tuple[str, str] | None = None

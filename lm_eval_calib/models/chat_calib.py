@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -144,19 +143,17 @@ class ChatCalibLM(EndpointMixin, LocalChatCompletion):
 
     def _check_options(self, requests: list) -> None:
         """Refuse, before any request, options that are not single tokens (named, with the alternatives)."""
-        bad: dict[str, tuple[str, Any]] = {}
+        first: dict[str, tuple[str, Any]] = {}
         for req in requests:
-            option = req.args[1]
-            if option in bad or not self._single_token(option):
-                bad.setdefault(option, (req.task_name, req.doc_id))
+            first.setdefault(req.args[1], (req.task_name, req.doc_id))
+        bad = {option: where for option, where in first.items() if not self._single_token(option)}
         if bad:
             shown = ", ".join(f"{o!r} ({t}, doc {d})" for o, (t, d) in list(bad.items())[:5])
             raise EndpointError(
                 f"{NAME} reads options from the first answer token's top_logprobs, so every option must be "
                 f"one token; these are not: {shown}{' ...' if len(bad) > 5 else ''}. Use a completions "
                 "endpoint (--model completions-calib or local-completions) for this task, or a "
-                "generate_until "
-                "task with the generation estimators (calib_<task> of a generative task)."
+                "generate_until task with the generation estimators (calib_<task> of a generative task)."
             )
 
     def _single_token(self, option: str) -> bool:
@@ -195,10 +192,7 @@ class ChatCalibLM(EndpointMixin, LocalChatCompletion):
                 results[i] = result
                 self.cache_hook.add_partial("loglikelihood", requests[i].args, result)
 
-        workers = max(1, int(self._concurrent))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(score, key) for key in by_context]:
-                future.result()
+        self.in_parallel(score, list(by_context))
         floored = sum(bool(r.floored) for r in results if r is not None)
         if floored:
             eval_logger.warning(

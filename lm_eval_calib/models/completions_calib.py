@@ -26,7 +26,6 @@ probe request before the run). The API key comes from ``OPENAI_API_KEY``, never 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
@@ -158,10 +157,7 @@ class CompletionsCalibLM(EndpointMixin, LocalCompletionsAPI):
                 if requests[i][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
 
-        if fast:
-            with ThreadPoolExecutor(max_workers=max(1, int(self._concurrent))) as pool:
-                for future in [pool.submit(score, context) for context in fast]:
-                    future.result()
+        self.in_parallel(score, list(fast))
         if rest:
             rest.sort()
             echoed = super()._loglikelihood_tokens([requests[i] for i in rest])

@@ -205,10 +205,15 @@ class EndpointMixin:
             for i, text in zip(indices, texts, strict=True):
                 results[i] = text
 
-        with ThreadPoolExecutor(max_workers=max(1, int(self._concurrent))) as pool:
-            for future in [pool.submit(draw, indices) for indices in multi]:
-                future.result()
+        self.in_parallel(draw, multi)
         return results
+
+    def in_parallel(self, fn: Callable[[Any], None], items: Any) -> None:
+        """``fn(item)`` for every item, ``num_concurrent`` at a time (the requests this package sends itself);
+        the first error is raised once all have ended."""
+        with ThreadPoolExecutor(max_workers=max(1, int(self._concurrent))) as pool:
+            for future in [pool.submit(fn, item) for item in items]:
+                future.result()
 
     def _generation_prompt(self, context: Any) -> Any:
         """One request's prompt as lm-eval's ``create_message`` takes it (token ids, or the chat JSON)."""

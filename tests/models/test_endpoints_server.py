@@ -20,6 +20,7 @@ pytest.importorskip(
 )
 
 from endpoint_servers import API_KEY, SERVED_NAME, Relay, start_vllm_server  # noqa: E402
+from helpers import hf_calib_lm, task_requests  # noqa: E402
 
 from lm_eval_calib.models.endpoint_checks import EndpointError  # noqa: E402
 
@@ -63,23 +64,6 @@ def _chat(server_root: str, **kwargs):
     return ChatCalibLM(**{**args, **kwargs})
 
 
-def _hf_calib(folder: Path, **kwargs):
-    from lm_eval_calib.models.hf_calib import HFCalibLM
-
-    return HFCalibLM(pretrained=str(folder), dtype="float32", device="cpu", batch_size=8, **kwargs)
-
-
-def _requests(manager, limits: dict[str, int], **build) -> dict[str, list]:
-    from lm_eval.tasks import get_task_dict
-
-    tasks = get_task_dict(list(limits), manager)
-    out = {}
-    for name, limit in limits.items():
-        tasks[name].build_all_requests(limit=limit, rank=0, world_size=1, **build)
-        out[name] = list(tasks[name].instances)
-    return out
-
-
 def _close(got, expected, what: str) -> float:
     worst = 0.0
     for i, (a, b) in enumerate(zip(got, expected, strict=True)):
@@ -99,12 +83,12 @@ def test_completions_route_equals_hf_calib_document_by_document(server, smollm2_
     """calib_mmlu_anatomy (5-shot letters), a wrapped continuation task and calib_clm through the server's
     /v1/completions route give hf-calib's per-option log-likelihoods and token statistics (1e-3, float32)."""
     limits = {"calib_mmlu_anatomy": 3, "calib_mmlu_anatomy_continuation": 3, "calib_clm": 1}
-    reqs = _requests(manager, limits)
+    reqs = task_requests(manager, limits)
     # calib_clm's first article cut to ~700 tokens: three windows of WINDOW tokens keep the test short
     article = reqs["calib_clm"][0]
     article.arguments = (article.args[0][:3000],)
     endpoint = _completions(server.root, smollm2_dir, max_length=WINDOW + 2)
-    local = _hf_calib(smollm2_dir, max_length=WINDOW)
+    local = hf_calib_lm(smollm2_dir, max_length=WINDOW)
     for name in ("calib_mmlu_anatomy", "calib_mmlu_anatomy_continuation"):
         worst = _close(endpoint.loglikelihood(reqs[name]), local.loglikelihood(reqs[name]), name)
         print(f"{name}: max |completions-calib - hf-calib| = {worst:.2e}")
@@ -123,7 +107,7 @@ def test_local_completions_gives_the_same_option_loglikelihoods(server, smollm2_
     completions-calib's own echo route agrees too."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-    reqs = _requests(manager, {"calib_mmlu_anatomy": 2})["calib_mmlu_anatomy"]
+    reqs = task_requests(manager, {"calib_mmlu_anatomy": 2})["calib_mmlu_anatomy"]
     plain = LocalCompletionsAPI(
         model=SERVED_NAME, base_url=f"{server.root}/v1/completions", tokenizer=str(smollm2_dir)
     )
@@ -178,7 +162,7 @@ def test_chat_route_letters_equal_a_direct_transformers_computation(server, smol
 
 
 def test_chat_refuses_options_that_are_not_single_tokens_before_any_request(server, manager):
-    reqs = _requests(
+    reqs = task_requests(
         manager, {"calib_mmlu_anatomy_continuation": 1}, apply_chat_template=True, chat_template=_json_chat
     )["calib_mmlu_anatomy_continuation"]
     relay = Relay(server.root)
@@ -205,7 +189,7 @@ def test_generation_seqprob_from_the_endpoint_equals_hf_calib(server, smollm2_di
     prompts = ["The capital of France is", "Water boils at a temperature of"]
     reqs = [Instance("generate_until", {}, (p, dict(gen_kwargs)), 0) for p in prompts]
     got = _completions(server.root, smollm2_dir).generate_until(reqs)
-    expected = _hf_calib(smollm2_dir).generate_until(reqs)
+    expected = hf_calib_lm(smollm2_dir).generate_until(reqs)
     assert got == expected and "Paris" in got[0]
     for a, b in zip(got, expected, strict=True):
         assert a.token_ids.tolist() == b.token_ids.tolist()

