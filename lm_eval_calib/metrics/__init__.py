@@ -14,7 +14,9 @@ from .calibration_error import (
     rms_calibration_error,
     smooth_calibration_error,
 )
+from .conformal import ConformalSets, conformal_cross_fitted, conformal_held_out, conformal_results
 from .data import CalibrationData
+from .decomposition import Decomposition, calibration_refinement, cross_fitted_decompositions
 from .degenerate import DEGENERATE_FLOOR, Degeneracy, degenerate_confidence
 from .errors import CalibrationInputError
 from .prepared import PreparedData
@@ -39,6 +41,12 @@ from .registry import (
     small_sample_warning,
 )
 from .scoring import accuracy, brier_score, negative_log_likelihood
+from .selective import (
+    RiskCoverage,
+    prediction_rejection_ratio,
+    risk_coverage_points,
+    selective_accuracies,
+)
 from .validation import check_confidence_correct, check_option_logprobs, check_option_probs
 
 __all__ = [
@@ -48,11 +56,14 @@ __all__ = [
     "BinStats",
     "CalibrationData",
     "CalibrationInputError",
+    "ConformalSets",
+    "Decomposition",
     "Degeneracy",
     "MetricInfo",
     "OptionScores",
     "PreparedData",
     "Recalibration",
+    "RiskCoverage",
     "TopLabel",
     "accuracy",
     "aurc",
@@ -62,10 +73,15 @@ __all__ = [
     "bootstrap_stderr",
     "bootstrap_values",
     "brier_score",
+    "calibration_refinement",
     "check_confidence_correct",
     "check_option_logprobs",
     "check_option_probs",
     "compute_metric",
+    "conformal_cross_fitted",
+    "conformal_held_out",
+    "conformal_results",
+    "cross_fitted_decompositions",
     "debiased_calibration_error",
     "degenerate_confidence",
     "expected_calibration_error",
@@ -75,10 +91,13 @@ __all__ = [
     "maximum_calibration_error",
     "negative_log_likelihood",
     "platt_scaled",
+    "prediction_rejection_ratio",
     "recalibrate_cross_fitted",
     "recalibrate_held_out",
     "resample_multiplicities",
+    "risk_coverage_points",
     "rms_calibration_error",
+    "selective_accuracies",
     "selective_accuracy",
     "small_sample_warning",
     "smooth_calibration_error",

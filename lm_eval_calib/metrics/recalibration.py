@@ -1,6 +1,8 @@
 """Post-hoc recalibration, always fitted on one set of items and scored on another.
 
-Two maps, both monotone in the model's own scores, so accuracy never changes:
+Four maps, all monotone in the model's own scores, so accuracy never changes (isotonic regression and
+histogram binning are only non-decreasing: they may tie confidences, which changes ranking metrics, not the
+prediction):
 
 * **Temperature scaling** (Guo et al. 2017) on per-option log-likelihoods: ``softmax(loglik / T)`` with one
   ``T > 0`` fitted by minimising the multi-class NLL of the gold option.  The NLL is convex in ``1 / T``,
@@ -11,6 +13,13 @@ Two maps, both monotone in the model's own scores, so accuracy never changes:
   It needs only (confidence, correct), so it works for open-vocabulary and next-token tasks, whose records
   have no option log-likelihoods.  Its scores are top-label: the "NLL" of a Platt result is the binary log
   loss of correctness, not the NLL of the gold answer.
+* **Isotonic regression** and **histogram binning** (Zadrozny & Elkan 2001, 2002) on the top-label
+  confidence, nonparametric (see :mod:`.nonparametric`); top-label like Platt.
+* **Per-option histogram binning** (``option_histogram``): histogram binning of each option position's
+  probability one-vs-all, rows renormalised (netcal's multi-class ``HistogramBinning``). Multi-class like
+  temperature scaling, for tasks whose options are positional (the letters A-D of MMLU) and so needs the
+  same number of options in every document. Unlike the others it can change which option is most probable,
+  so the "after" accuracy may differ from the model's.
 
 Scoring a map on the items it was fitted on rewards over-fitting and makes the "after" number optimistic,
 most of all on small samples; so the entry points here either take two disjoint splits
@@ -29,6 +38,18 @@ import numpy as np
 
 from .data import CalibrationData
 from .errors import CalibrationInputError
+from .nonparametric import (
+    HISTOGRAM_BINS,
+    HistogramFit,
+    IsotonicFit,
+    OptionHistogramFit,
+    fit_histogram,
+    fit_isotonic,
+    fit_option_histograms,
+    histogram_map,
+    isotonic_map,
+    option_histogram_map,
+)
 from .ragged import RaggedRows
 from .scoring import brier_terms, nll_terms
 from .validation import check_confidence_correct, check_option_logprobs
@@ -41,7 +62,9 @@ the map no longer changes. An absolute range would not do: log-likelihoods summe
 over hundreds of nats, and a cap of T = 100 stopped well short of their optimum."""
 PROBABILITY_CLIP = 1e-12
 """Top-label confidences are clipped to [eps, 1 - eps] before the logit and the binary log loss."""
-METHODS = ("temperature", "platt")
+METHODS = ("temperature", "option_histogram", "platt", "isotonic", "histogram")
+TOP_LABEL_METHODS = ("platt", "isotonic", "histogram")
+"""The methods that need only (confidence, correct): every task has them, token-level ones included."""
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -100,16 +123,22 @@ def _ranks_within(lengths: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- checks
 def check_method(method: object, split: object) -> str:
-    """The method name, checked against the kind of data it is given."""
+    """The method name, checked against the kind of data it is given (and per-option binning's shape)."""
     if method not in METHODS:
         raise CalibrationInputError(
             f"unknown recalibration method {method!r}; use one of {', '.join(METHODS)}"
         )
-    wanted = OptionScores if method == "temperature" else TopLabel
+    wanted = TopLabel if method in TOP_LABEL_METHODS else OptionScores
     if not isinstance(split, wanted):
         raise CalibrationInputError(
             f"{method} scaling needs {wanted.__name__} (build it with {wanted.__name__}.build(...)), got "
             f"{type(split).__name__}"
+        )
+    if method == "option_histogram" and np.unique(split.rows.lengths).shape[0] > 1:  # type: ignore[union-attr]
+        raise CalibrationInputError(
+            "option_histogram binning needs the same number of options in every document (positional options "
+            "such as A-D); these documents have "
+            f"{int(split.rows.lengths.min())} to {int(split.rows.lengths.max())}; use temperature scaling"  # type: ignore[union-attr]
         )
     return str(method)
 
@@ -279,6 +308,15 @@ def fit_platt(top: TopLabel, tol: float = 1e-10, max_iter: int = 100) -> PlattFi
     return PlattFit(float(params[0]), float(params[1]))
 
 
+def top_label_data(confidence: np.ndarray, correct: np.ndarray) -> CalibrationData:
+    """Top-label data of recalibrated confidences: binary Brier and binary log loss (clipped), as Platt's."""
+    z = _logit(confidence)
+    loss = correct * np.logaddexp(0.0, -z) + (1.0 - correct) * np.logaddexp(0.0, z)
+    return CalibrationData(
+        confidence=confidence, correct=correct, brier=(confidence - correct) ** 2, nll=loss
+    )
+
+
 def platt_scaled(top: TopLabel, fit: PlattFit | None) -> CalibrationData:
     """Top-label data after Platt scaling (``fit=None``: as given). ``nll`` is the binary log loss."""
     z = _logit(top.confidence)
@@ -297,9 +335,11 @@ class Recalibration:
     """A recalibration scored on items none of its fits saw.
 
     ``before`` and ``after`` hold the same scored items, as the model gave them and recalibrated. For
-    ``platt`` both are top-label (``nll`` is the binary log loss of correctness, with the same probability
-    clipping in both). ``parameters`` is the fit (held out) or the mean of the fold fits
-    (cross-fitted; ``fold_parameters`` has each one).
+    the :data:`TOP_LABEL_METHODS` both are top-label (``nll`` is the binary log loss of correctness, with
+    the same probability clipping in both). ``parameters`` is the fit (held out) or the mean of the fold fits
+    (cross-fitted; ``fold_parameters`` has each one): ``temperature``; ``slope`` and ``intercept``
+    (Platt); ``steps``, the number of distinct levels (isotonic); ``bins`` and ``empty_bins`` (histogram);
+    ``bins`` and ``options`` (per-option histogram).
     """
 
     method: str
@@ -315,31 +355,78 @@ class Recalibration:
     at_bound: bool = False
 
 
-def _fit(method: str, split: Split) -> tuple[dict[str, float], bool]:
+Fit = TemperatureFit | PlattFit | IsotonicFit | HistogramFit | OptionHistogramFit
+
+
+def _option_matrix(scores: OptionScores) -> np.ndarray:
+    """The softmax over each document's options as an (n, K) matrix (all documents have K options)."""
+    rows = scores.rows
+    return np.exp(rows.log_softmax()).reshape(len(scores), -1)
+
+
+def option_histogram_scaled(scores: OptionScores, fit: OptionHistogramFit) -> CalibrationData:
+    """Multi-class data after per-option histogram binning; the prediction is the new first argmax."""
+    matrix = _option_matrix(scores)
+    if matrix.shape[1] != fit.n_options:
+        raise CalibrationInputError(
+            f"per-option histograms were fitted on {fit.n_options} options but these documents have "
+            f"{matrix.shape[1]}; fit and score on the same task"
+        )
+    probs = option_histogram_map(fit, matrix)
+    predicted = np.argmax(probs, axis=1)
+    rows = RaggedRows.from_lengths(probs.ravel(), scores.rows.lengths)
+    gold = probs[np.arange(len(scores)), scores.targets]
+    return CalibrationData(
+        confidence=probs[np.arange(len(scores)), predicted],
+        correct=(predicted == scores.targets).astype(np.float64),
+        brier=brier_terms(rows, scores.targets),
+        nll=-np.log(np.maximum(gold, PROBABILITY_CLIP)),
+    )
+
+
+def _fit(method: str, split: Split) -> tuple[Fit, dict[str, float], bool]:
+    """The fitted map, its parameters for the tables, and whether it stopped at a search bound."""
     if method == "temperature":
         fit = fit_temperature(split)  # type: ignore[arg-type]
-        return {"temperature": fit.temperature}, fit.at_bound
-    platt = fit_platt(split)  # type: ignore[arg-type]
-    return {"slope": platt.slope, "intercept": platt.intercept}, False
+        return fit, {"temperature": fit.temperature}, fit.at_bound
+    if method == "platt":
+        platt = fit_platt(split)  # type: ignore[arg-type]
+        return platt, {"slope": platt.slope, "intercept": platt.intercept}, False
+    if method == "option_histogram":
+        per_option = fit_option_histograms(_option_matrix(split), split.targets, HISTOGRAM_BINS)  # type: ignore[arg-type, union-attr]
+        return per_option, {"bins": float(HISTOGRAM_BINS), "options": float(per_option.n_options)}, False
+    if method == "isotonic":
+        iso = fit_isotonic(split.confidence, split.correct)  # type: ignore[union-attr]
+        return iso, {"steps": float(iso.n_steps)}, False
+    hist = fit_histogram(split.confidence, split.correct, HISTOGRAM_BINS)  # type: ignore[union-attr]
+    return hist, {"bins": float(hist.n_bins), "empty_bins": float(np.sum(hist.counts == 0))}, False
 
 
-def _apply(method: str, split: Split, parameters: dict[str, float] | None) -> CalibrationData:
-    if method == "temperature":
-        return temperature_scaled(split, 1.0 if parameters is None else parameters["temperature"])  # type: ignore[arg-type]
-    return platt_scaled(split, None if parameters is None else PlattFit(**parameters))  # type: ignore[arg-type]
+def _apply(method: str, split: Split, fit: Fit | None) -> CalibrationData:
+    """``split`` as the model gave it (``fit=None``) or mapped by ``fit``."""
+    if method == "temperature" or (method == "option_histogram" and fit is None):
+        temperature = 1.0 if fit is None else fit.temperature  # type: ignore[union-attr]
+        return temperature_scaled(split, temperature)  # type: ignore[arg-type]
+    if method == "option_histogram":
+        return option_histogram_scaled(split, fit)  # type: ignore[arg-type]
+    if method == "platt" or fit is None:  # every top-label method starts from the same "before"
+        return platt_scaled(split, fit)  # type: ignore[arg-type]
+    if isinstance(fit, IsotonicFit):
+        return top_label_data(isotonic_map(fit, split.confidence), split.correct)  # type: ignore[union-attr]
+    return top_label_data(histogram_map(fit, split.confidence), split.correct)  # type: ignore[arg-type, union-attr]
 
 
 def recalibrate_held_out(method: str, fit_on: Split, score_on: Split) -> Recalibration:
     """Fit ``method`` on ``fit_on``, score it on ``score_on``: two disjoint splits (e.g. MMLU val -> test)."""
     check_method(method, fit_on)
     check_method(method, score_on)
-    parameters, at_bound = _fit(method, fit_on)
+    fit, parameters, at_bound = _fit(method, fit_on)
     return Recalibration(
         method=method,
         scheme="held-out",
         parameters=parameters,
         before=_apply(method, score_on, None),
-        after=_apply(method, score_on, parameters),
+        after=_apply(method, score_on, fit),
         n_fit=len(fit_on),
         at_bound=at_bound,
     )
@@ -375,13 +462,13 @@ def recalibrate_cross_fitted(
     at_bound, n_fit = False, len(split)
     for k in range(n_folds):
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        parameters, bound = _fit(method, split.take(train))
+        fit, parameters, bound = _fit(method, split.take(train))
         at_bound |= bound
         n_fit = min(n_fit, int(train.shape[0]))
         fold_parameters.append(parameters)
         scored = split.take(test)
         pieces_before.append(_apply(method, scored, None))
-        pieces_after.append(_apply(method, scored, parameters))
+        pieces_after.append(_apply(method, scored, fit))
         order.append(test)
     inverse = np.empty(len(split), dtype=np.int64)
     inverse[np.concatenate(order)] = np.arange(len(split))

@@ -29,6 +29,7 @@ from .errors import CalibrationInputError
 from .prepared import PreparedData
 from .ranking import aurc, aurc_batched, auroc, auroc_batched
 from .scoring import accuracy, weighted_mean
+from .selective import prediction_rejection_ratio, prr_batched
 
 SMALL_SAMPLE_THRESHOLD = 300
 
@@ -172,6 +173,16 @@ _METRIC_LIST = [
         (0.0, 1.0),
         lambda d, n_bins: aurc(d.confidence, d.correct),
         lambda p, m, n_bins: aurc_batched(p.sample, m),
+    ),
+    MetricInfo(
+        "prr",
+        "PRR",
+        "Prediction rejection ratio: the share of the oracle's AURC gain over random abstention that "
+        "confidence achieves (1 perfect, 0 random; LM-Polygraph's definition).",
+        True,
+        (float("-inf"), 1.0),
+        lambda d, n_bins: prediction_rejection_ratio(d.confidence, d.correct),
+        lambda p, m, n_bins: prr_batched(p.sample, m),
     ),
 ]
 

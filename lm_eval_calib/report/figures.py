@@ -1,4 +1,5 @@
-"""Reliability diagrams: per-bin accuracy against confidence, drawn from exactly the bins the ECE uses.
+"""Reliability diagrams: per-bin accuracy against confidence, drawn from exactly the bins the ECE uses;
+and risk-coverage curves (:func:`risk_coverage_diagram`) for selective prediction.
 
 Every figure is written as PNG and SVG plus a JSON file with the numbers it shows (the metric core's
 :class:`~lm_eval_calib.metrics.BinStats`, and per bin the x-interval its bar is drawn over), so a plot can
@@ -46,9 +47,11 @@ from lm_eval_calib.metrics import (  # noqa: E402
     BinStats,
     CalibrationData,
     Degeneracy,
+    RiskCoverage,
     bin_statistics,
     compute_metric,
     degenerate_confidence,
+    risk_coverage_points,
 )
 
 FIGSIZE = (5.0, 5.0)
@@ -626,3 +629,42 @@ def overlay_diagram(curves: Sequence[Curve], title: str, stem: Path) -> list[Pat
         ],
     }
     return _save(fig, stem, numbers)
+
+
+def risk_coverage_figure(curve: RiskCoverage, title: str) -> Figure:
+    """The model's risk-coverage curve between the oracle's (reject every wrong answer first) and a random
+    ranking's (the error rate at every coverage); the area between model and random, over the area between
+    oracle and random, is the PRR in the title."""
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    ax.fill_between(curve.coverage, curve.model, curve.random, color="#4c72b0", alpha=0.15, linewidth=0)
+    ax.plot(curve.coverage, curve.random, color="#888888", linestyle=":", linewidth=1.2, label="random")
+    ax.plot(curve.coverage, curve.oracle, color="black", linestyle="--", linewidth=1.0, label="oracle")
+    ax.plot(curve.coverage, curve.model, color="#4c72b0", linewidth=1.6, label="model", gid="model")
+    prr = "undefined (one class)" if not math.isfinite(curve.prr) else f"{curve.prr:.3f}"
+    ax.set_title(
+        wrap_title(title, TITLE_CHARS["diagram"]) + f"\nAURC {curve.aurc:.4f}, PRR {prr}, n = {curve.n}",
+        fontsize=8,
+    )
+    ax.set_xlabel("coverage (share of items answered, most confident first)")
+    ax.set_ylabel("risk (error rate of the answered items)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(0.05, float(np.nanmax([curve.model.max(), curve.random.max()])) * 1.05))
+    handles, labels = ax.get_legend_handles_labels()
+    legend_below(fig, handles, labels, fontsize=7, ncols=3)
+    return fig
+
+
+def risk_coverage_diagram(data: CalibrationData, title: str, stem: Path) -> list[Path]:
+    """Write ``stem``.png, .svg and .json (the three curves' points); returns their paths."""
+    curve = risk_coverage_points(data.confidence, data.correct)
+    numbers = {
+        "title": title,
+        "n": curve.n,
+        "aurc": curve.aurc,
+        "prr": curve.prr if math.isfinite(curve.prr) else None,
+        "coverage": curve.coverage.tolist(),
+        "model_risk": curve.model.tolist(),
+        "oracle_risk": curve.oracle.tolist(),
+        "random_risk": curve.random.tolist(),
+    }
+    return _save(risk_coverage_figure(curve, title), stem, numbers)

@@ -6,7 +6,9 @@ path into ``figures/`` next to the page, so the folder can be zipped, mailed or 
 Layout, so that one model's or one task's numbers are a click away: messages first (when there are any),
 a table of contents with an anchor for every task section and every model in it, then one section per
 task holding its leaderboard (the columns a reader compares first; the rest under "More columns"), its
-overlay, its recalibrations, each model's diagrams and the per-category breakdowns. Tables fit the page:
+overlay, its recalibrations (with the calibration / refinement split), its conformal answer sets and
+selective-prediction numbers, each model's diagrams (reliability, and risk-coverage where the report drew
+one) and the per-category breakdowns. Tables fit the page:
 text cells wrap, and the wide material sits in collapsed ``<details>``.
 """
 
@@ -66,6 +68,12 @@ class PageContent:
     """(task section, model label, rows)."""
     messages: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    decomposition: list[dict] = field(default_factory=list)
+    """Calibration / refinement rows (:func:`~lm_eval_calib.report.recalibrate.decomposition_rows`)."""
+    conformal: list[dict] = field(default_factory=list)
+    """Conformal-set rows (:func:`~lm_eval_calib.report.recalibrate.conformal_rows`)."""
+    selective: list[dict] = field(default_factory=list)
+    """Selective-prediction rows (:func:`~lm_eval_calib.report.recalibrate.selective_row`)."""
 
 
 def anchor(*parts: str) -> str:
@@ -130,6 +138,69 @@ def _recalibration(rows: list[dict]) -> list[str]:
     ]
 
 
+def _with_stderr(value: object, stderr: object) -> str:
+    text = fmt(value)
+    return text + (f" ± {fmt(stderr)}" if isinstance(stderr, float) and stderr == stderr else "")
+
+
+def _decomposition(rows: list[dict]) -> list[str]:
+    body = [
+        [
+            r["model"],
+            f"{r['loss']} ({r['kind']})",
+            fmt(r["total"]),
+            _with_stderr(r["calibration"], r["calibration_stderr"]),
+            fmt(r["refinement"]),
+            r["best_map"],
+        ]
+        for r in rows
+    ]
+    head = ["model", "loss", "total", "calibration", "refinement", "best map"]
+    return [
+        "<details><summary>Calibration and refinement: the part of Brier and NLL that recalibration "
+        f"removes</summary>{_table(head, body, 2)}</details>"
+    ]
+
+
+def _conformal(rows: list[dict]) -> list[str]:
+    body = [
+        [
+            r["model"],
+            r["score"].upper(),
+            r["fitted_on"],
+            f"{r['target_coverage']:.2f}",
+            _with_stderr(r["coverage"], r["coverage_stderr"]),
+            _with_stderr(r["set_size"], r["set_size_stderr"]),
+            f"{r['worst_category']} ({fmt(r['worst_category_coverage'])})" if r["worst_category"] else "–",
+        ]
+        for r in rows
+    ]
+    head = ["model", "score", "fitted on", "target", "coverage", "mean set size", "worst category"]
+    return [
+        "<h3>Conformal answer sets</h3>",
+        '<p class="note">Options kept so that the gold answer is in the set for a share 1 - alpha of the '
+        "documents (split conformal, never calibrated on the documents it covers); coverage holds on "
+        "average, not per category.</p>",
+        _table(head, body, 3),
+    ]
+
+
+def _selective(rows: list[dict]) -> list[str]:
+    extra = [k for k in rows[0] if k.startswith("sel_acc@")]
+    body = [
+        [r["model"], _with_stderr(r["prr"], r["prr_stderr"]), fmt(r["aurc"]), *(fmt(r[k]) for k in extra)]
+        for r in rows
+    ]
+    head = ["model", "PRR", "AURC", *(f"accuracy @ {k[8:]} coverage" for k in extra)]
+    return [
+        "<h3>Selective prediction</h3>",
+        '<p class="note">PRR: the share of the oracle\'s gain over abstaining at random that ranking by '
+        "confidence achieves (1 perfect, 0 random); accuracy @ c: of the most confident share c of the "
+        "items. Risk-coverage curves beside each reliability diagram.</p>",
+        _table(head, body, 1),
+    ]
+
+
 def render(page: PageContent) -> str:
     """The whole page as one string."""
     parts = [
@@ -182,6 +253,15 @@ def render(page: PageContent) -> str:
         if recal:
             parts.append("<h3>Recalibration</h3>")
             parts += _recalibration(recal)
+        decomposition = [r for r in page.decomposition if r["task"] == group]
+        if decomposition:
+            parts += _decomposition(decomposition)
+        conformal = [r for r in page.conformal if r["task"] == group]
+        if conformal:
+            parts += _conformal(conformal)
+        selective = [r for r in page.selective if r["task"] == group]
+        if selective:
+            parts += _selective(selective)
         diagrams = [d for d in page.diagrams if d.group == group]
         if diagrams:
             parts.append("<h3>Reliability diagrams</h3>")
@@ -190,7 +270,8 @@ def render(page: PageContent) -> str:
             parts.append(f'<div id="{escape(element, quote=True)}"><h4>{escape(diagram.label)}</h4>')
             parts.append('<div class="figures">')
             for scheme, path in diagram.images.items():
-                caption = f"{diagram.label} · {group} · equal-{scheme} bins"
+                kind = "risk-coverage with oracle and random" if scheme == "risk" else f"equal-{scheme} bins"
+                caption = f"{diagram.label} · {group} · {kind}"
                 parts.append(
                     f"<figure>{_img(path, caption, 500)}<figcaption>{escape(caption)}</figcaption></figure>"
                 )
@@ -215,8 +296,9 @@ def render(page: PageContent) -> str:
     if page.recalibration:
         parts.append(
             '<p class="note">Recalibration is fitted on held-out items only (the validation split, or the '
-            "other folds of a cross-fit); before and after are the same scored items. For Platt scaling NLL "
-            "is the top-label (binary) log loss of correctness and Brier the top-label Brier. "
+            "other folds of a cross-fit); before and after are the same scored items. For the top-label "
+            "methods (Platt scaling, isotonic regression, histogram binning) NLL is the binary log loss of "
+            "correctness and Brier the top-label Brier. "
             "\u201cT at bound\u201d: the best temperature lies outside the range searched (relative to the "
             "spread of the log-likelihoods), so the map shown is the flattest or sharpest one tried.</p>"
         )

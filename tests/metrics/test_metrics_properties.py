@@ -176,6 +176,7 @@ def test_registry_keys_order_and_compute() -> None:
         "nll",
         "auroc",
         "aurc",
+        "prr",
     ]
     rng = np.random.default_rng(0)
     data = CalibrationData.from_option_logprobs(rng.normal(size=(400, 4)), rng.integers(0, 4, size=400))

@@ -1,10 +1,15 @@
-"""Temperature and Platt scaling: optimal fits, and never scored on the items they were fitted on."""
+"""Temperature, Platt, isotonic and histogram recalibration: optimal fits, the maps of scikit-learn and
+netcal, and never scored on the items they were fitted on."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from netcal.binning import HistogramBinning
 from scipy.optimize import minimize, minimize_scalar
+from sklearn.isotonic import IsotonicRegression
 
 from lm_eval_calib.metrics import (
     CalibrationData,
@@ -19,7 +24,15 @@ from lm_eval_calib.metrics import (
     recalibrate_held_out,
     temperature_scaled,
 )
-from lm_eval_calib.metrics.recalibration import fold_of_units, temperature_range
+from lm_eval_calib.metrics.nonparametric import (
+    _stack_pava,
+    fit_histogram,
+    fit_isotonic,
+    histogram_map,
+    isotonic_map,
+    pool_adjacent_violators,
+)
+from lm_eval_calib.metrics.recalibration import fold_of_units, temperature_range, top_label_data
 
 
 def _ragged_sample(n: int, true_temperature: float, seed: int) -> tuple[list[np.ndarray], list[int]]:
@@ -178,10 +191,16 @@ def test_take_keeps_ragged_rows_intact():
 def test_bad_arguments_are_named():
     scores = OptionScores.build([[-1.0, -2.0]] * 12, [0] * 6 + [1] * 6)
     top = TopLabel.build([0.6] * 12, [1] * 6 + [0] * 6)
-    with pytest.raises(CalibrationInputError, match="unknown recalibration method 'isotonic'"):
-        recalibrate_cross_fitted("isotonic", scores)
+    with pytest.raises(CalibrationInputError, match="unknown recalibration method 'beta'"):
+        recalibrate_cross_fitted("beta", scores)
     with pytest.raises(CalibrationInputError, match="platt scaling needs TopLabel"):
         recalibrate_held_out("platt", scores, scores)
+    with pytest.raises(CalibrationInputError, match="isotonic scaling needs TopLabel"):
+        recalibrate_cross_fitted("isotonic", scores)
+    with pytest.raises(CalibrationInputError, match="n_folds must be an integer >= 2"):
+        recalibrate_cross_fitted("histogram", top, n_folds=1)
+    with pytest.raises(CalibrationInputError, match="needs at least 13 items, got 12"):
+        recalibrate_cross_fitted("isotonic", top, n_folds=13)
     with pytest.raises(CalibrationInputError, match="n_folds must be an integer >= 2"):
         recalibrate_cross_fitted("platt", top, n_folds=1)
     with pytest.raises(CalibrationInputError, match="needs at least 5 groups, got 2"):
@@ -192,3 +211,145 @@ def test_bad_arguments_are_named():
         recalibrate_cross_fitted("temperature", scores, seed=-1)
     with pytest.raises(CalibrationInputError, match="targets"):
         OptionScores.build([[-1.0, -2.0]], [2])
+
+
+def _over_confident(n: int, seed: int, ties: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Real-looking top-label data: confidences in [0.25, 1) (some rounded to 2 decimals, as many tied
+    confidences as a 4-option task gives) and correctness drawn at confidence**2."""
+    rng = np.random.default_rng(seed)
+    confidence = rng.uniform(0.25, 1.0, size=n)
+    if ties:
+        confidence[: n // 5] = np.round(confidence[: n // 5], 2)
+    return confidence, (rng.uniform(size=n) < confidence**2).astype(float)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_isotonic_is_scikit_learns_map(seed):
+    confidence, correct = _over_confident(3000, seed)
+    fit = fit_isotonic(confidence, correct)
+    reference = IsotonicRegression(out_of_bounds="clip").fit(confidence, correct)
+    new = np.random.default_rng(100 + seed).uniform(0.0, 1.0, size=2000)  # inside, between and outside
+    for points in (confidence, new):
+        np.testing.assert_allclose(isotonic_map(fit, points), reference.predict(points), rtol=0, atol=1e-9)
+    assert np.all(np.diff(fit.y) >= 0) and fit.n_steps < 100  # a monotone step function, few levels
+
+
+def test_pava_is_the_least_squares_monotone_fit():
+    rng = np.random.default_rng(5)
+    values, weights = rng.normal(size=40), rng.uniform(0.5, 3.0, size=40)
+    fitted = pool_adjacent_violators(values, weights)
+    assert np.all(np.diff(fitted) >= -1e-15)
+    loss = float(np.sum(weights * (fitted - values) ** 2))
+    for _ in range(200):  # no monotone perturbation does better
+        other = np.maximum.accumulate(fitted + rng.normal(scale=0.05, size=40))
+        assert np.sum(weights * (other - values) ** 2) >= loss - 1e-12
+
+
+def test_vectorised_pava_passes_end_where_the_stack_loop_ends():
+    rng = np.random.default_rng(6)
+    confidence = np.sort(rng.uniform(size=50_000))
+    noisy = (rng.uniform(size=50_000) < confidence).astype(float)
+    cascade = np.concatenate([np.arange(20_000.0), [0.0]])  # one merge per vectorised pass: handed over
+    for values in (noisy, cascade, rng.normal(size=5000)):
+        weights = rng.integers(1, 4, size=values.shape[0]).astype(float)
+        np.testing.assert_allclose(
+            pool_adjacent_violators(values, weights), _stack_pava(values, weights), rtol=0, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("n_bins", [5, 10, 15])
+def test_histogram_binning_is_netcals_map(n_bins):
+    confidence, correct = _over_confident(3000, n_bins)
+    confidence[:40] = np.random.default_rng(0).uniform(0.0, 0.05, size=40)  # and empty bins in between
+    fit = fit_histogram(confidence, correct, n_bins)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # netcal's own deprecation chatter
+        reference = HistogramBinning(bins=n_bins).fit(confidence, correct)
+        new = np.random.default_rng(n_bins).uniform(0.0, 1.0, size=2000)
+        expected = reference.transform(new)
+    np.testing.assert_allclose(histogram_map(fit, new), expected, rtol=0, atol=1e-9)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)  # bin k is [edges[k], edges[k + 1]), the last one closed
+    for k in range(n_bins):
+        inside = (confidence >= edges[k]) & ((confidence < edges[k + 1]) | (k == n_bins - 1))
+        expected_value = correct[inside].mean() if inside.any() else (edges[k] + edges[k + 1]) / 2
+        assert fit.values[k] == pytest.approx(expected_value, abs=1e-12) and fit.counts[k] == inside.sum()
+
+
+def test_histogram_bins_are_half_open_and_empty_bins_keep_their_midpoint():
+    fit = fit_histogram(np.array([0.1, 0.2, 0.2, 0.95, 1.0]), np.array([1.0, 0.0, 1.0, 0.0, 1.0]), 10)
+    np.testing.assert_array_equal(fit.counts, [0, 1, 2, 0, 0, 0, 0, 0, 0, 2])
+    assert fit.values[2] == 0.5 and fit.values[9] == 0.5 and fit.values[4] == 0.45
+    np.testing.assert_array_equal(histogram_map(fit, np.array([0.2, 0.1999, 1.0])), [0.5, 1.0, 0.5])
+
+
+@pytest.mark.parametrize("method", ["isotonic", "histogram"])
+def test_nonparametric_maps_go_through_the_same_held_out_and_cross_fitted_paths(method):
+    confidence, correct = _over_confident(4000, 7)
+    top = TopLabel.build(confidence, correct)
+    fit_on, score_on = top.take(np.arange(1500)), top.take(np.arange(1500, 4000))
+    fitted = (
+        isotonic_map(fit_isotonic(fit_on.confidence, fit_on.correct), score_on.confidence)
+        if method == "isotonic"
+        else histogram_map(fit_histogram(fit_on.confidence, fit_on.correct), score_on.confidence)
+    )
+    held = recalibrate_held_out(method, fit_on, score_on)
+    np.testing.assert_array_equal(held.after.confidence, fitted)
+    np.testing.assert_array_equal(held.before.confidence, score_on.confidence)
+    expected = top_label_data(fitted, score_on.correct)
+    np.testing.assert_array_equal(held.after.nll, expected.nll)
+    assert compute_metric("ece", held.after) < 0.5 * compute_metric("ece", held.before)
+    assert held.after.brier.mean() < held.before.brier.mean()
+
+    crossed = recalibrate_cross_fitted(method, top, n_folds=5, seed=3)
+    fold = fold_of_units(4000, 5, 3)
+    for k in range(5):
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        one = recalibrate_held_out(method, top.take(train), top.take(test))
+        np.testing.assert_array_equal(crossed.after.confidence[test], one.after.confidence)
+        assert crossed.fold_parameters[k] == one.parameters
+    np.testing.assert_array_equal(crossed.before.confidence, confidence)
+    assert compute_metric("ece", crossed.after) < 0.5 * compute_metric("ece", crossed.before)
+
+
+def test_a_map_to_zero_or_one_costs_a_clipped_log_loss_not_infinity():
+    data = top_label_data(np.array([0.0, 1.0, 1.0]), np.array([1.0, 0.0, 1.0]))
+    assert np.all(np.isfinite(data.nll)) and data.nll[0] == pytest.approx(-np.log(1e-12), rel=1e-6)
+    assert data.nll[2] == pytest.approx(0.0, abs=1e-11)
+
+
+def _four_options(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """MMLU-like documents: 4 positional options, gold drawn from a flatter softmax (over-confidence)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, 4)) * 2.0 - 12.0
+    p = np.exp((logits - logits.max(axis=1, keepdims=True)) / 1.7)
+    p /= p.sum(axis=1, keepdims=True)
+    return logits, (rng.uniform(size=(n, 1)) > np.cumsum(p, axis=1)).sum(axis=1)
+
+
+def test_per_option_histogram_binning_is_netcals_multi_class_map():
+    logits, targets = _four_options(3000, 8)
+    scores = OptionScores.build(logits, targets)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    new_logits, new_targets = _four_options(1000, 9)
+    new = OptionScores.build(new_logits, new_targets)
+    new_probs = np.exp(new_logits - new_logits.max(axis=1, keepdims=True))
+    new_probs /= new_probs.sum(axis=1, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = HistogramBinning(bins=10).fit(probs, targets).transform(new_probs)
+    result = recalibrate_held_out("option_histogram", scores, new)
+    np.testing.assert_allclose(result.after.confidence, expected.max(axis=1), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(result.after.correct, np.argmax(expected, axis=1) == new_targets)
+    gold = expected[np.arange(1000), new_targets]
+    np.testing.assert_allclose(result.after.nll, -np.log(gold), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        result.after.brier, ((expected - np.eye(4)[new_targets]) ** 2).sum(axis=1), rtol=0, atol=1e-9
+    )
+    np.testing.assert_array_equal(result.before.confidence, temperature_scaled(new, 1.0).confidence)
+    assert result.after.brier.mean() < result.before.brier.mean()
+    crossed = recalibrate_cross_fitted("option_histogram", scores, n_folds=5, seed=1)
+    assert crossed.parameters == {"bins": 10.0, "options": 4.0}
+    ragged = OptionScores.build([[-1.0, -2.0], [-1.0, -2.0, -3.0]] * 5, [0] * 10)
+    with pytest.raises(CalibrationInputError, match="same number of options in every document"):
+        recalibrate_cross_fitted("option_histogram", ragged)
