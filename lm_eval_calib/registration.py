@@ -5,19 +5,40 @@ lm-eval 0.4.13 has no plugin entry points, so the start-up finder (``_lm_eval_ca
 after it executes, apply the registration patches of :mod:`lm_eval_calib.lm_eval_patches` (which also says
 what each relies on, and how each steps aside when lm-eval discovers plugins itself). Every failure here
 becomes one warning: a broken plugin must never break ``lm_eval`` itself.
+
+This is the top of the import layers (docs/architecture.md): it plugs the ``calib_<task>`` builder of
+:mod:`lm_eval_calib.harness.wrap` into the wrapper patch, so that the patches module needs no task class.
 """
 
 from __future__ import annotations
 
 import importlib.machinery
+from typing import Any
 
-from lm_eval_calib.lm_eval_patches import MODELS, WRAP_PREFIX, after_import
-from lm_eval_calib.task_folder import task_dir
+from lm_eval_calib import lm_eval_patches
 
-__all__ = ["MODELS", "WATCHED", "WRAP_PREFIX", "find_spec", "task_dir"]
+__all__ = ["WATCHED", "find_spec"]
 
 WATCHED = frozenset(("lm_eval.tasks.manager", "lm_eval.models", "lm_eval.evaluator"))
 """The lm-eval modules after whose execution registration patches apply (the start-up finder's list)."""
+
+
+def _load_wrapper(task_manager: Any, name: str) -> Any:
+    """``calib_<x>`` as a task (:func:`lm_eval_calib.harness.wrap.load`); wrap imports lm-eval's task code, so
+    it is imported on first use, never while an lm-eval module is still executing."""
+    from lm_eval_calib.harness import wrap
+
+    return wrap.load(task_manager, name)
+
+
+def _match_wrappers(task_manager: Any, patterns: list[str], matched: list[str]) -> list[str]:
+    """lm-eval's matches plus the ``calib_<x>`` names (:func:`lm_eval_calib.harness.wrap.match`)."""
+    from lm_eval_calib.harness import wrap
+
+    return wrap.match(task_manager, patterns, matched)
+
+
+lm_eval_patches.plug_wrappers(_load_wrapper, _match_wrappers)
 
 
 class _PatchingLoader:
@@ -31,7 +52,7 @@ class _PatchingLoader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        after_import(module)
+        lm_eval_patches.after_import(module)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)

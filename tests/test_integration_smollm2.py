@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_calib_mmlu_e2e import _reference_mmlu_tasks
 
-from lm_eval_calib.harness.task import CALIBRATION_KEYS
+from lm_eval_calib.harness.base import CALIBRATION_KEYS
 from lm_eval_calib.metrics import METRICS, compute_metric
 from lm_eval_calib.records import records_to_data
 

@@ -45,13 +45,13 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import datasets
 import numpy as np
 
+from lm_eval_calib.atomic import write_file
 from lm_eval_calib.data.root import (
     DATA_ENV,
     DataNotFoundError,
@@ -325,18 +325,12 @@ def cache_dir() -> Path:
 def download_atomic(url: str, dest: Path, timeout: float = 60.0) -> Path:
     """Fetch ``url`` into ``dest`` through a temporary file in the same folder and an atomic rename, so
     ``dest`` exists only once complete. Network errors propagate; the temporary file is removed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+
+    def fetch(out) -> None:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             shutil.copyfileobj(response, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+
+    return write_file(dest, fetch, binary=True, fsync=True)
 
 
 def source_urls(relations: list[str] | tuple[str, ...] | None = None) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The confidence estimators of generated answers: names, result-key suffixes, what each needs from the model,
 and the prompts and parsers of the estimators that ask the model a second question.
 
-Pure Python (no torch, no lm-eval import): :mod:`lm_eval_calib.harness.options` validates estimator names
+Pure Python (no torch, no lm-eval import): :mod:`lm_eval_calib.options` validates estimator names
 with it before any data or model is loaded.
 """
 

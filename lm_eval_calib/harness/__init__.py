@@ -1,1 +1,2 @@
-"""Thin glue between the metric core and lm-evaluation-harness (tasks, aggregations, stderr)."""
+"""Glue between the core (records, metrics, options) and lm-evaluation-harness: the task classes, the checks
+before inference, and ``calib_<task>`` wrappers of lm-eval's own tasks (layers: docs/architecture.md)."""

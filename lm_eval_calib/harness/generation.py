@@ -26,22 +26,20 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lm_eval.api.task import ConfigurableTask
-
-from lm_eval_calib import lm_eval_patches
 from lm_eval_calib.generation import estimators as est
 from lm_eval_calib.generation import passes
-from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.base import CalibrationTaskBase, total
-from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
-from lm_eval_calib.metrics import METRICS
-from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef, generation_record, record_of
+from lm_eval_calib.harness.base import (
+    CALIBRATION_KEYS,
+    CalibrationTaskBase,
+    ResultMetric,
+    result_table,
+    total,
+)
+from lm_eval_calib.record_metrics import STDERR_ATTRIBUTE
+from lm_eval_calib.records import RECORD_LOG_KEY, generation_record, record_of
 
-lm_eval_patches.install_all()
 logger = logging.getLogger("lm_eval_calib")
 
-#: Calibration metrics reported per estimator (``acc`` is the task's own primary metric, kept as it is).
-CALIBRATION_METRICS: tuple[str, ...] = tuple(key for key in METRICS if key != "acc")
 UNPARSED_KEY = "n_unparsed_verbal"
 
 
@@ -73,44 +71,14 @@ def _scored_only(aggregate: Callable, name: str) -> Callable:
     return wrapped
 
 
-class EstimatorRecordRef(RecordRef):
-    """A reference to an estimator's record, printed as the key it is logged under (``see 'ece_ptrue'``)."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, record: dict[str, Any], key: str) -> None:
-        super().__init__(record)
-        self.key = key
-
-    def __str__(self) -> str:
-        return f"see {self.key!r}"
-
-    __repr__ = __str__
-
-    def __reduce__(self):
-        return (EstimatorRecordRef, (self.record, self.key))
-
-
 class GenerationCalibrationTask(CalibrationTaskBase):
     """A ``generate_until`` task plus the calibration of its answers; see the module docstring."""
 
     output_types = ("generate_until",)
-    record_keys = ()  # aggregations are built per estimator below
+    keeps_own_metrics = True
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
-        self.estimators: tuple[str, ...] = self.calibration.confidence
-        name = self.config.task or type(self).__name__
-        warned: set[int] = set()
-        for estimator in self.estimators:
-            for metric in CALIBRATION_METRICS:
-                key = result_key(metric, estimator)
-                self._aggregations[key] = _scored_only(
-                    make_aggregation(metric, self.calibration, f"{name} ({estimator})", warned),
-                    f"calib_{key}",
-                )
-        if "verbal" in self.estimators:
-            self._aggregations[UNPARSED_KEY] = total
         self._primary = self._primary_metric()
         self._lm: Any = None
         self._glue: tuple[str, str] | None = None
@@ -137,18 +105,27 @@ class GenerationCalibrationTask(CalibrationTaskBase):
             )
         return primary
 
-    def aggregation(self) -> dict:
-        return ConfigurableTask.aggregation(self) | self._aggregations
+    # -- the calibration table: every calibration metric per estimator ---------------------------------------
+    @property
+    def estimators(self) -> tuple[str, ...]:
+        return self.calibration.confidence
 
-    def higher_is_better(self) -> dict:
-        ours = {
-            result_key(m, e): METRICS[m].higher_is_better
-            for e in self.estimators
-            for m in CALIBRATION_METRICS
-        }
-        if "verbal" in self.estimators:
-            ours[UNPARSED_KEY] = False
-        return ConfigurableTask.higher_is_better(self) | ours
+    def calibration_table(self) -> dict[str, ResultMetric]:
+        table: dict[str, ResultMetric] = {}
+        for estimator in self.estimators:
+            table |= result_table(CALIBRATION_KEYS, result_key("", estimator))
+        return table
+
+    def plain_aggregations(self) -> dict:
+        counted = {UNPARSED_KEY: (total, False)} if "verbal" in self.estimators else {}
+        return super().plain_aggregations() | counted
+
+    def aggregation_label(self, row: ResultMetric) -> str:
+        estimator = row.record_key.removeprefix(RECORD_LOG_KEY + "_")
+        return f"{super().aggregation_label(row)} ({estimator})"
+
+    def record_aggregations(self) -> dict[str, Callable]:
+        return {key: _scored_only(fn, f"calib_{key}") for key, fn in super().record_aggregations().items()}
 
     def bind_model(self, lm: Any) -> None:
         """Called by the evaluate wrapper before any request: keep the model, refuse what it cannot serve."""
@@ -281,16 +258,14 @@ class GenerationCalibrationTask(CalibrationTaskBase):
         return self._by_doc[doc_id][0].filtered_resps[filter_key]
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
-        own = ConfigurableTask.process_results(self, doc, results)
+        own = super().process_results(doc, results)
         item, filter_key = self._current(results)
         correct = self._correct(own)
         values: dict[str, Any] = dict(own)
         for estimator in self.estimators:
             confidence, extras = self._confidence(estimator, item, filter_key)
             record = generation_record(confidence, correct, self.category(doc), estimator=estimator, **extras)
-            reference = EstimatorRecordRef(record, result_key(RECORD_LOG_KEY, estimator))
-            for metric in CALIBRATION_METRICS:
-                values[result_key(metric, estimator)] = record if metric == RECORD_LOG_KEY else reference
+            values |= self.record_values(record, result_key(RECORD_LOG_KEY, estimator))
             if estimator == "verbal":
                 values[UNPARSED_KEY] = int(confidence is None)
         return values

@@ -9,12 +9,12 @@ tasks together, so the "check before inference" patch wraps ``lm_eval.evaluator.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lm_eval_calib.models.token_stats import model_provides_token_stats
+from lm_eval_calib.paths import looks_like_local_path
 
 REQUIRES_TOKEN_STATS = "requires_token_stats"
 
@@ -60,21 +60,6 @@ class NoSuchModelFolderError(ValueError):
     """``pretrained=`` names a local folder that does not exist."""
 
 
-LOCAL_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
-
-
-def looks_like_local_path(value: str) -> bool:
-    """Whether ``pretrained=value`` can only mean a folder on this machine, not a Hugging Face repo id
-    (``name`` or ``namespace/name``): it starts like a path, or has more than one ``/``, or the platform's
-    own separator where that is not ``/``."""
-    return (
-        value.startswith(LOCAL_PATH_PREFIXES)
-        or value in (".", "..")
-        or value.count("/") > 1
-        or (os.sep != "/" and os.sep in value)
-    )
-
-
 def check_model_folder(model_args: Mapping[str, Any]) -> None:
     """Refuse a ``pretrained=`` that is a local path and exists nowhere, naming it: without this,
     transformers takes it for a repo id and says "Repo id must be in the form ...", after the hub retries."""
@@ -90,11 +75,3 @@ def check_model_folder(model_args: Mapping[str, Any]) -> None:
         "HuggingFaceTB/SmolLM2-135M-Instruct; `lm-eval-calib model-args smollm2` prints the arguments of "
         "the bundled model."
     )
-
-
-def install() -> None:
-    """Apply every lm-eval patch that can apply now, the wrapper of ``lm_eval.evaluator.evaluate`` that runs
-    these checks included (:mod:`lm_eval_calib.lm_eval_patches`; idempotent)."""
-    from lm_eval_calib.lm_eval_patches import install_all
-
-    install_all()

@@ -16,28 +16,27 @@ from typing import Any, ClassVar
 from lm_eval.api.metrics import mean
 from lm_eval.api.samplers import FirstNSampler
 
-from lm_eval_calib.harness.base import CalibrationTaskBase, metric_keys
+from lm_eval_calib.harness.base import CalibrationTaskBase
 from lm_eval_calib.harness.results import option_logliks
 from lm_eval_calib.records import make_record
-
-# ``acc`` keeps lm-eval's own per-document 0/1 value and mean aggregation, so it is bit-for-bit the
-# accuracy lm-eval reports for the same prompts; every other metric aggregates the records.
-CALIBRATION_KEYS: tuple[str, ...] = metric_keys(excluded=["acc"])
 
 
 class CalibrationTask(CalibrationTaskBase):
     """A multiple-choice task scored for calibration (confidence = softmax over option log-likelihoods)."""
 
     output_types = ("multiple_choice",)
-    record_keys = CALIBRATION_KEYS
     fewshot_group_field: ClassVar[str | None] = None
     """Document field whose value selects the few-shot pool (first-n within that group); None = lm-eval's
     configured sampler over the whole few-shot split."""
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
-        self._aggregations = {"acc": mean} | self._aggregations
         self._group_samplers = self._build_group_samplers()
+
+    def plain_aggregations(self) -> dict:
+        # ``acc`` keeps lm-eval's own per-document 0/1 value and mean aggregation, so it is bit-for-bit the
+        # accuracy lm-eval reports for the same prompts; every other metric aggregates the records.
+        return {"acc": (mean, True)} | super().plain_aggregations()
 
     def _build_group_samplers(self) -> dict[Any, FirstNSampler]:
         if self.fewshot_group_field is None or self.fewshot_docs() is None:
@@ -70,26 +69,15 @@ class CalibrationTask(CalibrationTaskBase):
             )
         return int(target)
 
-    def _check_options(self, doc: dict, choices: list) -> None:
-        """Refuse a document with fewer than two options: its one option is the prediction at confidence 1
-        and always 'right', so acc 1 and ECE 0 would be reported whatever the model does."""
-        if len(choices) < 2:
-            raise ValueError(
-                f"{self.config.task}: document {str(self.doc_to_text(doc))[:60]!r} has {len(choices)} "
-                f"option(s) {choices!r}; calibration needs at least two options per document (with one, "
-                "confidence is 1 and the answer is always right: acc 1, ECE 0). Fix the task's doc_to_choice "
-                "or its data, or leave such documents out."
-            )
-
     def construct_requests(self, doc: dict, ctx: Any, **kwargs: Any) -> Any:
         # Checked here as well as in process_results: this runs before any inference.
         if self.OUTPUT_TYPE == "multiple_choice":
-            self._check_options(doc, self.doc_to_choice(doc))
+            self.check_options(doc, self.doc_to_choice(doc))
         return super().construct_requests(doc, ctx, **kwargs)
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
         choices = self.doc_to_choice(doc)
-        self._check_options(doc, choices)
+        self.check_options(doc, choices)
         where = repr(self.doc_to_text(doc)[:60])
         logliks = option_logliks(results, len(choices), self.config.task, where)
         record = make_record(logliks, self._target_index(doc, choices), self.category(doc))

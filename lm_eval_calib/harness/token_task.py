@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lm_eval_calib import lm_eval_patches
-from lm_eval_calib.harness.base import CalibrationTaskBase
+from lm_eval_calib.harness.base import CalibrationTaskBase, ResultMetric, result_table
 from lm_eval_calib.harness.results import ModelOutputError
+from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.models.token_stats import token_stats_of
 from lm_eval_calib.records import token_record
-
-lm_eval_patches.install_all()
 
 
 class TokenCalibrationTask(CalibrationTaskBase):
@@ -31,6 +29,10 @@ class TokenCalibrationTask(CalibrationTaskBase):
     requires_token_stats: ClassVar[bool] = True
     first_token_only: ClassVar[bool] = False
     """Score only the first continuation token (open-vocabulary facts) instead of every token."""
+
+    def calibration_table(self) -> dict[str, ResultMetric]:
+        # every metric, ``acc`` included, is computed from the token records (lm-eval has no per-token acc)
+        return result_table(METRICS)
 
     def _where(self, doc: dict) -> str:
         """The document in an error message: its prompt, or its category when the prompt is empty (text)."""

@@ -2,8 +2,9 @@
 
 ``lm_eval --tasks calib_arc_challenge`` runs lm-eval's own ``arc_challenge`` (its prompt, choices, few-shot
 sampling, filters, ``process_docs`` and metrics, all lm-eval's code) and adds every calibration metric, from
-the same per-option log-likelihoods. How a name resolves (patched into ``TaskManager`` by
-:mod:`lm_eval_calib.registration`; everything else lives here):
+the same per-option log-likelihoods. How a name resolves (patched into ``TaskManager`` by the "calib_<task>
+wrappers" patch of :mod:`lm_eval_calib.lm_eval_patches`, which :mod:`lm_eval_calib.registration` points at
+:func:`load` and :func:`match`; everything else lives here):
 
 - a name lm-eval indexes wins, so this package's own tasks (``calib_mmlu``, ``calib_mmlu_<subject>``, ...)
   keep their names and behaviour; only a ``calib_<x>`` that lm-eval does not know is wrapped;
@@ -45,14 +46,18 @@ from lm_eval.tasks._factory import TaskFactory
 from lm_eval.tasks._index import Kind
 
 from lm_eval_calib.data.root import hub_snapshot, snapshot_cache_dir
-from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.base import CalibrationTaskBase, metric_keys
-from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.results import FLOORED_KEY, option_logliks
-from lm_eval_calib.harness.task import CalibrationTask
-from lm_eval_calib.metrics import METRICS
-from lm_eval_calib.records import NORM_SUFFIX, RECORD_LOG_KEY, RecordRef, length_normalised, make_record
-from lm_eval_calib.registration import WRAP_PREFIX, task_dir
+from lm_eval_calib.harness.base import (
+    CALIBRATION_KEYS,
+    CalibrationTaskBase,
+    ResultMetric,
+    build_record_aggregations,
+    result_table,
+)
+from lm_eval_calib.harness.results import option_logliks
+from lm_eval_calib.lm_eval_patches import WRAP_PREFIX
+from lm_eval_calib.options import CalibrationOptions
+from lm_eval_calib.records import NORM_SUFFIX, RECORD_LOG_KEY, length_normalised, make_record
+from lm_eval_calib.task_folder import task_dir
 
 logger = logging.getLogger("lm_eval_calib")
 
@@ -64,9 +69,6 @@ SUBTASKS_KEY = "calib_subtasks"
 range of pooled document indices (``--samples``) each holds."""
 GENERATION_MODULE = "lm_eval_calib.harness.generation"
 GENERATION_CLASS = "GenerationCalibrationTask"
-
-CALIBRATION_KEYS: tuple[str, ...] = metric_keys(excluded=["acc"])
-"""Calibration metrics of the argmax-log-likelihood rule (lm-eval's ``acc``); ``acc`` is the original's."""
 
 _SINGLE_GOLD_ALTERNATIVE = (
     "wrap a variant of the task with one correct answer per document{hint}, or give the task a YAML of "
@@ -381,7 +383,7 @@ def build(task_manager: Any, name: str) -> Task:
     return PooledCalibrationTask(the_plan, subtasks)
 
 
-# -- the name patches' entry points (lm_eval_calib.registration) ---------------------------------------------
+# -- the name patches' entry points (plugged in by lm_eval_calib.registration) -------------------------------
 def load(task_manager: Any, spec: str) -> Task:
     """``TaskManager._load_spec`` for a ``calib_<x>`` name lm-eval does not index."""
     return build(task_manager, spec)
@@ -525,20 +527,6 @@ def wrappable(task_manager: Any, pattern: str | None = None) -> list[tuple[str, 
 
 
 # -- one task ------------------------------------------------------------------------------------------------
-class NormRecordRef(RecordRef):
-    """:class:`RecordRef` for the ``acc_norm``-rule record: logged as ``"see 'ece_norm'"``."""
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        return f"see {RECORD_LOG_KEY + NORM_SUFFIX!r}"
-
-    __repr__ = __str__
-
-    def __reduce__(self):
-        return (NormRecordRef, (self.record,))
-
-
 class WrappedMultipleChoiceTask(CalibrationTaskBase):
     """An lm-eval multiple-choice task, unchanged, plus the calibration of its predictions.
 
@@ -549,40 +537,36 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
     """
 
     output_types = ("multiple_choice",)
-    record_keys = CALIBRATION_KEYS
+    keeps_own_metrics = True
     record_category: Any = None
     """The ``category`` of this task's records (a pooled task sets its subtask's name)."""
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
-        name = self.config.task
         if self.multiple_target > 1:
             raise self._refusal(
                 f"its documents have several correct answers (doc_to_target gave "
                 f"{self.doc_to_target(self.task_docs[0])!r} for the first one); calibration needs exactly "
                 "one correct option per document"
             )
+        clash = sorted(set(self._metric_fn_list) & set(self.result_metrics))
+        if clash:
+            raise ValueError(
+                f"{self.config.task}: the task's own metric(s) {clash} have the names of calibration "
+                "metrics; rename them in its metric_list to wrap it"
+            )
+
+    def calibration_table(self) -> dict[str, ResultMetric]:
+        # Decided once, from the original's metric list as configured (lm-eval's override_metric, e.g. for
+        # --predict_only, later replaces that list): does it report acc itself, does it report acc_norm?
         own = set(self._metric_fn_list)
         self._adds_acc = "acc" not in own
         self._norm = "acc_norm" in own
-        self.calibration_keys: dict[str, str] = {key: key for key in self.record_keys}
-        if self._norm:
-            self.calibration_keys |= {key + NORM_SUFFIX: key for key in self.record_keys}
-        clash = sorted(own & set(self.calibration_keys))
-        if clash:
-            raise ValueError(
-                f"{name}: the task's own metric(s) {clash} have the names of calibration metrics; rename "
-                "them in its metric_list to wrap it"
-            )
-        warned: set[int] = set()  # one small-sample warning for the task, not one per metric
-        self._aggregations = (
-            ({"acc": mean} if self._adds_acc else {})
-            | {
-                key: make_aggregation(metric, self.calibration, name, warned)
-                for key, metric in self.calibration_keys.items()
-            }
-            | {key: fn for key, fn in self._aggregations.items() if key == FLOORED_KEY}
-        )
+        norm = result_table(CALIBRATION_KEYS, NORM_SUFFIX) if self._norm else {}
+        return result_table(CALIBRATION_KEYS) | norm
+
+    def plain_aggregations(self) -> dict:
+        return ({"acc": (mean, True)} if self._adds_acc else {}) | super().plain_aggregations()
 
     def _refusal(self, reason: str) -> WrapRefusal:
         name = self.config.task
@@ -625,18 +609,6 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
     def category(self, doc: dict) -> Any:
         return self.record_category
 
-    def aggregation(self) -> dict:
-        return super(CalibrationTaskBase, self).aggregation() | self._aggregations
-
-    def higher_is_better(self) -> dict:
-        ours = {key: METRICS[metric].higher_is_better for key, metric in self.calibration_keys.items()}
-        ours |= {FLOORED_KEY: False} if FLOORED_KEY in self._aggregations else {}
-        return (
-            super(CalibrationTaskBase, self).higher_is_better()
-            | ({"acc": True} if self._adds_acc else {})
-            | ours
-        )
-
     def _gold(self, doc: dict, choices: list) -> int | None:
         """The gold option index, read the way lm-eval's multiple-choice scoring reads it; None when there is
         no single valid one."""
@@ -654,7 +626,7 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
     def construct_requests(self, doc: dict, ctx: Any, **kwargs: Any) -> Any:
         # lm-eval-calib's rule for every multiple-choice task, checked before any inference: with one option
         # the answer is right at confidence 1 whatever the model does
-        CalibrationTask._check_options(self, doc, list(self.doc_to_choice(doc)))
+        self.check_options(doc, list(self.doc_to_choice(doc)))
         self.check_target(doc)
         return super().construct_requests(doc, ctx, **kwargs)
 
@@ -683,12 +655,7 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
         values.update(self.record_values(record))
         if self._norm:
             norm = make_record(length_normalised(logliks, choices), gold, self.category(doc))
-            values.update(
-                {
-                    key + NORM_SUFFIX: norm if key == RECORD_LOG_KEY else NormRecordRef(norm)
-                    for key in self.record_keys
-                }
-            )
+            values.update(self.record_values(norm, RECORD_LOG_KEY + NORM_SUFFIX))
         return values
 
 
@@ -761,14 +728,17 @@ class PooledCalibrationTask(Task):
         self.MULTIMODAL = any(getattr(sub, "MULTIMODAL", False) for sub in subtasks)
 
     def _pooled_aggregations(self) -> tuple[dict, dict]:
-        calibration_keys: dict[str, str] = {}
+        """The subtasks' own aggregations (one per key), and the calibration rows of every subtask
+        aggregated over all pooled documents (:func:`~lm_eval_calib.harness.base.build_record_aggregations`,
+        as one task does)."""
+        table: dict[str, ResultMetric] = {}
         for sub in self.subtasks:
-            calibration_keys |= sub.calibration_keys
+            table |= sub.result_metrics
         aggregations: dict = {}
         higher: dict = {}
         for sub in self.subtasks:
             for key, fn in sub.aggregation().items():
-                if key in calibration_keys:
+                if key in table:
                     continue
                 if key in aggregations and aggregations[key] is not fn:
                     logger.warning(
@@ -778,9 +748,7 @@ class PooledCalibrationTask(Task):
                 aggregations.setdefault(key, fn)
             for key, value in sub.higher_is_better().items():
                 higher.setdefault(key, value)
-        warned: set[int] = set()
-        for key, metric in calibration_keys.items():
-            aggregations[key] = make_aggregation(metric, self.calibration, self.plan.name, warned)
+        aggregations |= build_record_aggregations(table, self.calibration, lambda row: self.plan.name)
         return aggregations, higher
 
     # what lm-eval asks of a task --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ point.
 
 :func:`degenerate_confidence` names each such condition with a stable ``code`` and a message that says what
 the numbers mean and what to do. It is pure (no I/O, no logging): lm-eval's aggregation logs the messages
-once per task and estimator (:mod:`lm_eval_calib.harness.aggregation`), and a report can show the codes.
+once per task and estimator (:mod:`lm_eval_calib.record_metrics`), and a report can show the codes.
 
 The conditions (each on all items of one task, estimator and filter):
 

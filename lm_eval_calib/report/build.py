@@ -1,4 +1,5 @@
-"""``lm-eval-calib report``: leaderboard, reliability diagrams, recalibration and breakdowns for lm-eval runs.
+"""``lm-eval-calib report``: leaderboard, reliability and risk-coverage diagrams, recalibration (with the
+calibration / refinement split), conformal answer sets, selective prediction and breakdowns for lm-eval runs.
 
 The report is built in a temporary folder next to ``out`` and moved into place only when complete, so a
 failed build never leaves a half-written report (and never touches a folder that is not a report). Its marker
@@ -22,6 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lm_eval_calib.atomic import publish_folder
 from lm_eval_calib.metrics import (
     CalibrationInputError,
     bootstrap_interval,
@@ -29,10 +31,28 @@ from lm_eval_calib.metrics import (
     degenerate_confidence,
 )
 from lm_eval_calib.report import breakdown, html, leaderboard
-from lm_eval_calib.report.figures import Curve, overlay_diagram, reliability_diagram, smooth_reliability
+from lm_eval_calib.report.figures import (
+    Curve,
+    overlay_diagram,
+    reliability_diagram,
+    risk_coverage_diagram,
+    smooth_reliability,
+)
 from lm_eval_calib.report.integrity import compare_bins
 from lm_eval_calib.report.labels import parse_label_overrides
-from lm_eval_calib.report.recalibrate import RecalRow, recalibrate_run
+from lm_eval_calib.report.recalibrate import (
+    RecalRow,
+    conformal_fitted_on,
+    conformal_markdown,
+    conformal_rows,
+    conformal_run,
+    decomposition_markdown,
+    decomposition_rows,
+    recalibrate_run,
+    recalibration_markdown,
+    selective_markdown,
+    selective_row,
+)
 from lm_eval_calib.report.runs import ReportInputError, TaskRun, load_run
 
 MARKER = ".lm-eval-calib-report"
@@ -42,6 +62,12 @@ REPORT_FILES = (
     "leaderboard.csv",
     "recalibration.md",
     "recalibration.csv",
+    "decomposition.md",
+    "decomposition.csv",
+    "conformal.md",
+    "conformal.csv",
+    "selective.md",
+    "selective.csv",
     "breakdown.md",
     "breakdown.csv",
     "messages.txt",
@@ -240,45 +266,19 @@ def _publish(tmp: Path, out: Path) -> None:
     user's under a name the new report writes is never overwritten: the new report is set aside next to
     ``out`` and the error says where.
     """
-    if not out.exists():
-        tmp.rename(out)
-        return
-    if not _replaceable(out):
-        raise ReportInputError(
-            f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
-        )
-    owned = owned_files(out)
-    new = _files(tmp)
-    in_the_way = _not_ours(out, new, owned)
-    if in_the_way:
-        kept = out.parent / f"{out.name}.new-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
-        tmp.rename(kept)
-        raise ReportInputError(_in_the_way(out, in_the_way) + f"; the new report is in {kept}")
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    moved_old: list[str] = []
-    moved_new: list[str] = []
-    try:
-        for name in sorted(owned, key=lambda n: n != MARKER):  # the marker first
-            source = out / name
-            if source.is_file() or source.is_symlink():
-                (old / name).parent.mkdir(parents=True, exist_ok=True)
-                source.rename(old / name)
-                moved_old.append(name)
-        for name in sorted(new, key=lambda n: n == MARKER):  # the new marker last
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).rename(out / name)
-            moved_new.append(name)
-    except BaseException:  # put the earlier report back as it was
-        for name in reversed(moved_new):
-            (out / name).rename(tmp / name)
-        for name in reversed(moved_old):
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (old / name).rename(out / name)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    _remove_emptied_folders(out, moved_old)
-    shutil.rmtree(tmp)
-    shutil.rmtree(old)
+    owned: set[str] = set()
+    if out.exists():
+        if not _replaceable(out):
+            raise ReportInputError(
+                f"--out {out} exists and is not an lm-eval-calib report folder; choose a new or empty folder"
+            )
+        owned = owned_files(out)
+        in_the_way = _not_ours(out, _files(tmp), owned)
+        if in_the_way:
+            kept = out.parent / f"{out.name}.new-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+            tmp.rename(kept)
+            raise ReportInputError(_in_the_way(out, in_the_way) + f"; the new report is in {kept}")
+    _remove_emptied_folders(out, publish_folder(tmp, out, owned, MARKER))  # lm_eval_calib.atomic
 
 
 def _remove_emptied_folders(out: Path, moved: Sequence[str]) -> None:
@@ -349,6 +349,7 @@ def build_report(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         table, recal_rows, diagrams, breakdowns = [], [], [], []
+        conformal_table, selective_table = [], []
         used_names: set[str] = set()
         runs.sort(key=lambda r: (r.group, r.label))
         for i, run in enumerate(runs, 1):
@@ -364,6 +365,8 @@ def build_report(
             for note in notes:
                 say(note)
             recal_rows += rows
+            conformal_table += _conformal(run, runs, n_folds, seed, say)
+            selective_table += _selective(run, say)
             table.append(_leaderboard_row(run, _interval(run), rows))
             name = f"{slug(run.label)}__{slug(run.group)}"
             while name in used_names:
@@ -375,18 +378,32 @@ def build_report(
                 title = f"{run.label} · {run.group}"
                 reliability_diagram(run.data, title, stem, n_bins=run.options.n_bins, scheme=scheme)
                 images[scheme] = f"figures/{name}__{scheme}.png"
+            risk_coverage_diagram(run.data, title, tmp / "figures" / f"{name}__risk")
+            images["risk"] = f"figures/{name}__risk.png"
             diagrams.append(html.Diagram(run.label, run.group, images))
             if breakdown.has_breakdown(run):
                 breakdowns.append((run, breakdown.breakdown_rows(run)))
-            log(f"      diagrams, recalibration, breakdown: {time.perf_counter() - t0:.1f} s")
+            log(
+                "      diagrams, recalibration, conformal sets, selective prediction, breakdown: "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+        t0 = time.perf_counter()
         overlays = _overlays(runs, tmp)
         table = leaderboard.sort_rows(table)
-        recal_table = [row.summary() for row in recal_rows]
+        recal_table = [row.summary() for row in recal_rows]  # with the bootstrap stderrs of each "after"
+        decomposition_table = decomposition_rows(recal_rows)
+        log(f"overlays, recalibration stderrs, calibration / refinement: {time.perf_counter() - t0:.1f} s")
         outputs = {
             "leaderboard.md": leaderboard.to_markdown(table),
             "leaderboard.csv": leaderboard.to_csv(table),
-            "recalibration.md": _recal_markdown(recal_table),
+            "recalibration.md": recalibration_markdown(recal_table),
             "recalibration.csv": leaderboard.to_csv(recal_table),
+            "decomposition.md": decomposition_markdown(decomposition_table) or NO_DECOMPOSITION,
+            "decomposition.csv": leaderboard.to_csv(decomposition_table),
+            "conformal.md": conformal_markdown(conformal_table),
+            "conformal.csv": leaderboard.to_csv(conformal_table),
+            "selective.md": selective_markdown(selective_table) or NO_SELECTIVE,
+            "selective.csv": leaderboard.to_csv(selective_table),
             "breakdown.md": breakdown.to_markdown(breakdowns),
             "breakdown.csv": leaderboard.to_csv([r for _, rows in breakdowns for r in rows]),
             "messages.txt": "".join(m + "\n" for m in messages),
@@ -402,6 +419,9 @@ def build_report(
             breakdowns=[(run.group, run.label, rows) for run, rows in breakdowns],
             messages=messages,
             notes=[*leaderboard.source_lines(table), NOTE],
+            decomposition=decomposition_table,
+            conformal=conformal_table,
+            selective=selective_table,
         )
         outputs["index.html"] = html.render(page)
         for name, text in outputs.items():
@@ -500,20 +520,29 @@ def _overlays(runs: list[TaskRun], tmp: Path) -> dict[str, str]:
     return overlays
 
 
-def _recal_markdown(rows: list[dict]) -> str:
-    if not rows:
-        return "No recalibration (too few items).\n"
-    lines = [
-        "Fitted on held-out items only; before/after are the same scored items. For Platt scaling NLL is the "
-        "top-label (binary) log loss and Brier the top-label Brier.\n",
-        "| model | task | method | fitted on | n scored | parameters | ECE before | ECE after | NLL before | "
-        "NLL after |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['task']} | {r['method']} | {r['fitted_on']} | {r['n_scored']} | "
-            f"{r['parameters']} | {leaderboard.fmt(r['ece_before'])} | {leaderboard.fmt(r['ece_after'])} | "
-            f"{leaderboard.fmt(r['nll_before'])} | {leaderboard.fmt(r['nll_after'])} |"
-        )
-    return "\n".join(lines) + "\n"
+NO_DECOMPOSITION = "No calibration / refinement split (no run could be recalibrated).\n"
+NO_SELECTIVE = "No selective-prediction numbers (no run could be scored).\n"
+
+
+def _conformal(
+    run: TaskRun, runs: list[TaskRun], n_folds: int, seed: int, say: Callable[[str], None]
+) -> list[dict]:
+    """The conformal-set rows of one run (none for token-level runs), held out on its val run when there is
+    one; a run whose records cannot give sets gets a warning instead, and the rest of the report stands."""
+    try:
+        sets, notes = conformal_run(run, runs, n_folds, seed)
+        rows = conformal_rows(run, sets, conformal_fitted_on(run, runs, sets))
+    except CalibrationInputError as exc:
+        notes, rows = [f"warning: {run.label} / {run.group}: no conformal sets ({exc})"], []
+    for note in notes:
+        say(note)
+    return rows
+
+
+def _selective(run: TaskRun, say: Callable[[str], None]) -> list[dict]:
+    """The selective-prediction row of one run (PRR, AURC, selective accuracy), or a warning instead."""
+    try:
+        return [selective_row(run)]
+    except CalibrationInputError as exc:
+        say(f"warning: {run.label} / {run.group}: no selective-prediction numbers ({exc})")
+        return []

@@ -124,13 +124,26 @@ def _leaderboard(rows: list[dict], table: list[dict]) -> list[str]:
 
 
 def _recalibration(rows: list[dict]) -> list[str]:
+    def after(r: dict, key: str) -> str:  # ± the bootstrap stderr over the scored items
+        return _with_stderr(r[f"{key}_after"], r.get(f"{key}_after_stderr"))
+
     main = [
-        [r["model"], r["method"], r["fitted_on"], r["parameters"], fmt(r["ece_before"]), fmt(r["ece_after"])]
+        [r["model"], r["method"], r["fitted_on"], r["parameters"], fmt(r["ece_before"]), after(r, "ece")]
         for r in rows
     ]
     head = ["model", "method", "fitted on", "parameters", "ECE before", "ECE after"]
-    scores = ("nll_before", "nll_after", "brier_before", "brier_after")
-    more = [[r["model"], r["method"], str(r["n_scored"]), *(fmt(r[key]) for key in scores)] for r in rows]
+    more = [
+        [
+            r["model"],
+            r["method"],
+            str(r["n_scored"]),
+            fmt(r["nll_before"]),
+            after(r, "nll"),
+            fmt(r["brier_before"]),
+            after(r, "brier"),
+        ]
+        for r in rows
+    ]
     more_head = ["model", "method", "n scored", "NLL before", "NLL after", "Brier before", "Brier after"]
     return [
         _table(head, main, 4),
@@ -296,7 +309,8 @@ def render(page: PageContent) -> str:
     if page.recalibration:
         parts.append(
             '<p class="note">Recalibration is fitted on held-out items only (the validation split, or the '
-            "other folds of a cross-fit); before and after are the same scored items. For the top-label "
+            "other folds of a cross-fit); before and after are the same scored items; \u00b1 after a value "
+            "is its bootstrap stderr over the scored items, the fitted map held fixed. For the top-label "
             "methods (Platt scaling, isotonic regression, histogram binning) NLL is the binary log loss of "
             "correctness and Brier the top-label Brier. "
             "\u201cT at bound\u201d: the best temperature lies outside the range searched (relative to the "

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
 from lm_eval_calib.metrics import METRICS, CalibrationData, CalibrationInputError, OptionScores
+from lm_eval_calib.options import CalibrationOptions
+from lm_eval_calib.record_metrics import STDERR_ATTRIBUTE, make_aggregation, mean_stderr
 from lm_eval_calib.records import NORM_SUFFIX
 from lm_eval_calib.records_io import (
     SamplesError,
@@ -127,7 +126,7 @@ def task_numbers(
     Numbers lm-eval wrote win (under the ``acc_norm`` rule: its ``acc_norm`` and a calibration task's
     ``ece_norm``, ...). For a plain lm-eval task, the keys its run did not compute (every calibration metric,
     and accuracy when documents were left out) are computed here exactly as a calibration task's aggregation
-    computes them (:func:`lm_eval_calib.harness.aggregation.make_aggregation`: the run's ``n_bins``,
+    computes them (:func:`lm_eval_calib.record_metrics.make_aggregation`: the run's ``n_bins``,
     bootstrap seed and ``min(--bootstrap_iters, max_bootstrap)`` resamples; no stderr when
     ``--bootstrap_iters`` was 0), accuracy as lm-eval's mean with its stderr.
     """
@@ -161,8 +160,6 @@ def task_numbers(
 
 def _accuracy(correct: list, iters: int) -> tuple[float, Any]:
     """lm-eval's mean and its stderr (``N/A`` as lm-eval writes it when there is none)."""
-    from lm_eval.api.metrics import mean_stderr
-
     return float(np.mean(correct)), mean_stderr(correct) if iters > 0 and len(correct) > 1 else "N/A"
 
 

@@ -113,7 +113,7 @@ def study_problems(config: StudyConfig) -> list[str]:
         if is_local_model(spec) and not path_is(local_path(str(spec.pretrained)), "is_dir"):
             problems.append(
                 f"models.{spec.name}.pretrained: folder {spec.pretrained} does not exist (a hub id is "
-                "written org/name, without a leading / . or ~)"
+                "written org/name: one '/', no leading / . or ~)"
             )
     for spec in config.train.values():
         if is_local_data(spec.data) and not path_is(local_path(spec.data)):
@@ -134,7 +134,7 @@ def study_problems(config: StudyConfig) -> list[str]:
 
 def _family(task: str) -> str | None:
     """The folder of this package's ``tasks/`` that defines ``task`` (``facts``, ``mmlu``, ...), or None."""
-    from lm_eval_calib.registration import task_dir
+    from lm_eval_calib.task_folder import task_dir
 
     try:
         tasks = task_dir()
@@ -150,7 +150,7 @@ def _family(task: str) -> str | None:
 def _task_helpers(family: str) -> Any:
     """The ``utils.py`` a task family's YAMLs name with ``!function``, loaded from its file like lm_eval
     loads it."""
-    from lm_eval_calib.registration import task_dir
+    from lm_eval_calib.task_folder import task_dir
 
     path = task_dir() / family / "utils.py"
     spec = importlib.util.spec_from_file_location(f"_lm_eval_calib_study_{family}_utils", path)
@@ -196,7 +196,7 @@ def task_option_problems(task: str, settings: EvalSettings, where: str) -> list[
     """The task options of ``metadata:`` as the task would check them when lm_eval builds it (after the
     model has loaded, and after every training stage before it): ``calibration`` by
     :meth:`CalibrationOptions.from_metadata` for a calibration task, ``facts`` for the LAMA tasks."""
-    from lm_eval_calib.harness.options import CalibrationOptions
+    from lm_eval_calib.options import CalibrationOptions
 
     where = f"{where}.metadata"
     problems = []

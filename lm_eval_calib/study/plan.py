@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lm_eval_calib.data.root import DATA_ENV  # the cells' lm_eval inherits this environment
+from lm_eval_calib.paths import looks_like_local_path
 from lm_eval_calib.study.config import EvalSettings, ModelSpec, StudyConfig, TrainSpec
 
 CELL_FILE = "study_cell.json"
@@ -146,10 +147,11 @@ def is_local_data(spec: str) -> bool:
 
 
 def is_local_model(spec: ModelSpec) -> bool:
-    """A ``pretrained:`` that names a folder (it exists, or is written as a path) rather than a hub id."""
+    """A ``pretrained:`` that names a folder (it exists, or can only be a path: the rule of lm_eval's
+    preflight and the train CLI, :func:`lm_eval_calib.paths.looks_like_local_path`) rather than a hub id."""
     if not spec.pretrained:
         return False
-    return path_is(local_path(spec.pretrained)) or spec.pretrained.startswith(("/", "./", "../", "~"))
+    return path_is(local_path(spec.pretrained)) or looks_like_local_path(spec.pretrained)
 
 
 def data_root(settings: EvalSettings) -> Path | None:
@@ -163,7 +165,7 @@ def task_data_folder(task: str) -> str | None:
     """The folder of the data root that one of this package's tasks reads (``mmlu`` for ``calib_mmlu`` and
     every ``calib_mmlu_<subject>``), or None for any other task (a ``calib_<task>`` wrapper may read
     ``ROOT/hub/...`` or more: the whole root counts, which is safe and at worst reruns a cell)."""
-    from lm_eval_calib.registration import task_dir
+    from lm_eval_calib.task_folder import task_dir
 
     try:
         tasks = task_dir()

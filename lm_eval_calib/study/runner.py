@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lm_eval_calib.atomic import replace_folder
 from lm_eval_calib.study.checks import check_study
 from lm_eval_calib.study.config import StudyConfig
 from lm_eval_calib.study.findings import (
@@ -28,16 +29,6 @@ from lm_eval_calib.study.findings import (
 from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder, run_file
 
 LOG_TAIL_LINES = 25
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Replace ``final`` (if any) with ``tmp`` so that at every moment ``final`` is either old or new."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _cell_body(cell: Cell, seconds: float | None = None) -> dict:
@@ -88,7 +79,7 @@ def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
         return False, seconds, log
     if cell.kind == "eval":
         _write_cell_file(work, cell, seconds)
-        _swap_into_place(work, cell.folder)
+        replace_folder(work, cell.folder)
     else:
         _write_cell_file(cell.folder, cell, seconds)
         run_file(cell.folder).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import pytest
 
 from lm_eval_calib.generation.estimators import ESTIMATORS, check_estimator_names, parse_verbal
 from lm_eval_calib.generation.text import GeneratedText, aligned_length, generation_logprobs_of
-from lm_eval_calib.harness.options import CalibrationOptions
+from lm_eval_calib.options import CalibrationOptions
 from lm_eval_calib.records import NLL_FLOOR, generation_record
 
 REPO = Path(__file__).resolve().parents[2]

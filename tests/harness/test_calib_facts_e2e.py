@@ -8,7 +8,7 @@ import pytest
 from helpers import read_run, run_lm_eval
 
 from lm_eval_calib.data.lama import load_lama
-from lm_eval_calib.harness.task import CALIBRATION_KEYS
+from lm_eval_calib.harness.base import CALIBRATION_KEYS
 from lm_eval_calib.metrics import compute_metric
 from lm_eval_calib.records import records_to_data
 

@@ -17,7 +17,7 @@ import pytest
 from helpers import read_run, run_lm_eval
 
 from lm_eval_calib.data.mmlu import load_local
-from lm_eval_calib.harness.task import CALIBRATION_KEYS
+from lm_eval_calib.harness.base import CALIBRATION_KEYS
 from lm_eval_calib.metrics import METRICS, compute_metric
 from lm_eval_calib.records import records_to_data
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lm_eval_calib.harness import stderr
-from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.options import CalibrationOptions
 from lm_eval_calib.harness.results import ModelOutputError, option_logliks
+from lm_eval_calib.lm_eval_patches import install_all
 from lm_eval_calib.metrics import bootstrap_stderr, compute_metric
+from lm_eval_calib.options import CalibrationOptions
+from lm_eval_calib.record_metrics import STDERR_ATTRIBUTE, make_aggregation
 from lm_eval_calib.records import make_record, records_to_data
 
 
@@ -79,8 +79,8 @@ def test_stderr_hook_gives_ours_a_bootstrap_and_leaves_lm_eval_metrics_alone():
     import lm_eval.evaluator_utils as evaluator_utils
     from lm_eval.api.metrics import mean, mean_stderr
 
-    stderr.install()
-    stderr.install()  # idempotent
+    install_all()
+    install_all()  # idempotent
     lookup = evaluator_utils.stderr_for_metric
     assert lookup(mean, 1000) is mean_stderr
     aggregate = make_aggregation("ece", CalibrationOptions(max_bootstrap=200), "t")
@@ -203,7 +203,7 @@ def test_option_bounds_are_inclusive(raw):
 
 def test_max_bootstrap_zero_means_no_stderr():
     """The lm_eval CLI has no --bootstrap_iters; ``max_bootstrap: 0`` turns our stderrs off instead."""
-    stderr.install()
+    install_all()
     import lm_eval.evaluator_utils as evaluator_utils
 
     aggregate = make_aggregation("ece", CalibrationOptions(max_bootstrap=0), "t")
@@ -231,7 +231,7 @@ def test_a_failing_aggregation_is_nan_and_one_clear_error(key, records, error, c
     aggregate = make_aggregation(key, CalibrationOptions(max_bootstrap=20), "calib_x")
     with caplog.at_level("ERROR", logger="lm_eval_calib"):
         value = aggregate(records)
-        stderr_value = getattr(aggregate, stderr.STDERR_ATTRIBUTE)(records, n_resamples=20)
+        stderr_value = getattr(aggregate, STDERR_ATTRIBUTE)(records, n_resamples=20)
     assert math.isnan(value) and math.isnan(stderr_value)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, errors  # one error per failing metric: its stderr's repeat goes to debug
@@ -254,7 +254,7 @@ def test_a_failing_metric_loses_nothing_in_a_real_run(
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_calib.harness import aggregation
+    from lm_eval_calib import record_metrics as aggregation
 
     def fail_for_ece_em(real):
         def injected(key, *args, **kwargs):

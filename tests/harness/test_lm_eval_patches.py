@@ -50,6 +50,7 @@ def test_every_patch_relies_on_internals_this_lm_eval_has_and_is_applied():
         "check before inference",
         "--samples document ids",
         "one-line errors",
+        "task YAML cache",
     }
     for patch in PATCHES:
         for internal in patch.relies_on:
@@ -64,6 +65,7 @@ def test_every_patch_relies_on_internals_this_lm_eval_has_and_is_applied():
         evaluator.simple_evaluate,
         sys.modules["lm_eval.api.task"].Task.doc_iterator,
         sys.excepthook,
+        sys.modules["lm_eval.tasks._index"].TaskIndex.build,
     ):
         assert getattr(patched, flag, False), patched
     # registration: ours, or lm-eval's own entry-point discovery (then the hook stepped aside)
@@ -89,6 +91,8 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         del manager.TaskManager.match_tasks, registry.model_registry, evaluator.evaluate
         del evaluator.simple_evaluate
         del task.Task.doc_iterator
+        import lm_eval.tasks._index as index
+        del index.load_yaml
         # lm-eval 0.4.13's evaluator_utils keeps the name it imported, so lm-eval still works
         vars(metrics).pop("stderr_for_metric", None)
         applied = {}
@@ -121,10 +125,12 @@ def test_missing_internals_give_one_warning_each_and_never_raise():
         "check before inference": False,
         "--samples document ids": False,
         "one-line errors": True,  # relies on no lm-eval internal
+        "task YAML cache": False,
     }
     warned = got["warnings"]
-    assert len(warned) == 6, warned
+    assert len(warned) == 7, warned
     expected = [
+        ("task YAML cache", "lm_eval.tasks._index.load_yaml", "parses all of lm-eval's task YAML files"),
         (
             "calib_<task> wrappers",
             "lm_eval.tasks.manager.TaskManager.match_tasks",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lm_eval_calib.harness.options import CalibrationOptions
+from lm_eval_calib.options import CalibrationOptions
 
 
 @pytest.mark.parametrize(

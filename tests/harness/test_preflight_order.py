@@ -134,7 +134,7 @@ def test_a_model_folder_that_exists_is_not_refused(tmp_path):
     ],
 )
 def test_only_a_path_that_is_no_repo_id_is_checked_as_a_folder(value, local):
-    from lm_eval_calib.harness.preflight import looks_like_local_path
+    from lm_eval_calib.paths import looks_like_local_path
 
     assert looks_like_local_path(value) is local
 

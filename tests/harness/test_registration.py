@@ -13,7 +13,7 @@ from pathlib import Path
 from helpers import LM_EVAL, OFFLINE_ENV
 
 from lm_eval_calib.lm_eval_patches import MODELS
-from lm_eval_calib.registration import task_dir
+from lm_eval_calib.task_folder import task_dir
 
 
 def _python(code: str, env: dict[str, str] | None = None, args: list[str] | None = None):
@@ -170,7 +170,7 @@ def test_hook_keeps_user_include_paths(tmp_path: Path):
     code = textwrap.dedent(
         f"""
         from lm_eval.tasks import TaskManager
-        from lm_eval_calib.registration import task_dir
+        from lm_eval_calib.task_folder import task_dir
         tm = TaskManager(include_path={str(tmp_path)!r})
         paths = tm.include_path if isinstance(tm.include_path, list) else [tm.include_path]
         print([str(path) for path in paths])  # the user's, as given (a str or a list)
@@ -390,7 +390,7 @@ def test_hook_steps_aside_when_lm_eval_discovers_plugins_itself(tmp_path: Path):
         import json, warnings
         warnings.simplefilter("error")  # any warning (an override, a failed patch) fails the run
         import lm_eval.tasks.manager as manager
-        from lm_eval_calib.registration import task_dir
+        from lm_eval_calib.task_folder import task_dir
         tm = manager.TaskManager()
         import lm_eval.models
         from lm_eval.api import registry

@@ -394,7 +394,7 @@ def test_generate_until_dispatches_to_the_generation_class_when_there_is_one(man
 
 def test_ours_win_and_listing_stays_readable(manager, include):
     from lm_eval_calib.harness.task import CalibrationTask
-    from lm_eval_calib.registration import task_dir
+    from lm_eval_calib.task_folder import task_dir
 
     ours = task_dir().resolve()
     for name in [name for name in manager.all_tasks if name.startswith("calib_")]:  # all from our folder

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from lm_eval_calib.harness.aggregation import make_aggregation
-from lm_eval_calib.harness.options import CalibrationOptions
 from lm_eval_calib.metrics import CalibrationInputError, compute_metric, degenerate_confidence
 from lm_eval_calib.metrics.data import CalibrationData
+from lm_eval_calib.options import CalibrationOptions
+from lm_eval_calib.record_metrics import make_aggregation
 
 
 def codes(confidence, correct) -> list[str]:

@@ -231,10 +231,10 @@ def test_recalibration_is_fitted_on_mmlu_val_and_scored_on_test(report, runs):
     assert float(row["nll_before"]) == pytest.approx(results["calib_mmlu"]["nll,none"], abs=1e-12)
     board = {(r["model"], r["task"]): r for r in _rows(out / "leaderboard.csv")}
     assert float(board[("tiny-llama0 [base]", "calib_mmlu v1")]["ece_recal"]) == float(row["ece_after"])
-    # Without a val run (the SFT checkpoint): 5-fold cross-fitting; token tasks: Platt only.
+    # Without a val run (the SFT checkpoint): 5-fold cross-fitting; token tasks: the top-label maps only.
     assert recal[(SFT_LABEL, "calib_mmlu v1", "temperature")]["fitted_on"].startswith("5-fold cross-fit")
     clm = [key for key in recal if key[1] == "calib_clm"]
-    assert {method for _, _, method in clm} == {"platt"}
+    assert {method for _, _, method in clm} == {"platt", "isotonic", "histogram"}
     assert "only 2 document(s), fewer than 5 folds" in proc.stdout
     assert float(board[("tiny-llama0 [base]", "calib_mmlu_val")]["ece_recal"]) >= 0.0
 

@@ -20,8 +20,8 @@ import pytest
 from helpers import read_run, run_lm_eval
 from scipy.special import softmax
 
-from lm_eval_calib.harness.options import CalibrationOptions
 from lm_eval_calib.metrics import METRICS, CalibrationData, bootstrap_stderr, compute_metric
+from lm_eval_calib.options import CalibrationOptions
 from lm_eval_calib.report.build import build_report
 from lm_eval_calib.report.runs import ACC_NORM_SUFFIX, load_run
 

@@ -146,8 +146,8 @@ def test_no_interval_when_the_run_turned_stderrs_off():
 
     import numpy as np
 
-    from lm_eval_calib.harness.options import CalibrationOptions
     from lm_eval_calib.metrics import CalibrationData
+    from lm_eval_calib.options import CalibrationOptions
     from lm_eval_calib.report.build import _interval
     from lm_eval_calib.report.runs import TaskRun
 

@@ -368,7 +368,7 @@ def test_metadata_options_end_in_a_clear_value_error_never_a_traceback(metadata)
     """``--metadata`` as the tasks read it: ``CalibrationOptions.from_metadata``, the facts tasks' option
     merge and ``load_lama``'s checks; errors are ``ValueError``s that name the option."""
     from lm_eval_calib.data import lama
-    from lm_eval_calib.harness.options import CalibrationOptions
+    from lm_eval_calib.options import CalibrationOptions
     from lm_eval_calib.study.checks import _task_helpers
 
     try:

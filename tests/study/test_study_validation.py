@@ -262,6 +262,10 @@ def _set(path: str, value):
             _set("models.base.pretrained", lambda t: str(t / "no-such-model")),
             "models.base.pretrained: .*does not exist",
         ),
+        (  # a hub id has at most one '/': lm_eval's preflight and the train CLI refuse this as a folder
+            _set("models.base.pretrained", "no-such-org/no-such-model/extra"),
+            "models.base.pretrained: .*no-such-org/no-such-model/extra does not exist",
+        ),
         (lambda b, t: shutil.rmtree(t / "data/mmlu"), "has no mmlu/ folder, which calib_mmlu reads"),
         (
             _set("tasks.calib_mmlu", {"metadata": {"data_dir": "/no/such/root"}}),
@@ -274,6 +278,7 @@ def _set(path: str, value):
         "task-backend-typo",
         "missing-training-file",
         "missing-model-folder",
+        "missing-model-folder-nested-relative",
         "data-root-lacks-task-folder",
         "data-dir-not-a-folder",
     ],

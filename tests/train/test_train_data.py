@@ -297,6 +297,34 @@ def test_bad_settings_are_refused(tmp_path, yaml_text, argv, message):
         _parse(["sft", "--config", str(config_file), "--model", "m", "--data", "d", "--output", "o", *argv])
 
 
+def test_boolean_settings_take_the_model_args_words_and_nothing_else():
+    from lm_eval_calib_train.config_parsing import coerce
+
+    from lm_eval_calib.models.model_args import FALSE_WORDS, TRUE_WORDS
+
+    for words, expected in ((TRUE_WORDS, True), (FALSE_WORDS, False)):
+        for word in words:
+            for spelling in (word, word.upper(), f" {word} "):
+                assert coerce(SFTStageConfig, "merge_lora", spelling) is expected
+        assert coerce(SFTStageConfig, "merge_lora", expected) is expected
+    # YAML reads `merge_lora: 1` as an integer: refused as before (``--model_args`` would take 0/1)
+    for bad in ("ture", "", "2", 1, 0, 1.0, ["yes"]):
+        with pytest.raises(TrainInputError, match=r"--merge-lora: expected true or false \(1, true, yes, on"):
+            coerce(SFTStageConfig, "merge_lora", bad)
+
+
+def test_a_model_that_can_only_be_a_path_is_refused_before_the_hub(tmp_path, monkeypatch):
+    from lm_eval_calib_train.models import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    # one rule with lm_eval's preflight (lm_eval_calib.paths): a leading .\ is a path, never a hub id
+    for spec in ("./no-model", "~/no-such-model-here", "org/name/extra", ".\\no-model", "..\\no-model"):
+        with pytest.raises(TrainInputError, match="no such folder or file"):
+            resolve_model(spec)
+    ref = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # a hub id resolves without a hub call
+    assert (ref.source, ref.display) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct")
+
+
 def test_cli_reports_bad_input_in_one_line_and_writes_nothing(tmp_path, capsys, data_root):
     out = tmp_path / "ckpt"
     code = cli_main(["train", "sft", "--data", str(tmp_path / "missing.jsonl"), "--output", str(out)])

@@ -9,6 +9,7 @@ nothing heavy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import types
@@ -16,21 +17,11 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from lm_eval_calib.models.model_args import FALSE_WORDS, TRUE_WORDS, parse_bool
 from lm_eval_calib_train.config import TrainInputError, _StageConfig
 
 if typing.TYPE_CHECKING:
     import yaml
-
-
-def _parse_bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    lowered = str(text).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -195,9 +186,13 @@ def _coerce_value(tp: Any, value: Any) -> Any:
             raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
         return value
     if tp is bool:
-        if not isinstance(value, (bool, str)):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return _parse_bool(value)
+        # the words of ``--model_args`` (parse_bool); not its 0/1 integers: YAML ``resume: 1`` stays an error
+        if isinstance(value, (bool, str)):
+            with contextlib.suppress(ValueError):
+                return parse_bool(value)
+        raise ValueError(
+            f"expected true or false ({', '.join(TRUE_WORDS)} / {', '.join(FALSE_WORDS)}), got {value!r}"
+        )
     if tp in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"expected a number, got {value!r}")

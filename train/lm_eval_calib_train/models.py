@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_calib.manifest import read_manifest
+from lm_eval_calib.paths import looks_like_local_path
 from lm_eval_calib_train.config import TrainInputError
 
 
@@ -102,7 +103,7 @@ def resolve_model(spec: str, gguf_file: str | None = None, what: str = "--model"
             hint = f" (it holds {', '.join(ggufs)}: pass --gguf-file)" if ggufs else ""
             raise TrainInputError(f"{what} {spec} is not a model folder: no config.json{hint}")
         return ModelRef(spec, str(folder), None, folder.name)
-    if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
+    if looks_like_local_path(spec):  # not a hub id: say so now, not after the hub's retries
         raise TrainInputError(f"{what} {spec}: no such folder or file")
     return ModelRef(spec, spec, gguf_file, spec.rsplit("/", 1)[-1])
 

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lm_eval_calib.atomic import publish_folder, write_file
 from lm_eval_calib.manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 from lm_eval_calib_train.config import TrainInputError
 from lm_eval_calib_train.ranks import is_main, wait_for_everyone, world_size
@@ -220,9 +221,8 @@ class StageOutput:
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / WORK_MARKER).touch()
         if self.inputs is not None and is_main():
-            tmp = self.work / f".{INPUTS_NAME}.tmp"
-            tmp.write_text(json.dumps(self.inputs, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, self.work / INPUTS_NAME)
+            text = json.dumps(self.inputs, indent=2, sort_keys=True) + "\n"
+            write_file(self.work / INPUTS_NAME, lambda handle: handle.write(text))
 
     # -- resuming only the same run -----------------------------------------------------------------
     def check_inputs(self, inputs: dict[str, Any]) -> None:
@@ -262,10 +262,8 @@ class StageOutput:
             return 0.0
 
     def save_elapsed(self) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
-        tmp = self.work / f".{ELAPSED_NAME}.tmp"
-        tmp.write_text(json.dumps({"elapsed_s": self.elapsed()}))
-        os.replace(tmp, self.work / ELAPSED_NAME)
+        text = json.dumps({"elapsed_s": self.elapsed()})
+        write_file(self.work / ELAPSED_NAME, lambda handle: handle.write(text))
 
     # -- the step log ---------------------------------------------------------------------------------
     @property
@@ -315,7 +313,7 @@ class StageOutput:
         if self.final.exists():
             self._swap_in(tmp)
         else:
-            os.rename(tmp, self.final)
+            publish_folder(tmp, self.final, (), MANIFEST_NAME)
         shutil.rmtree(self.work, ignore_errors=True)
         wait_for_everyone()
         return self.final
@@ -333,17 +331,8 @@ class StageOutput:
                 f"--output {self.final} now holds {', '.join(in_the_way)}, not written by lm-eval-calib, so "
                 f"it is left alone; the finished checkpoint is kept in {kept}"
             )
-        old = self.parent / f".{self.final.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        old.mkdir()
         # the manifest first: from here until the new one is in, the folder does not claim to be finished
-        for name in sorted(owned, key=lambda n: n != MANIFEST_NAME):
-            if (self.final / name).exists() or (self.final / name).is_symlink():
-                os.rename(self.final / name, old / name)
-        for name in sorted(new, key=lambda n: n == MANIFEST_NAME):  # the new manifest last
-            os.rename(tmp / name, self.final / name)
-        tmp.rmdir()
-        shutil.rmtree(old, ignore_errors=True)
+        publish_folder(tmp, self.final, owned, MANIFEST_NAME)
 
 
 # ---------------------------------------------------------------------------------------------------------

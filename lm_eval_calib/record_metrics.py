@@ -1,14 +1,20 @@
-"""Corpus-level aggregations that lm-eval calls with the list of per-document records."""
+"""A metric and its bootstrap stderr from per-document records: what a task's aggregation computes (core).
+
+lm-eval calls each calibration task's aggregations with the list of per-document records; the report and the
+study compute the same numbers from records read back from a samples file. Both use :func:`make_aggregation`,
+so a number recomputed from a finished run is the number the run reported. Nothing here imports lm-eval:
+the aggregation carries its stderr function under :data:`STDERR_ATTRIBUTE`, and the "stderr" patch of
+:mod:`lm_eval_calib.lm_eval_patches` makes lm-eval's stderr lookup use it.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from lm_eval_calib.harness.options import CalibrationOptions
-from lm_eval_calib.harness.stderr import STDERR_ATTRIBUTE
 from lm_eval_calib.metrics import (
     CalibrationData,
     bootstrap_stderr,
@@ -16,9 +22,25 @@ from lm_eval_calib.metrics import (
     degenerate_confidence,
     small_sample_warning,
 )
+from lm_eval_calib.options import CalibrationOptions
 from lm_eval_calib.records import records_to_data
 
 logger = logging.getLogger("lm_eval_calib")
+
+STDERR_ATTRIBUTE = "calibration_stderr"
+"""The attribute of an aggregation function that holds its own stderr function ``(records, n_resamples)``.
+
+lm-eval 0.4.13 bootstraps only the aggregations on a fixed internal list (``stderr_for_metric``) and reports
+"N/A" for any other; the "stderr" patch of :mod:`lm_eval_calib.lm_eval_patches` returns this function for
+aggregations that carry it and passes every other one through untouched."""
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """The standard error of a mean (sample standard deviation / sqrt(n)), computed exactly as lm-eval's
+    ``lm_eval.api.metrics.mean_stderr`` (same operations, same order, so the same float), so a report
+    shows a plain task's ``acc_stderr`` as lm-eval reports it without importing lm-eval."""
+    mu = sum(values) / len(values)
+    return math.sqrt(sum([(x - mu) ** 2 for x in values]) / (len(values) - 1)) / math.sqrt(len(values))
 
 
 def _failed(task_name: str, key: str, what: str, exc: Exception, logged: list[str]) -> float:

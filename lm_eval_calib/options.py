@@ -1,4 +1,7 @@
-"""Per-run calibration options, read from lm-eval's task metadata.
+"""Per-run calibration options, read from lm-eval's task metadata (core: no lm-eval import).
+
+The tasks read them when they are built; the report and the study read them back from a results file's
+``configs[task].metadata`` (:mod:`lm_eval_calib.records_io`), so a finished run is scored as it ran.
 
 lm-eval merges ``--model_args`` and ``--metadata`` into one flat metadata dict, so our options live under
 their own key to avoid clashes: ``--metadata '{"calibration": {"n_bins": 15}}'``. Unknown option names,
