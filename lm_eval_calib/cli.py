@@ -29,7 +29,7 @@ def _tasks_dir(_args: argparse.Namespace) -> int:
 def _tasks(args: argparse.Namespace) -> int:
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_calib.harness import wrap
+    from lm_eval_calib.harness import wrap_rules as wrap
     from lm_eval_calib.task_folder import task_dir
 
     manager = TaskManager(include_path=args.include_path)

@@ -29,6 +29,9 @@ MAX_BOOTSTRAP_MAX = 10_000
 """A stderr from 10,000 resamples is within ~1% of its own value; more only costs time and memory."""
 SAMPLES_MAX = 100
 """Sampling consistency with K answers resolves confidence in steps of 1/K; 100 is finer than any ECE bin."""
+CONFORMAL_SEED = 0
+"""Seed of the cross-fitting folds (and APS's randomised scores) of the conformal sets a task reports: the
+report's default ``--seed``, so ``lm-eval-calib report`` on the run gives the same sets."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,13 @@ class CalibrationOptions:
     adds its metrics with the suffix ``_<name>`` (``ece_seqprob``, ``ece_verbal``)."""
     samples: int = 5
     """K, the answers sampled per document by the ``consistency`` estimator (2 to ``SAMPLES_MAX``)."""
+    conformal_alpha: float = 0.1
+    """The miss rate the conformal answer sets of multiple-choice tasks tolerate, in (0, 1): 0.1 asks for
+    sets that hold the gold option for 90% of the documents (``conformal_coverage_lac``, ...)."""
+    conformal_folds: int = 5
+    """K of the K-fold cross-fitting of those sets over the run's documents (each fold's sets use the
+    threshold calibrated on the other K - 1 folds); 2 or more, and at most the documents scored. 5 is the
+    report's default ``--folds``."""
 
     # name -> (smallest, largest or None, what the message says)
     _BOUNDS: ClassVar[dict[str, tuple[int, int | None, str]]] = {
@@ -55,6 +65,11 @@ class CalibrationOptions:
         "bootstrap_seed": (0, None, "an integer >= 0"),
         "max_bootstrap": (0, MAX_BOOTSTRAP_MAX, f"an integer from 0 (no stderrs) to {MAX_BOOTSTRAP_MAX}"),
         "samples": (2, SAMPLES_MAX, f"an integer from 2 to {SAMPLES_MAX} (answers sampled per document)"),
+        "conformal_folds": (
+            2,
+            None,
+            "an integer >= 2 (folds of the cross-fitted conformal sets; 5 is usual)",
+        ),
     }
 
     @classmethod
@@ -86,6 +101,9 @@ class CalibrationOptions:
             if name == "confidence":
                 values[name] = check_estimator_names(value)
                 continue
+            if name == "conformal_alpha":
+                values[name] = check_conformal_alpha(value)
+                continue
             low, high, wanted = cls._BOUNDS[name]
             if (
                 isinstance(value, bool)
@@ -96,3 +114,13 @@ class CalibrationOptions:
                 raise ValueError(f"calibration option {name!r} must be {wanted}, got {value!r}")
             values[name] = value
         return cls(**values)
+
+
+def check_conformal_alpha(value: Any) -> float:
+    """``conformal_alpha`` is a number strictly between 0 and 1 (not a bool, not text, not NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise ValueError(
+            f"calibration option 'conformal_alpha' must be a number strictly between 0 and 1 (the miss rate "
+            f"the conformal sets tolerate; 0.1 asks for 90% coverage), got {value!r}"
+        )
+    return float(value)

@@ -171,7 +171,7 @@ def test_the_graph_sees_function_level_and_late_imports():
     patches = _imports(f"{PACKAGE}.lm_eval_patches")[0]
     assert f"{PACKAGE}.harness.preflight" in patches  # imported inside patch_evaluate
     assert f"{PACKAGE}.record_metrics" in patches  # imported inside _wrap_stderr_for_metric
-    wrap = _imports(f"{PACKAGE}.harness.wrap")[0]
+    wrap = _imports(f"{PACKAGE}.harness.wrap_rules")[0]
     assert f"{PACKAGE}.harness.generation" in wrap  # importlib.import_module(GENERATION_MODULE)
     assert f"{PACKAGE}.harness.wrap" in _imports(f"{PACKAGE}.registration")[0]  # inside _load_wrapper
 
@@ -216,7 +216,7 @@ def test_the_patches_module_imports_no_task_class():
     ``calib_<task>`` builder is plugged in by registration, not imported here."""
     reached = _reach(f"{PACKAGE}.lm_eval_patches")
     task_classes = ("harness.base", "harness.task", "harness.token_task", "harness.generation")
-    task_classes += ("harness.wrap",)
+    task_classes += ("harness.wrap", "harness.wrap_rules", "harness.wrapped_task", "harness.wrap_refusal")
     assert not sorted(m for m in reached if _under(m, task_classes))
 
 

@@ -173,7 +173,7 @@ def late_multi(tmp_path_factory, data_root):
 
 
 def test_a_gold_list_on_a_later_document_is_refused_before_inference(late_multi):
-    from lm_eval_calib.harness.wrap import WrapRefusal
+    from lm_eval_calib.harness.wrap_refusal import WrapRefusal
 
     task = late_multi.load(["calib_user_late_multi"])["tasks"]["calib_user_late_multi"]
     first_multi = next(i for i, doc in enumerate(task.eval_docs) if doc["answer"].strip() == "B")
@@ -192,7 +192,7 @@ def test_a_gold_list_on_a_later_document_is_refused_before_inference(late_multi)
 
 
 def test_a_gold_list_in_a_pooled_subtask_is_refused_before_inference(late_multi):
-    from lm_eval_calib.harness.wrap import WrapRefusal
+    from lm_eval_calib.harness.wrap_refusal import WrapRefusal
 
     task = late_multi.load(["calib_user_late_group"])["tasks"]["calib_user_late_group"]
     task.set_fewshot_seed(0)
@@ -233,7 +233,7 @@ def test_our_errors_through_lm_evals_cli_are_one_line(tmp_path):
 def test_a_single_target_after_a_first_list_target_is_refused_before_inference(late_multi):
     """The first document's target is ``[0]`` (lm-eval then scores every document as a list target), a later
     one's is ``1``: lm-eval's ``pred in gold`` would fail on it after inference."""
-    from lm_eval_calib.harness.wrap import WrapRefusal
+    from lm_eval_calib.harness.wrap_refusal import WrapRefusal
 
     task = late_multi.load(["calib_user_first_list"])["tasks"]["calib_user_first_list"]
     task.set_fewshot_seed(0)

@@ -352,7 +352,7 @@ def manager(include, data_root):
 
 
 def _refusal(manager, name: str) -> str:
-    from lm_eval_calib.harness.wrap import WrapRefusal
+    from lm_eval_calib.harness.wrap_refusal import WrapRefusal
 
     with pytest.raises(WrapRefusal) as caught:
         manager.match_tasks([name])
