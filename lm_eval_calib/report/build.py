@@ -365,7 +365,7 @@ def build_report(
             for note in notes:
                 say(note)
             recal_rows += rows
-            conformal_table += _conformal(run, runs, n_folds, seed, say)
+            conformal_table += _conformal(run, runs, seed, say)
             selective_table += _selective(run, say)
             table.append(_leaderboard_row(run, _interval(run), rows))
             name = f"{slug(run.label)}__{slug(run.group)}"
@@ -524,13 +524,13 @@ NO_DECOMPOSITION = "No calibration / refinement split (no run could be recalibra
 NO_SELECTIVE = "No selective-prediction numbers (no run could be scored).\n"
 
 
-def _conformal(
-    run: TaskRun, runs: list[TaskRun], n_folds: int, seed: int, say: Callable[[str], None]
-) -> list[dict]:
+def _conformal(run: TaskRun, runs: list[TaskRun], seed: int, say: Callable[[str], None]) -> list[dict]:
     """The conformal-set rows of one run (none for token-level runs), held out on its val run when there is
     one; a run whose records cannot give sets gets a warning instead, and the rest of the report stands."""
     try:
-        sets, notes = conformal_run(run, runs, n_folds, seed)
+        # the run's own alpha and folds, so the report's numbers are the run's conformal_* result keys
+        opts = run.options
+        sets, notes = conformal_run(run, runs, opts.conformal_folds, seed, opts.conformal_alpha)
         rows = conformal_rows(run, sets, conformal_fitted_on(run, runs, sets))
     except CalibrationInputError as exc:
         notes, rows = [f"warning: {run.label} / {run.group}: no conformal sets ({exc})"], []

@@ -173,6 +173,8 @@ def test_a_real_run_reports_the_keys_as_conformal_results_and_the_report(tiny_mo
     run = tmp_path / "run"
     args = ["--model", "hf", "--model_args", f"pretrained={tiny_model_dir},dtype=float32"]
     args += ["--tasks", "calib_mmlu_anatomy", "--limit", str(N_DOCS), "--device", "cpu", "--batch_size", "16"]
+    # not the defaults: the report must take the run's own alpha and folds
+    args += ["--metadata", json.dumps({"calibration": {"conformal_alpha": 0.2, "conformal_folds": 4}})]
     run_lm_eval(
         [*args, "--output_path", str(run), "--log_samples"], env={"LM_EVAL_CALIB_DATA": str(data_root)}
     )
@@ -180,7 +182,9 @@ def test_a_real_run_reports_the_keys_as_conformal_results_and_the_report(tiny_mo
     task = results["results"]["calib_mmlu_anatomy"]
     rows = samples["calib_mmlu_anatomy"]  # file order: the order lm-eval aggregated them in
     assert len(rows) == N_DOCS
-    expected, sets = conformal_results([r["ece"]["loglik"] for r in rows], [r["ece"]["target"] for r in rows])
+    expected, sets = conformal_results(
+        [r["ece"]["loglik"] for r in rows], [r["ece"]["target"] for r in rows], alpha=0.2, n_folds=4
+    )
     assert len(sets["lac"]) == len(sets["aps"]) == N_DOCS
     for key in CONFORMAL_KEYS:
         assert isinstance(task[f"{key}_stderr,none"], float)  # a real bootstrap stderr, not "N/A"
@@ -195,7 +199,7 @@ def test_a_real_run_reports_the_keys_as_conformal_results_and_the_report(tiny_mo
         report_rows = [row for row in csv.DictReader(handle) if row["task"] == "calib_mmlu_anatomy"]
     assert sorted(row["score"] for row in report_rows) == ["aps", "lac"]
     for row in report_rows:
-        assert "cross-fit" in row["fitted_on"] and float(row["alpha"]) == 0.1
+        assert "4-fold cross-fit" in row["fitted_on"] and float(row["alpha"]) == 0.2
         for quantity in ("coverage", "set_size"):
             key = f"conformal_{quantity}_{row['score']}"
             assert float(row[quantity]) == pytest.approx(task[f"{key},none"], abs=1e-12), key
