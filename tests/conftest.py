@@ -45,3 +45,32 @@ def smollm2_dir(tmp_path_factory) -> Path:
     from lm_eval_calib.models.vllm_export import export_bundled_model
 
     return export_bundled_model(tmp_path_factory.mktemp("smollm2-hf") / "model")
+
+
+# The slowest test files (CI's --durations), run first. CI runs the tests on two pytest-xdist workers that
+# each take a whole file at a time (--dist loadfile); a long file handed out last keeps one worker busy while
+# the other has nothing left. This only orders files (each file's own order is kept); it selects nothing.
+SLOW_FILES_FIRST = (
+    "tests/generation/test_generation_e2e.py",
+    "tests/study/test_study.py",
+    "tests/models/test_multiprocess_eval.py",
+    "tests/models/test_hf_calib.py",
+    "tests/test_integration_smollm2.py",
+    "tests/report/test_report.py",
+    "tests/train/test_train_integration.py",
+    "tests/train/test_train_multiprocess.py",
+    "tests/data/test_bundled_qwen.py",
+    "tests/report/test_report_sections.py",
+    "tests/harness/test_calib_mmlu_e2e.py",
+    "tests/harness/test_wrapped_tasks.py",
+    "tests/harness/test_registration.py",
+    "tests/metrics/test_metrics_bootstrap.py",
+    "tests/data/test_report_models.py",
+    "tests/train/test_train_stages.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(SLOW_FILES_FIRST)}
+    # a stable sort: each file's tests stay together and in their own order
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
