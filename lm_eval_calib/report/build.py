@@ -66,6 +66,7 @@ REPORT_FILES = (
     "decomposition.csv",
     "conformal.md",
     "conformal.csv",
+    "conformal_sets.jsonl",
     "selective.md",
     "selective.csv",
     "breakdown.md",
@@ -349,7 +350,7 @@ def build_report(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         table, recal_rows, diagrams, breakdowns = [], [], [], []
-        conformal_table, selective_table = [], []
+        conformal_table, conformal_sets, selective_table = [], [], []
         used_names: set[str] = set()
         runs.sort(key=lambda r: (r.group, r.label))
         for i, run in enumerate(runs, 1):
@@ -365,7 +366,9 @@ def build_report(
             for note in notes:
                 say(note)
             recal_rows += rows
-            conformal_table += _conformal(run, runs, seed, say)
+            rows_of_run, sets_of_run = _conformal(run, runs, seed, say)
+            conformal_table += rows_of_run
+            conformal_sets += sets_of_run
             selective_table += _selective(run, say)
             table.append(_leaderboard_row(run, _interval(run), rows))
             name = f"{slug(run.label)}__{slug(run.group)}"
@@ -402,6 +405,7 @@ def build_report(
             "decomposition.csv": leaderboard.to_csv(decomposition_table),
             "conformal.md": conformal_markdown(conformal_table),
             "conformal.csv": leaderboard.to_csv(conformal_table),
+            "conformal_sets.jsonl": "".join(json.dumps(line) + "\n" for line in conformal_sets),
             "selective.md": selective_markdown(selective_table) or NO_SELECTIVE,
             "selective.csv": leaderboard.to_csv(selective_table),
             "breakdown.md": breakdown.to_markdown(breakdowns),
@@ -524,19 +528,36 @@ NO_DECOMPOSITION = "No calibration / refinement split (no run could be recalibra
 NO_SELECTIVE = "No selective-prediction numbers (no run could be scored).\n"
 
 
-def _conformal(run: TaskRun, runs: list[TaskRun], seed: int, say: Callable[[str], None]) -> list[dict]:
+def _conformal(
+    run: TaskRun, runs: list[TaskRun], seed: int, say: Callable[[str], None]
+) -> tuple[list[dict], list[dict]]:
     """The conformal-set rows of one run (none for token-level runs), held out on its val run when there is
-    one; a run whose records cannot give sets gets a warning instead, and the rest of the report stands."""
+    one, and each document's set (one line per document and score, in record order, with lm-eval's doc_id);
+    a run whose records cannot give sets gets a warning instead, and the rest of the report stands."""
     try:
         # the run's own alpha and folds, so the report's numbers are the run's conformal_* result keys
         opts = run.options
         sets, notes = conformal_run(run, runs, opts.conformal_folds, seed, opts.conformal_alpha)
         rows = conformal_rows(run, sets, conformal_fitted_on(run, runs, sets))
     except CalibrationInputError as exc:
-        notes, rows = [f"warning: {run.label} / {run.group}: no conformal sets ({exc})"], []
+        notes, rows, sets = [f"warning: {run.label} / {run.group}: no conformal sets ({exc})"], [], []
     for note in notes:
         say(note)
-    return rows
+    per_document = [
+        {
+            "model": run.label,
+            "task": run.group,
+            "score": result.score,
+            "alpha": result.alpha,
+            "record": i,
+            "doc_id": run.doc_ids[i] if i < len(run.doc_ids) else None,
+            "set": members,
+            "covered": bool(result.covered[i]),
+        }
+        for result in sets
+        for i, members in enumerate(result.sets())
+    ]
+    return rows, per_document
 
 
 def _selective(run: TaskRun, say: Callable[[str], None]) -> list[dict]:

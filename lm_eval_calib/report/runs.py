@@ -65,6 +65,8 @@ class TaskRun:
     """The leaderboard section: the task name, plus the task version when runs disagree on it."""
     scores: OptionScores | None = None
     """Per-option log-likelihoods and gold indices (multiple-choice records), for temperature scaling."""
+    doc_ids: list[Any] = field(default_factory=list)
+    """lm-eval's ``doc_id`` of each logged document, in record order (the rows of ``scores``)."""
     item_record: np.ndarray | None = None
     """Index of the logged document each item came from (tokens of a document share one)."""
     item_category: np.ndarray | None = None
@@ -307,6 +309,7 @@ def load_run(
                     options=records.options,
                     bootstrap_iters=_bootstrap_iters(results),
                     scores=None if caveats else records.scores,  # never fitted on damaged loglik/target
+                    doc_ids=records.doc_ids,
                     item_record=records.item_document,
                     item_category=records.item_category,
                     categories=records.categories,

@@ -78,6 +78,16 @@ def test_conformal_table_is_the_metric_core_on_the_logged_records(report, run_di
         assert float(row["coverage"]) == expected.coverage
         assert float(row["set_size"]) == expected.mean_size
         assert row["worst_category"] in {"abstract_algebra", "anatomy"}
+    # Each document's set, in the samples file's order: the cross-fitted sets conformal_results gives.
+    _, val_sets = conformal_results([s["ece"]["loglik"] for s in val], [s["ece"]["target"] for s in val])
+    lines = [json.loads(line) for line in (out / "conformal_sets.jsonl").read_text().splitlines()]
+    for score in SCORES:
+        got = [x for x in lines if x["task"] == runs["calib_mmlu_val"].group and x["score"] == score]
+        assert [x["record"] for x in got] == list(range(len(val)))
+        assert [x["doc_id"] for x in got] == [s["doc_id"] for s in val]
+        assert [x["set"] for x in got] == val_sets[score]
+        covered = [s["ece"]["target"] in x["set"] for s, x in zip(val, got, strict=True)]
+        assert [x["covered"] for x in got] == covered
     text = (out / "conformal.md").read_text()
     assert "| LAC |" in text and "| APS |" in text
     assert "<h3>Conformal answer sets</h3>" in (out / "index.html").read_text()
