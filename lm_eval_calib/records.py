@@ -27,7 +27,8 @@ Generation record (one generated answer of a ``generate_until`` task and one con
      ...}                                                             # estimator-specific fields, e.g.
      # seqprob/seqprob_mean: "logprob" (sum), "n_tokens", "source" ("generation" | "rescored" | "empty")
      # ptrue: "loglik" ([A, B]); verbal: "reply" (the model's text), "parsed" (0-100 value or null)
-     # consistency: "agree", "samples"
+     # consistency: "agree", "samples"; lexsim: "texts" (the K samples)
+     # semantic_entropy/num_sets/eigv/degree: "texts", "answers" (filtered), "clusters" (class per sample)
 
 ``correct`` is the task's own primary metric (> 0.5) after the filter of that line. ``confidence`` is
 ``null`` (and ``brier``/``nll`` too) when the estimator gave none (an unparseable verbalised reply): such

@@ -1,17 +1,67 @@
-"""The confidence estimators of generated answers: names, result-key suffixes, what each needs from the model,
-and the prompts and parsers of the estimators that ask the model a second question.
+"""The confidence estimators of generated answers, one object each: its name (the result-key suffix), what it
+needs from the model (:class:`Need`), and its confidence formula over one document's :class:`DocView`; and
+the prompts and parsers of the estimators that ask the model a second question.
 
-Pure Python (no torch, no lm-eval import): :mod:`lm_eval_calib.options` validates estimator names
-with it before any data or model is loaded.
+Adding an estimator means adding one :class:`Estimator` to :data:`ESTIMATORS`: the second passes
+(:mod:`lm_eval_calib.generation.passes`) issue each need's requests once for all estimators that share it
+(every sampling estimator reads the same K samples), and the task class calls ``confidence(view)``.
+
+No torch, no lm-eval import (numpy through :mod:`.semantic`): :mod:`lm_eval_calib.options` validates
+estimator names with it before any data or model is loaded.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
-LOGLIKELIHOOD = "loglikelihood"
-GENERATE = "generate_until"
+from lm_eval_calib.generation import semantic
+
+
+class Need(Enum):
+    """What an estimator needs from the model besides the task's own greedy generation."""
+
+    SEQ_LOGPROB = "seq_logprob"
+    """The sum of the generation's token log-probs (hf-calib/vllm-calib's own, else one rescoring)."""
+    TOKEN_COUNT = "token_count"
+    """The number of generated tokens (a tokenizer lm-eval can call, or the generation's own log-probs)."""
+    PTRUE = "ptrue"
+    """Log-likelihoods of the (A) True / (B) False continuations after the P(True) question."""
+    VERBAL = "verbal"
+    """A short greedy reply to the verbalised-confidence question."""
+    SAMPLES = "samples"
+    """K = ``samples`` answers sampled at temperature 1 from the task's own prompt (shared by every
+    sampling estimator: one sampling pass)."""
+
+    @property
+    def loglikelihood(self) -> bool:
+        """Whether serving it calls the model's ``loglikelihood`` (chat-completion APIs cannot)."""
+        return self in (Need.SEQ_LOGPROB, Need.PTRUE)
+
+
+@dataclass(frozen=True)
+class DocView:
+    """What the second passes found for one document, seen under one of the task's filters."""
+
+    seq: tuple[float, int, str] | None = None
+    """(sum of token log-probs, number of tokens, "generation" | "rescored" | "empty")."""
+    ptrue: tuple[float, float] | None = None
+    """Log-likelihoods of the (A) True / (B) False continuations."""
+    verbal: str | None = None
+    """The model's reply to the confidence question."""
+    samples: tuple[str, ...] = ()
+    """The K sampled texts, before the task's filters."""
+    filtered_samples: tuple[Any, ...] = ()
+    """Each sample through this filter's pipeline (as lm-eval filters the greedy answer)."""
+    greedy_filtered: Any = None
+    """The greedy answer through this filter's pipeline."""
+
+
+Confidence = tuple[float | None, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -19,49 +69,170 @@ class Estimator:
     """One confidence estimator; ``name`` is what users pass and the result-key suffix (``ece_<name>``)."""
 
     name: str
-    needs: str
-    """The model method it calls besides the task's own generation (LOGLIKELIHOOD or GENERATE)."""
     description: str
+    needs: frozenset[Need]
+    formula: Callable[[DocView], Confidence]
+    """The confidence in [0, 1] (None: the model gave none, e.g. an unparseable reply) and the extra
+    fields of the document's record."""
+    per_filter: bool = False
+    """Depends on the filtered answers (so it differs between the task's filters)."""
+    unparsed_key: str | None = None
+    """Result key counting the documents without a confidence (``n_unparsed_verbal``), if it can have such."""
 
+    def confidence(self, view: DocView) -> Confidence:
+        return self.formula(view)
+
+
+# -- the formulas -------------------------------------------------------------------------------------------
+def _seq_extras(view: DocView) -> dict[str, Any]:
+    logprob, n_tokens, source = view.seq
+    return {"logprob": logprob, "n_tokens": n_tokens, "source": source}
+
+
+def _seqprob(view: DocView) -> Confidence:
+    return math.exp(view.seq[0]), _seq_extras(view)
+
+
+def _seqprob_mean(view: DocView) -> Confidence:
+    logprob, n_tokens, _ = view.seq
+    return (math.exp(logprob / n_tokens) if n_tokens else 1.0), _seq_extras(view)
+
+
+def _ptrue(view: DocView) -> Confidence:
+    a, b = view.ptrue
+    top = max(a, b)
+    p_a = math.exp(a - top) / (math.exp(a - top) + math.exp(b - top))
+    return p_a, {"loglik": [a, b]}
+
+
+def _verbal(view: DocView) -> Confidence:
+    parsed = parse_verbal(view.verbal or "")
+    return parsed, {"reply": view.verbal, "parsed": None if parsed is None else round(parsed * 100, 6)}
+
+
+def answer_key(answer: Any) -> str:
+    """Answers compare case- and whitespace-insensitively (``" 42"`` agrees with ``"42"``)."""
+    return " ".join(str(answer).split()).lower()
+
+
+def _consistency(view: DocView) -> Confidence:
+    greedy = answer_key(view.greedy_filtered)
+    answers = view.filtered_samples
+    agree = sum(answer_key(a) == greedy for a in answers)
+    return (agree / len(answers) if answers else None), {"agree": agree, "samples": len(answers)}
+
+
+NEVER_EQUAL = frozenset({"[invalid]"})
+"""Filtered answers that say "no answer was extracted" (lm-eval's regex-filter fallback): each is a meaning
+class of its own, so K failed extractions are K different answers, not full agreement."""
+
+
+def _meaning(name: str) -> Callable[[DocView], Confidence]:
+    """A meaning-aware sampling estimator of :mod:`.semantic`: the samples' classes are decided by this
+    filter's answers (:class:`~.semantic.Keys`); ``lexsim`` compares the raw texts."""
+    formula = semantic.ESTIMATOR_FORMULAS[name]
+
+    def confidence(view: DocView) -> Confidence:
+        texts = [str(s) for s in view.samples]
+        if name == "lexsim":
+            return formula(texts, None), {"texts": texts}
+        answers = [str(a) for a in view.filtered_samples]
+        keys = semantic.Keys(answers, never_equal=NEVER_EQUAL)
+        extras = {"texts": texts, "answers": answers, "clusters": semantic.classes(keys).tolist()}
+        return formula(texts, keys), extras
+
+    return confidence
+
+
+_SAMPLES = frozenset({Need.SAMPLES})
 
 ESTIMATORS: dict[str, Estimator] = {
     e.name: e
     for e in (
         Estimator(
             "seqprob",
-            LOGLIKELIHOOD,
             "probability of the generated text given the prompt: exp(sum of its token log-probs); read from "
             "hf-calib/vllm-calib's generation, else one loglikelihood rescoring",
+            frozenset({Need.SEQ_LOGPROB}),
+            _seqprob,
         ),
         Estimator(
             "seqprob_mean",
-            LOGLIKELIHOOD,
             "length-normalised sequence probability: exp(mean token log-prob), the geometric mean of the "
             "generated tokens' probabilities",
+            frozenset({Need.SEQ_LOGPROB, Need.TOKEN_COUNT}),
+            _seqprob_mean,
         ),
         Estimator(
             "ptrue",
-            LOGLIKELIHOOD,
             "P(True) (Kadavath et al. 2022): the model judges its own answer, (A) True / (B) False; "
             "confidence = P(A) / (P(A) + P(B))",
+            frozenset({Need.PTRUE}),
+            _ptrue,
         ),
         Estimator(
             "verbal",
-            GENERATE,
             "verbalised confidence (Tian et al. 2023; Xiong et al. 2024): the model is asked for a 0-100 "
             "confidence in its answer, the number is parsed; unparseable replies are counted",
+            frozenset({Need.VERBAL}),
+            _verbal,
+            unparsed_key="n_unparsed_verbal",
         ),
         Estimator(
             "consistency",
-            GENERATE,
             "sampling consistency: share of `samples` answers sampled at temperature 1 whose filtered answer "
             "equals the greedy answer's",
+            _SAMPLES,
+            _consistency,
+            per_filter=True,
+        ),
+        Estimator(
+            "semantic_entropy",
+            "discrete semantic entropy (Farquhar et al. 2024) of the samples' filtered answers: "
+            "1 - H / log K",
+            _SAMPLES,
+            _meaning("semantic_entropy"),
+            per_filter=True,
+        ),
+        Estimator(
+            "num_sets",
+            "number s of distinct filtered answers among the K samples (NumSemSets): 1 - (s - 1) / (K - 1)",
+            _SAMPLES,
+            _meaning("num_sets"),
+            per_filter=True,
+        ),
+        Estimator(
+            "lexsim",
+            "lexical similarity: mean pairwise ROUGE-L F1 of the K sampled texts (before filters)",
+            _SAMPLES,
+            _meaning("lexsim"),
+        ),
+        Estimator(
+            "eigv",
+            "eigenvalue measure (Lin et al. 2023) of the filtered answers' equality graph: "
+            "1 - (U_EigV - 1) / (K - 1)",
+            _SAMPLES,
+            _meaning("eigv"),
+            per_filter=True,
+        ),
+        Estimator(
+            "degree",
+            "degree measure (Lin et al. 2023): share of the ordered pairs of distinct samples whose filtered "
+            "answers agree",
+            _SAMPLES,
+            _meaning("degree"),
+            per_filter=True,
         ),
     )
 }
 
 DEFAULT_ESTIMATORS: tuple[str, ...] = ("seqprob", "seqprob_mean")
 """Cheap and model-agnostic (any model with log-likelihoods); free with hf-calib and vllm-calib."""
+
+
+def needs_of(names: Any) -> frozenset[Need]:
+    """Everything the named estimators need together (each need is served once)."""
+    return frozenset().union(*(ESTIMATORS[n].needs for n in names))
 
 
 def check_estimator_names(names: object) -> tuple[str, ...]:

@@ -87,21 +87,27 @@ def supports_loglikelihood(lm: Any) -> bool:
 
 
 def check_model(lm: Any, estimators: Sequence[str], task: str) -> None:
-    """Refuse, before any generation, estimators that the model cannot serve."""
-    needs_ll = [e for e in estimators if est.ESTIMATORS[e].needs == est.LOGLIKELIHOOD]
+    """Refuse, before any generation, estimators that the model cannot serve (by what each needs)."""
+    needs_ll = [e for e in estimators if any(n.loglikelihood for n in est.ESTIMATORS[e].needs)]
     if needs_ll and not supports_loglikelihood(lm):
+        working = [
+            name
+            for name, e in est.ESTIMATORS.items()
+            if not any(n.loglikelihood or n is est.Need.TOKEN_COUNT for n in e.needs)
+        ]
+        suggestion = json.dumps({"calibration": {"confidence": working}})
         raise MissingLoglikelihoodError(
             f"{task}: confidence estimator(s) {', '.join(needs_ll)} need log-likelihoods, which model "
             f"{type(unwrap(lm)).__name__} does not return (e.g. chat-completion APIs). Use "
-            '--metadata \'{"calibration": {"confidence": ["verbal", "consistency"]}}\' with this model, or a '
-            "model that scores text (hf, hf-calib, vllm, vllm-calib, a completions API)."
+            f"--metadata '{suggestion}' with this model, "
+            "or a model that scores text (hf, hf-calib, vllm, vllm-calib, a completions API)."
         )
-    if "seqprob_mean" in estimators and not (
-        provides_generation_logprobs(lm) or callable(getattr(unwrap(lm), "_encode_pair", None))
-    ):
+    counted = [e for e in estimators if est.Need.TOKEN_COUNT in est.ESTIMATORS[e].needs]
+    tokenizer = callable(getattr(unwrap(lm), "_encode_pair", None))
+    if counted and not (provides_generation_logprobs(lm) or tokenizer):
         raise MissingLoglikelihoodError(
-            f"{task}: confidence estimator seqprob_mean needs the number of generated tokens, and model "
-            f"{type(unwrap(lm)).__name__} has no tokenizer lm-eval can call (_encode_pair); use seqprob"
+            f"{task}: confidence estimator {', '.join(counted)} needs the number of generated tokens, and "
+            f"model {type(unwrap(lm)).__name__} has no tokenizer lm-eval can call (_encode_pair); use seqprob"
         )
 
 
@@ -155,12 +161,14 @@ def run_passes(
     n_samples: int,
     glue: Glue,
 ) -> None:
-    """Fill ``seq``, ``ptrue``, ``verbal`` and ``samples`` of every item the chosen estimators need."""
+    """Fill ``seq``, ``ptrue``, ``verbal`` and ``samples`` of every item, as far as the chosen estimators
+    need them; each need is served once, whichever and however many estimators share it."""
     model = unwrap(lm)
+    needs = est.needs_of(estimators)
     ll_requests: list[Instance] = []
     ll_targets: list[tuple[Generation, str]] = []
     rescore: list[Generation] = []
-    want_seq = bool({"seqprob", "seqprob_mean"} & set(estimators))
+    want_seq = est.Need.SEQ_LOGPROB in needs
     # models that attach log-probs check their own generations (hf-calib, vllm-calib: models/generated.py),
     # and a chat endpoint's conversation (not a str) cannot be scored with an arbitrary continuation
     probe_empty = not provides_generation_logprobs(lm)
@@ -178,7 +186,7 @@ def run_passes(
                     ll_targets.append((item, "probe"))
             else:
                 rescore.append(item)
-        if "ptrue" in estimators:
+        if est.Need.PTRUE in needs:
             question = est.PTRUE_QUESTION_YES_NO if glue == MESSAGES else est.PTRUE_QUESTION
             prompt = followup_prompt(item, question, est.PTRUE_TEXT_SUFFIX, glue)
             choices = {None: est.PTRUE_CHOICES_TEXT, MESSAGES: est.PTRUE_CHOICES_YES_NO}.get(
@@ -193,7 +201,7 @@ def run_passes(
     gen_requests: list[Instance] = []
     gen_targets: list[tuple[Generation, str]] = []
     for item in items:
-        if "verbal" in estimators:
+        if est.Need.VERBAL in needs:
             prompt = followup_prompt(item, est.VERBAL_QUESTION, est.VERBAL_TEXT_SUFFIX, glue)
             kwargs = {
                 "until": est.VERBAL_UNTIL_TEXT if glue is None else [],
@@ -203,7 +211,7 @@ def run_passes(
             }
             gen_requests.append(_instance("generate_until", item, (prompt, kwargs), 0))
             gen_targets.append((item, "verbal"))
-        if "consistency" in estimators:
+        if est.Need.SAMPLES in needs:
             kwargs = copy.deepcopy(item.gen_kwargs) | {"do_sample": True, "temperature": 1.0}
             for k in range(n_samples):
                 gen_requests.append(_instance("generate_until", item, (item.context, kwargs), k))

@@ -17,7 +17,9 @@ docs/generation_semantic.md. :data:`ESTIMATOR_FORMULAS` maps each estimator name
 
 Which samples "mean the same" is a :class:`Keys` (exact equality of the task's filtered answers, e.g. gsm8k's
 extracted number) or a :class:`Similarity` (a K x K matrix in [0, 1], e.g. from a sentence-embedding model,
-with a threshold). Pure: numpy only, no I/O, no lm-eval import; the harness wiring is a separate step.
+with a threshold). Pure: numpy only, no I/O, no lm-eval import. The estimators of generation tasks
+(:data:`lm_eval_calib.generation.estimators.ESTIMATORS`) call these formulas with the task's filtered
+answers as :class:`Keys` (``lexsim``: the raw sample texts).
 """
 
 from __future__ import annotations

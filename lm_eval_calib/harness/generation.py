@@ -8,9 +8,11 @@ generation_record`) and aggregates them into every calibration metric with the e
 
 - correctness: the task's own primary metric (the first of its ``metric_list``) after that filter, correct
   when above 0.5 (a 0/1 metric such as ``exact_match`` as it is; a [0, 1] score thresholded);
-- confidence: the estimators of :mod:`lm_eval_calib.generation.estimators`, all from the raw generation
-  (before the filters), so they are the same for every filter except sampling consistency, which compares
-  the filtered answers.
+- confidence: ``ESTIMATORS[name].confidence(view)`` of :mod:`lm_eval_calib.generation.estimators`, one
+  object per estimator, over a :class:`~lm_eval_calib.generation.estimators.DocView` of the document under
+  the filter being scored; most read the raw generation (before the filters) and are the same for every
+  filter, those marked ``per_filter`` (consistency, semantic entropy, ...) compare the samples' filtered
+  answers.
 
 How it sees what lm-eval does not hand to ``process_results``: lm-eval's ``evaluate`` (wrapped in
 :mod:`lm_eval_calib.harness.preflight`) gives each task the model before any request runs (``bind_model``:
@@ -40,7 +42,7 @@ from lm_eval_calib.records import RECORD_LOG_KEY, generation_record, record_of
 
 logger = logging.getLogger("lm_eval_calib")
 
-UNPARSED_KEY = "n_unparsed_verbal"
+UNPARSED_KEY = est.ESTIMATORS["verbal"].unparsed_key
 
 
 def result_key(metric: str, estimator: str) -> str:
@@ -117,7 +119,11 @@ class GenerationCalibrationTask(CalibrationTaskBase):
         return table
 
     def plain_aggregations(self) -> dict:
-        counted = {UNPARSED_KEY: (total, False)} if "verbal" in self.estimators else {}
+        counted = {
+            key: (total, False)
+            for key in (est.ESTIMATORS[name].unparsed_key for name in self.estimators)
+            if key is not None
+        }
         return super().plain_aggregations() | counted
 
     def aggregation_label(self, row: ResultMetric) -> str:
@@ -164,7 +170,8 @@ class GenerationCalibrationTask(CalibrationTaskBase):
             )
         items = list(self._items.values())
         passes.run_passes(self._lm, items, self.estimators, self.calibration.samples, self._glue)
-        self._sample_answers = self._filter_samples(items) if "consistency" in self.estimators else {}
+        per_filter = any(est.ESTIMATORS[name].per_filter for name in self.estimators)
+        self._sample_answers = self._filter_samples(items) if per_filter else {}
         return out
 
     def _filter_samples(self, items: list[passes.Generation]) -> dict[str, dict[int, list]]:
@@ -227,32 +234,16 @@ class GenerationCalibrationTask(CalibrationTaskBase):
             )
         return self._items[doc_id], filter_key
 
-    def _confidence(
-        self, estimator: str, item: passes.Generation, filter_key: str
-    ) -> tuple[float | None, dict]:
-        if estimator in ("seqprob", "seqprob_mean"):
-            logprob, n_tokens, source = item.seq
-            extras = {"logprob": logprob, "n_tokens": n_tokens, "source": source}
-            if estimator == "seqprob":
-                return math.exp(logprob), extras
-            return (math.exp(logprob / n_tokens) if n_tokens else 1.0), extras
-        if estimator == "ptrue":
-            a, b = item.ptrue
-            top = max(a, b)
-            p_a = math.exp(a - top) / (math.exp(a - top) + math.exp(b - top))
-            return p_a, {"loglik": [a, b]}
-        if estimator == "verbal":
-            parsed = est.parse_verbal(item.verbal or "")
-            return parsed, {
-                "reply": item.verbal,
-                "parsed": None if parsed is None else round(parsed * 100, 6),
-            }
-        if estimator == "consistency":
-            greedy = _answer_key(self._greedy_answer(item.doc_id, filter_key))
-            answers = self._sample_answers.get(filter_key, {}).get(item.doc_id, [])
-            agree = sum(_answer_key(a) == greedy for a in answers)
-            return (agree / len(answers) if answers else None), {"agree": agree, "samples": len(answers)}
-        raise AssertionError(estimator)
+    def _view(self, item: passes.Generation, filter_key: str) -> est.DocView:
+        """What the passes found for this document, under this filter (see :class:`est.DocView`)."""
+        return est.DocView(
+            seq=item.seq,
+            ptrue=item.ptrue,
+            verbal=item.verbal,
+            samples=tuple(item.samples),
+            filtered_samples=tuple(self._sample_answers.get(filter_key, {}).get(item.doc_id, [])),
+            greedy_filtered=self._greedy_answer(item.doc_id, filter_key),
+        )
 
     def _greedy_answer(self, doc_id: int, filter_key: str) -> Any:
         return self._by_doc[doc_id][0].filtered_resps[filter_key]
@@ -262,15 +253,12 @@ class GenerationCalibrationTask(CalibrationTaskBase):
         item, filter_key = self._current(results)
         correct = self._correct(own)
         values: dict[str, Any] = dict(own)
-        for estimator in self.estimators:
-            confidence, extras = self._confidence(estimator, item, filter_key)
-            record = generation_record(confidence, correct, self.category(doc), estimator=estimator, **extras)
-            values |= self.record_values(record, result_key(RECORD_LOG_KEY, estimator))
-            if estimator == "verbal":
-                values[UNPARSED_KEY] = int(confidence is None)
+        view = self._view(item, filter_key)
+        for name in self.estimators:
+            estimator = est.ESTIMATORS[name]
+            confidence, extras = estimator.confidence(view)
+            record = generation_record(confidence, correct, self.category(doc), estimator=name, **extras)
+            values |= self.record_values(record, result_key(RECORD_LOG_KEY, name))
+            if estimator.unparsed_key is not None:
+                values[estimator.unparsed_key] = int(confidence is None)
         return values
-
-
-def _answer_key(answer: Any) -> str:
-    """Answers compare case- and whitespace-insensitively (``" 42"`` agrees with ``"42"``)."""
-    return " ".join(str(answer).split()).lower()

@@ -1,16 +1,18 @@
 """Generation calibration through the real lm_eval CLI on SmolLM2-135M-Instruct (real gsm8k and LAMA data).
 
-Three runs, each loading the model once, ``--limit 3`` and ``max_gen_toks=16``:
+Four runs, each loading the model once, ``--limit 3`` and ``max_gen_toks=16``:
 
 - ``hf-calib`` with SmolLM2's chat template, every estimator, on gsm8k wrapped and unwrapped (both filters);
 - ``hf`` on the same requests (no generation log-probs: sequence probabilities are rescored);
-- ``hf-calib`` without a template on calib_facts_gen, every estimator (the plain-text follow-up prompts).
+- ``hf-calib`` without a template on calib_facts_gen, every estimator (the plain-text follow-up prompts);
+- ``hf-calib`` with the template on gsm8k wrapped, consistency and the meaning-aware estimators, K = 3.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import lm_eval
@@ -22,6 +24,7 @@ from lm_eval_calib.generation.estimators import parse_verbal
 pytestmark = pytest.mark.integration
 
 ALL = ["seqprob", "seqprob_mean", "ptrue", "verbal", "consistency"]
+SEMANTIC = ["semantic_entropy", "num_sets", "lexsim", "eigv", "degree"]
 COMMON = ["--limit", "3", "--num_fewshot", "0", "--device", "cpu", "--log_samples"]
 CHAT = ["--apply_chat_template"]
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -60,11 +63,11 @@ def test_tasks(tmp_path_factory, data_root) -> Path:
 
 
 def _run(include: Path, out: Path, model: str, model_args: str, tasks: str, estimators: list[str], data_root,
-         extra: list[str] = ()) -> Path:  # fmt: skip
+         extra: list[str] = (), samples: int = 2) -> Path:  # fmt: skip
     run_lm_eval(
         ["--model", model, "--model_args", model_args, "--include_path", str(include), "--tasks", tasks,
          *COMMON, *extra, "--gen_kwargs", "max_gen_toks=16", "--output_path", str(out),
-         "--metadata", json.dumps({"calibration": {"confidence": estimators, "samples": 2}})],
+         "--metadata", json.dumps({"calibration": {"confidence": estimators, "samples": samples}})],
         env={"LM_EVAL_CALIB_DATA": str(data_root)},
     )  # fmt: skip
     return out
@@ -81,7 +84,9 @@ def run_dirs(tmp_path_factory, test_tasks, smollm2_model_args, data_root) -> dic
         "native": _run(test_tasks, out / "native", "hf-calib", args, tasks, ALL, data_root, CHAT),
         "rescored": _run(test_tasks, out / "rescored", "hf", args, tasks, seq, data_root, CHAT),
         "facts": _run(test_tasks, out / "facts", "hf-calib", args, "calib_facts_gen", ALL, data_root),
-    }
+        "semantic": _run(test_tasks, out / "semantic", "hf-calib", args, "calib_gsm8k_test",
+                         ["consistency", *SEMANTIC], data_root, CHAT, samples=3),
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +225,44 @@ def test_report_overlays_the_estimators_of_a_generation_task(run_dirs, tmp_path)
     assert drawn == {f"smollm2 · {e}" for e in ALL if not (e == "verbal" and unparsed)}
     board = (out / "leaderboard.csv").read_text()
     assert "smollm2 · seqprob" in board and "smollm2 · ptrue" in board
+
+
+def test_meaning_aware_estimators_on_real_samples(run_dirs):
+    """Every new key with its stderr, per filter; each document's semantic entropy recomputed here from the
+    recorded filtered samples; consistency and the new estimators read the same K samples."""
+    results, samples = read_run(run_dirs["semantic"])
+    metrics = results["results"]["calib_gsm8k_test"]
+    from lm_eval_calib.harness.base import CALIBRATION_KEYS
+
+    for filt in FILTERS:
+        for name in SEMANTIC:
+            for metric in CALIBRATION_KEYS:
+                assert f"{metric}_{name},{filt}" in metrics
+                assert f"{metric}_{name}_stderr,{filt}" in metrics
+    lines = samples["calib_gsm8k_test"]
+    assert {line["filter"] for line in lines} == set(FILTERS) and len(lines) == 6
+    for line in lines:
+        entropy = line["ece_semantic_entropy"]
+        texts, answers = entropy["texts"], entropy["answers"]
+        assert len(texts) == len(answers) == 3 and all(isinstance(t, str) for t in texts)
+        for name in SEMANTIC:  # one set of samples for every estimator
+            assert line[f"ece_{name}"]["texts"] == texts
+        keys = [" ".join(a.split()).casefold() for a in answers]
+        keys = [f"[invalid] #{i}" if k == "[invalid]" else k for i, k in enumerate(keys)]
+        counts = [keys.count(k) for k in dict.fromkeys(keys)]
+        h = -sum(c / 3 * math.log(c / 3) for c in counts)
+        assert entropy["confidence"] == pytest.approx(1 - h / math.log(3), abs=1e-12)
+        assert len(set(entropy["clusters"])) == len(counts)
+        assert line["ece_num_sets"]["confidence"] == pytest.approx(1 - (len(counts) - 1) / 2, abs=1e-12)
+        greedy = " ".join(str(line["filtered_resps"][0]).split()).lower()
+        agree = sum(" ".join(a.split()).lower() == greedy for a in answers)
+        assert line["ece_consistency"]["agree"] == agree
+    # the report reads each new estimator as a row of its own, per filter, with the run's own numbers
+    from lm_eval_calib.report.runs import load_run
+
+    found, _ = load_run(run_dirs["semantic"], label="smollm2")
+    rows = {(r.label, r.task): r for r in found}
+    for name in SEMANTIC:
+        for filt in FILTERS:
+            row = rows[(f"smollm2 · {name}", f"calib_gsm8k_test ({filt})")]
+            assert row.results["ece,none"] == metrics[f"ece_{name},{filt}"]

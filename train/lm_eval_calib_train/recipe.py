@@ -1,4 +1,5 @@
-"""How a stage is trained: the ``TrainingArguments`` recipe every stage shares, and :func:`fit`.
+"""How a stage is trained: the opening every stage shares (:func:`start_stage`), the ``TrainingArguments``
+recipe, and :func:`fit`.
 
 Kept apart from :mod:`lm_eval_calib_train.output` (the checkpoint folder and its manifest) so the import
 graph stays one-way: ``recipe`` uses ``callbacks`` and ``output``; ``callbacks`` uses ``output``; ``output``
@@ -8,15 +9,19 @@ stage module that imports this one still imports cheaply and can check its input
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lm_eval_calib_train.config import TrainInputError
-from lm_eval_calib_train.output import StageOutput
+from lm_eval_calib_train.data import DataSource, read_data
+from lm_eval_calib_train.output import StageOutput, run_inputs
 from lm_eval_calib_train.ranks import is_main, process_group_arguments
 
 if TYPE_CHECKING:
     from lm_eval_calib_train.config import _StageConfig
+    from lm_eval_calib_train.models import ModelRef
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -97,3 +102,27 @@ def checkpointing_flag(enabled: bool) -> dict[str, bool]:
         if "activation_checkpointing" in fields
         else "gradient_checkpointing": enabled
     }
+
+
+@dataclass(frozen=True)
+class StageStart:
+    """What every stage has checked and read before it loads a tokenizer or any weights."""
+
+    out: StageOutput
+    resume_from: Path | None
+    """The checkpoint ``--resume`` continues from (None: a fresh run)."""
+    models: dict[str, ModelRef]
+    """Each model flag (``--model``, ``--policy``, ...) and the model it names."""
+    data: DataSource
+
+
+def start_stage(config: _StageConfig, models: Callable[[], dict[str, ModelRef]]) -> StageStart:
+    """The opening all stages share, in this order so that the cheapest refusal comes first: the output folder
+    (is it free, or a run to resume?), the models (``models()`` resolves and checks each flag's model), the
+    data, and, with ``--resume``, that these are the inputs the interrupted run had."""
+    out = StageOutput(config.output, overwrite=config.overwrite, resume=config.resume)
+    resume_from = out.preflight()
+    refs = models()
+    data = read_data(config.data, config.data_format, config.data_name)
+    out.check_inputs(run_inputs(config, data, refs))  # --resume: only the same run
+    return StageStart(out, resume_from, refs, data)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_calib_train.config import RewardStageConfig, TrainInputError
-from lm_eval_calib_train.data import Conversation, preference_pairs, read_data
+from lm_eval_calib_train.data import Conversation, preference_pairs
 from lm_eval_calib_train.formatting import Formatter
 from lm_eval_calib_train.models import (
     ensure_pad_token,
@@ -21,9 +21,9 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, note, run_inputs
+from lm_eval_calib_train.output import build_manifest, note
 from lm_eval_calib_train.ranks import global_batch, sharded_weights
-from lm_eval_calib_train.recipe import fit, precision_flags, trainer_arguments
+from lm_eval_calib_train.recipe import fit, precision_flags, start_stage, trainer_arguments
 
 
 def split_pairs(pairs: list, eval_rows: int, max_rows: int | None) -> tuple[list, list]:
@@ -51,11 +51,8 @@ def train_reward(config: RewardStageConfig, callbacks: list[Any] | None = None) 
     """Run the reward stage; return the checkpoint folder (a ``*ForSequenceClassification`` model)."""
     config.validate()
     require_train_extra()
-    out = StageOutput(config.output, overwrite=config.overwrite, resume=config.resume)
-    resume_from = out.preflight()
-    ref = resolve_model(config.model, config.gguf_file)
-    data = read_data(config.data, config.data_format, config.data_name)
-    out.check_inputs(run_inputs(config, data, {"--model": ref}))  # --resume: only the same run
+    start = start_stage(config, lambda: {"--model": resolve_model(config.model, config.gguf_file)})
+    out, resume_from, ref, data = start.out, start.resume_from, start.models["--model"], start.data
     train_pairs, held_out = split_pairs(preference_pairs(data), config.eval_rows, config.max_rows)
     tokenizer = load_tokenizer(ref, config.trust_remote_code)
     ensure_pad_token(tokenizer, distinct=True)

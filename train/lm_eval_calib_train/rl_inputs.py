@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_calib_train.config import TrainInputError
-from lm_eval_calib_train.data import DataSource, prompts, read_data
+from lm_eval_calib_train.data import DataSource, prompts
 from lm_eval_calib_train.formatting import Formatter
 from lm_eval_calib_train.models import (
     ModelRef,
@@ -22,7 +22,8 @@ from lm_eval_calib_train.models import (
     resolve_model,
     same_tokenizer,
 )
-from lm_eval_calib_train.output import StageOutput, run_inputs
+from lm_eval_calib_train.output import StageOutput
+from lm_eval_calib_train.recipe import start_stage
 
 
 @dataclass
@@ -52,13 +53,16 @@ def prepare_rl_stage(config: Any) -> RLInputs:
 
     ``config`` is an RLOO or PPO stage config (policy, reward model, data and prompt options).
     """
-    out = StageOutput(config.output, overwrite=config.overwrite, resume=config.resume)
-    resume_from = out.preflight()
-    policy_ref = resolve_model(config.policy, config.gguf_file, "--policy")
-    reward_ref = resolve_model(config.reward_model, None, "--reward-model")
-    require_reward_model(reward_ref)
-    data = read_data(config.data, config.data_format, config.data_name)
-    out.check_inputs(run_inputs(config, data, {"--policy": policy_ref, "--reward-model": reward_ref}))
+
+    def models() -> dict[str, ModelRef]:
+        policy = resolve_model(config.policy, config.gguf_file, "--policy")
+        reward = resolve_model(config.reward_model, None, "--reward-model")
+        require_reward_model(reward)
+        return {"--policy": policy, "--reward-model": reward}
+
+    start = start_stage(config, models)
+    out, resume_from, data = start.out, start.resume_from, start.data
+    policy_ref, reward_ref = start.models["--policy"], start.models["--reward-model"]
     prompt_messages = prompts(data)
     if config.max_rows:
         prompt_messages = prompt_messages[: config.max_rows]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_eval_calib_train.config import SFTStageConfig, TrainInputError
-from lm_eval_calib_train.data import conversations, read_data
+from lm_eval_calib_train.data import conversations
 from lm_eval_calib_train.formatting import Formatter
 from lm_eval_calib_train.models import (
     check_lora_targets,
@@ -17,9 +17,9 @@ from lm_eval_calib_train.models import (
     require_train_extra,
     resolve_model,
 )
-from lm_eval_calib_train.output import StageOutput, build_manifest, note, run_inputs
+from lm_eval_calib_train.output import build_manifest, note
 from lm_eval_calib_train.ranks import global_batch, sharded_weights
-from lm_eval_calib_train.recipe import fit, precision_flags, trainer_arguments
+from lm_eval_calib_train.recipe import fit, precision_flags, start_stage, trainer_arguments
 
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora")
 
@@ -43,11 +43,8 @@ def train_sft(config: SFTStageConfig, callbacks: list[Any] | None = None) -> Pat
     """Run the SFT stage; return the finished checkpoint folder (a merged model, or an adapter folder)."""
     config.validate()
     require_train_extra()
-    out = StageOutput(config.output, overwrite=config.overwrite, resume=config.resume)
-    resume_from = out.preflight()
-    ref = resolve_model(config.model, config.gguf_file)
-    data = read_data(config.data, config.data_format, config.data_name)
-    out.check_inputs(run_inputs(config, data, {"--model": ref}))  # --resume: only the same run
+    start = start_stage(config, lambda: {"--model": resolve_model(config.model, config.gguf_file)})
+    out, resume_from, ref, data = start.out, start.resume_from, start.models["--model"], start.data
     examples = conversations(data)
     if config.max_rows:
         examples = examples[: config.max_rows]
