@@ -21,6 +21,14 @@ class DataNotFoundError(FileNotFoundError):
     """The data root, or a file a task expects under it, is missing or malformed."""
 
 
+def chosen_data_root(data_dir: str | os.PathLike | None = None) -> tuple[str | os.PathLike | None, str]:
+    """The one precedence rule for the data root, unchecked: ``data_dir`` (from ``--metadata``) when given,
+    else ``$LM_EVAL_CALIB_DATA``, else None (the hub copy); with where the value came from, for messages."""
+    if data_dir not in (None, ""):
+        return data_dir, "data_dir in --metadata"
+    return os.environ.get(DATA_ENV) or None, f"${DATA_ENV}"
+
+
 def resolve_data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
     """Return the local data root to use, or None to use the hub copy.
 
@@ -34,14 +42,13 @@ def resolve_data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
             """e.g. --metadata '{"data_dir": "/data/lm_eval_calib"}', or leave it out to use """
             f"${DATA_ENV} or the hub copy"
         )
-    raw = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV) or None
+    raw, source = chosen_data_root(data_dir)
     if raw is None:
         return None
     root = Path(raw)
     with contextlib.suppress(RuntimeError):  # `~nosuchuser/...`: no such home, so no such directory either
         root = root.expanduser()
     if not root.is_dir():  # False too for a path with a NUL character
-        source = "data_dir in --metadata" if data_dir not in (None, "") else f"${DATA_ENV}"
         raise DataNotFoundError(
             f"data root {str(root)!r} (from {source}) is not a directory. Point it at a folder laid out like "
             "ROOT/mmlu/{test,dev,val}/<subject>_<split>.csv, or unset it to download the hub copy."
@@ -108,7 +115,7 @@ def hub_snapshot(
         return None
     folder = root / HUB_DIR / dataset_path
     if not folder.is_dir():
-        source = "data_dir in --metadata" if data_dir not in (None, "") else f"${DATA_ENV}"
+        _, source = chosen_data_root(data_dir)
         raise DataNotFoundError(
             f"{task + ': ' if task else ''}the data root {str(root)!r} (from {source}) has no snapshot of "
             f"the hub dataset {dataset_path!r}: expected the folder {str(folder)!r}. Put a hub-layout copy "

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lm_eval_calib.data.root import DATA_ENV
 from lm_eval_calib.study.config import EvalSettings, StudyConfig, StudyConfigError, TrainSpec
 from lm_eval_calib.study.plan import (
-    DATA_ENV,
     data_root,
     is_local_data,
     is_local_model,

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lm_eval_calib.data.root import DATA_ENV  # the cells' lm_eval inherits this environment
+from lm_eval_calib.data.root import chosen_data_root  # the cells' lm_eval inherits the same environment
 from lm_eval_calib.paths import looks_like_local_path
 from lm_eval_calib.study.config import EvalSettings, ModelSpec, StudyConfig, TrainSpec
 
@@ -157,7 +157,7 @@ def is_local_model(spec: ModelSpec) -> bool:
 def data_root(settings: EvalSettings) -> Path | None:
     """The data root an evaluation reads (``metadata: {data_dir: ...}``, else ``$LM_EVAL_CALIB_DATA``), or
     None for the hub copy; resolved as lm_eval_calib.data.root does, in the same working directory."""
-    raw = settings.metadata.get("data_dir") or os.environ.get(DATA_ENV) or None
+    raw, _ = chosen_data_root(settings.metadata.get("data_dir"))
     return None if raw is None else local_path(str(raw))
 
 
