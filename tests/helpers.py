@@ -93,3 +93,19 @@ def task_requests(manager, limits: dict[str, int], **build) -> dict[str, list]:
         tasks[name].build_all_requests(limit=limit, rank=0, world_size=1, **build)
         out[name] = list(tasks[name].instances)
     return out
+
+
+def tiny_mc_config(path: Path, docs: list[dict]) -> dict:
+    """A multiple-choice ``calib_tiny_mc`` task config over ``docs`` (``q``, ``choices``, ``gold``), written
+    to the JSON-lines file ``path``: for task-class tests that need no dataset download."""
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    return {
+        "task": "calib_tiny_mc",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{q}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{gold}}",
+    }

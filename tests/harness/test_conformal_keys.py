@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import read_run, run_lm_eval
+from helpers import read_run, run_lm_eval, tiny_mc_config
 
 from lm_eval_calib.harness.base import CONFORMAL_KEYS
 from lm_eval_calib.metrics import conformal_results
@@ -74,17 +74,7 @@ def _task(tmp_path, calibration: dict | None = None, n_docs: int = 8):
 
     path = tmp_path / "docs.jsonl"
     docs = [{"q": f"q{i}", "choices": ["a", "b", "c"], "gold": i % 3} for i in range(n_docs)]
-    path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
-    config = {
-        "task": "calib_tiny_mc",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{q}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{gold}}",
-    }
+    config = tiny_mc_config(path, docs)
     if calibration is not None:
         config["metadata"] = {"calibration": calibration}
     return CalibrationTask(config=config)

@@ -123,24 +123,14 @@ def test_record_reference_pickles_and_unwraps():
 def _mc_task(tmp_path, n_options: int):
     """A generic multiple-choice CalibrationTask over a two-document JSON file; the second document has
     ``n_options`` choices."""
-    import json
+    from helpers import tiny_mc_config
 
     from lm_eval_calib.harness.task import CalibrationTask
 
     path = tmp_path / "docs.jsonl"
     docs = [{"q": "two", "choices": ["yes", "no"], "gold": 0}]
     docs.append({"q": "few", "choices": ["yes", "no", "maybe"][:n_options], "gold": 0})
-    path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
-    config = {
-        "task": "calib_tiny_mc",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{q}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{gold}}",
-    }
+    config = tiny_mc_config(path, docs)
     task = CalibrationTask(config=config)
     return task, list(task.test_docs())
 
