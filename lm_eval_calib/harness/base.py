@@ -25,15 +25,15 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-from lm_eval.api.task import ConfigurableTask
 
 from lm_eval_calib import lm_eval_patches
+from lm_eval_calib.harness.compat.tasks import TaskBase
 from lm_eval_calib.harness.results import FLOORED_KEY, floored_options
 from lm_eval_calib.metrics import METRICS, ConformalSets, OptionScores, conformal_cross_fitted
 from lm_eval_calib.metrics.conformal import RESULT_KEYS, SCORES
 from lm_eval_calib.options import CONFORMAL_SEED, OPTIONS_KEY, CalibrationOptions
 from lm_eval_calib.record_metrics import STDERR_ATTRIBUTE, make_aggregation
-from lm_eval_calib.records import RECORD_LOG_KEY, RecordRef, record_of
+from lm_eval_calib.records import CONFORMAL_SETS_FIELD, RECORD_LOG_KEY, RecordRef, record_of
 
 lm_eval_patches.install_all()  # the one call: see the module docstring
 
@@ -158,6 +158,7 @@ class ConformalRun:
         except Exception as exc:  # any failure must cost these keys, not the run (as make_aggregation)
             self.say(logging.ERROR, f"conformal sets failed ({type(exc).__name__}: {exc}); reported as NaN")
             return None
+        write_sets(records, self._sets, folds)
         if any(math.isinf(t) for sets in self._sets.values() for t in sets.thresholds):
             smallest = min(sets.n_calibration for sets in self._sets.values())
             self.say(
@@ -167,6 +168,20 @@ class ConformalRun:
                 "their coverage is 1 by construction; score more documents or raise conformal_alpha",
             )
         return self._sets
+
+
+def write_sets(records: Sequence[dict[str, Any]], sets: Mapping[str, ConformalSets], folds: int) -> None:
+    """Each document's sets into its record, under :data:`~lm_eval_calib.records.CONFORMAL_SETS_FIELD`.
+
+    The sets exist only once every document is scored, after lm-eval has logged the records; but in one
+    process the record lm-eval logs (``--log_samples``, written after aggregation) is this very dict, so the
+    samples file carries them. Gathered from several processes the logged records are copies and do not."""
+    per_score = {score: result.sets() for score, result in sets.items()}
+    alpha = next(iter(sets.values())).alpha
+    for i, record in enumerate(records):
+        entry: dict[str, Any] = {"alpha": alpha, "folds": folds, "seed": CONFORMAL_SEED}
+        entry |= {score: members[i] for score, members in per_score.items()}
+        record[CONFORMAL_SETS_FIELD] = entry
 
 
 def make_conformal_aggregation(key: str, run: ConformalRun) -> Callable[[Sequence], float]:
@@ -208,8 +223,9 @@ def total(values: Sequence[float]) -> float:
     return float(sum(values))
 
 
-class CalibrationTaskBase(ConfigurableTask):
-    """A ConfigurableTask whose metrics are the calibration metrics of per-document records."""
+class CalibrationTaskBase(TaskBase):
+    """An lm-eval task whose metrics are the calibration metrics of per-document records (``TaskBase``:
+    lm-eval 0.4.13's ``ConfigurableTask``, or its contract on 0.5: :mod:`lm_eval_calib.harness.compat`)."""
 
     output_types: ClassVar[tuple[str, ...]] = ()
     """The lm-eval output types this class can score."""

@@ -96,11 +96,11 @@ class GenerationCalibrationTask(CalibrationTaskBase):
     def _primary_metric(self) -> str | None:
         """The metric that decides correctness: the first of the task's metric_list (None: a custom
         process_results decides; its first key is used)."""
-        names = list(self._metric_fn_list)
+        names = self.own_metric_names()
         if not names:
             return None
         primary = names[0]
-        if self._higher_is_better.get(primary) is False:
+        if self.own_higher_is_better().get(primary) is False:
             raise ValueError(
                 f"{self.config.task}: the first metric {primary!r} is lower-is-better, so it cannot say "
                 "whether an answer is correct; put a 0/1 (or [0, 1] score) metric such as exact_match first"
@@ -135,7 +135,10 @@ class GenerationCalibrationTask(CalibrationTaskBase):
 
     def bind_model(self, lm: Any) -> None:
         """Called by the evaluate wrapper before any request: keep the model, refuse what it cannot serve."""
-        passes.check_model(lm, self.estimators, self.config.task)
+        passes.check_model(
+            lm, self.estimators, self.config.task, self.config.generation_kwargs, self.config.repeats
+        )
+        self.calibration.equivalence_rule.prepare(self.estimators)  # the embedding model, before any request
         self._lm = lm
 
     def build_all_requests(self, **kwargs: Any) -> None:
@@ -169,7 +172,14 @@ class GenerationCalibrationTask(CalibrationTaskBase):
                 task=self.config.task,
             )
         items = list(self._items.values())
-        passes.run_passes(self._lm, items, self.estimators, self.calibration.samples, self._glue)
+        passes.run_passes(
+            self._lm,
+            items,
+            self.estimators,
+            self.calibration.samples,
+            self._glue,
+            seed=self.calibration.sample_seed,
+        )
         per_filter = any(est.ESTIMATORS[name].per_filter for name in self.estimators)
         self._sample_answers = self._filter_samples(items) if per_filter else {}
         return out
@@ -179,20 +189,25 @@ class GenerationCalibrationTask(CalibrationTaskBase):
         one."""
         flat = [(item, sample) for item in items for sample in item.samples]
         answers: dict[str, dict[int, list]] = {}
-        for ensemble in getattr(self, "_filters", []):
+        for ensemble in self.filter_ensembles():
             resps: Any = [[sample] for _, sample in flat]
             docs = [item.doc for item, _ in flat]
             for make_filter in ensemble.filters:
                 resps = make_filter().apply(resps, docs)
             per_doc: dict[int, list] = {}
             for (item, _), answer in zip(flat, list(resps), strict=True):
-                per_doc.setdefault(item.doc_id, []).append(answer)
+                per_doc.setdefault(item.doc_id, []).append(self.filtered_answer(answer))
             answers[ensemble.name] = per_doc
         return answers
 
+    def on_score(self, doc_id: int, filter_key: str) -> None:
+        # lm-eval 0.5 names the document and filter it scores (harness/compat); 0.4.13: doc_iterator below
+        self._current_doc_id = doc_id
+        self._pass = self._filter_keys.index(filter_key) if filter_key in self._filter_keys else -1
+
     def doc_iterator(self, **kwargs: Any):
-        # lm-eval iterates the documents once per filter, in the order of the filtered responses, calling
-        # process_results right after each document is yielded.
+        # lm-eval 0.4.13 iterates the documents once per filter, in the order of the filtered responses,
+        # calling process_results right after each document is yielded.
         self._pass += 1
         for doc_id, doc in super().doc_iterator(**kwargs):
             self._current_doc_id = doc_id
@@ -226,7 +241,7 @@ class GenerationCalibrationTask(CalibrationTaskBase):
                 f"(document {doc_id}, pass {self._pass}); calibration of generations needs lm_eval's evaluate"
             )
         filter_key = self._filter_keys[self._pass]
-        expected = [i.filtered_resps[filter_key] for i in sorted(self._by_doc[doc_id], key=lambda i: i.idx)]
+        expected = self.scored_results(sorted(self._by_doc[doc_id], key=lambda i: i.idx), filter_key)
         if list(results) != expected:
             raise RuntimeError(
                 f"{self.config.task}: lm-eval scored document {doc_id} in an unexpected order (filter "
@@ -243,10 +258,11 @@ class GenerationCalibrationTask(CalibrationTaskBase):
             samples=tuple(item.samples),
             filtered_samples=tuple(self._sample_answers.get(filter_key, {}).get(item.doc_id, [])),
             greedy_filtered=self._greedy_answer(item.doc_id, filter_key),
+            equivalence=self.calibration.equivalence_rule,
         )
 
     def _greedy_answer(self, doc_id: int, filter_key: str) -> Any:
-        return self._by_doc[doc_id][0].filtered_resps[filter_key]
+        return self.filtered_answer(self._by_doc[doc_id][0].filtered_resps[filter_key])
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
         own = super().process_results(doc, results)

@@ -59,13 +59,13 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
-        if self.multiple_target > 1:
+        if self.first_target_count() > 1:
             raise self._refusal(
                 f"its documents have several correct answers (doc_to_target gave "
-                f"{self.doc_to_target(self.task_docs[0])!r} for the first one); calibration needs exactly "
+                f"{self.doc_to_target(self.eval_docs[0])!r} for the first one); calibration needs exactly "
                 "one correct option per document"
             )
-        clash = sorted(set(self._metric_fn_list) & set(self.result_metrics))
+        clash = sorted(set(self.own_metric_names()) & set(self.result_metrics))
         if clash:
             raise ValueError(
                 f"{self.config.task}: the task's own metric(s) {clash} have the names of calibration "
@@ -75,7 +75,7 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
     def calibration_table(self) -> dict[str, ResultMetric]:
         # Decided once, from the original's metric list as configured (lm-eval's override_metric, e.g. for
         # --predict_only, later replaces that list): does it report acc itself, does it report acc_norm?
-        own = set(self._metric_fn_list)
+        own = set(self.own_metric_names())
         self._adds_acc = "acc" not in own
         self._norm = "acc_norm" in own
         norm = result_table(CALIBRATION_KEYS, NORM_SUFFIX) if self._norm else {}
@@ -106,13 +106,13 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
         too. Called for every document when its requests are built (before any model call) and again before
         scoring (requests read from lm-eval's cache are not built).
         """
-        gold = self.doc_to_text(doc) if self.multiple_input else self.doc_to_target(doc)
+        gold = self.doc_to_text(doc) if self.options_are_inputs() else self.doc_to_target(doc)
         if isinstance(gold, list) and len(gold) != 1:
             reason = (
                 f"has {'several correct answers' if gold else 'no correct answer'} (doc_to_target gave "
                 f"{gold!r}); calibration needs exactly one correct option per document"
             )
-        elif self.multiple_target and not isinstance(gold, list):
+        elif self.first_target_count() and not isinstance(gold, list):
             reason = (
                 f"has a single target (doc_to_target gave {gold!r}) where the first document's is a list, "
                 "and lm-eval scores every document of a task the way it scores the first"
@@ -128,7 +128,7 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
     def _gold(self, doc: dict, choices: list) -> int | None:
         """The gold option index, read the way lm-eval's multiple-choice scoring reads it; None when there is
         no single valid one."""
-        gold = self.doc_to_text(doc) if self.multiple_input else self.doc_to_target(doc)
+        gold = self.doc_to_text(doc) if self.options_are_inputs() else self.doc_to_target(doc)
         if isinstance(gold, list):
             if len(gold) != 1:
                 return None

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lm_eval.api.registry import register_model
+from lm_eval.api.registry import model_registry, register_model
 
 from lm_eval_calib.models.requests import Pair
 from lm_eval_calib.models.token_stats import LoglikelihoodResult, RollingLoglikelihoodResult, TokenStats
@@ -27,11 +27,16 @@ def register_backend(name: str, cls: type) -> None:
     """Register ``cls`` in lm-eval's model registry under ``name``.
 
     The package's lazy placeholder for the name is upgraded; a name that another object already holds is
-    left to it, with a warning (lm-eval refuses to register one name twice).
+    left to it, with a warning (lm-eval refuses to register one name twice). The entry point of this very
+    class, registered by lm-eval's plugin loader, is ours: lm-eval 0.4.13's registry cannot compare it with
+    the class (``EntryPoint.__eq__`` raises AttributeError; PR #4013 upgrades it), and it resolves to ``cls``.
     """
     try:
         register_model(name)(cls)
-    except ValueError as exc:
+    except (ValueError, AttributeError) as exc:
+        current = dict(model_registry.items()).get(name)
+        if getattr(current, "value", None) == f"{cls.__module__}:{cls.__qualname__}":
+            return
         eval_logger.warning(f"{name}: not registered in lm-eval's model registry ({exc})")
 
 

@@ -39,18 +39,25 @@ def _ls_tasks(env: dict[str, str] | None = None, extra: list[str] | None = None)
     return proc.stdout
 
 
-def _lm_eval_discovers_plugins() -> bool:
-    """Whether the installed lm-eval discovers entry points itself (upstream PRs #4013/#4015; not 0.4.13):
-    then it, not our hook, registers our tasks and models (bench/check_lm_eval_source.sh runs these tests on
-    such an lm-eval)."""
-    import lm_eval.api.registry
+def _lm_eval_discovers_tasks() -> bool:
+    """Whether the installed lm-eval indexes our `lm_eval.tasks` entry point itself (upstream PR #4015; not
+    0.4.13): then it, not our hook, indexes our task folder (bench/check_lm_eval_source.sh runs these tests
+    on such an lm-eval)."""
     import lm_eval.tasks.manager
 
-    from lm_eval_calib.lm_eval_patches import upstream_discovers_our_models, upstream_discovers_our_tasks
+    from lm_eval_calib.lm_eval_patches import upstream_discovers_our_tasks
 
-    tasks = upstream_discovers_our_tasks(lm_eval.tasks.manager)
-    assert tasks == upstream_discovers_our_models(), "lm-eval discovers our tasks or our models, not both"
-    return tasks
+    return upstream_discovers_our_tasks(lm_eval.tasks.manager)
+
+
+def _lm_eval_discovers_models() -> bool:
+    """Whether the installed lm-eval registers our `lm_eval.models` entry points itself (upstream PR #4013,
+    which can be merged without #4015): then it, not our hook, registers our models."""
+    import lm_eval.api.registry  # noqa: F401
+
+    from lm_eval_calib.lm_eval_patches import upstream_discovers_our_models
+
+    return upstream_discovers_our_models()
 
 
 def test_lm_eval_ls_tasks_lists_calib_tasks_without_include_path():
@@ -65,7 +72,7 @@ def test_lm_eval_ls_tasks_lists_calib_tasks_without_include_path():
 def test_hook_can_be_switched_off_and_include_path_is_the_fallback():
     off = {"LM_EVAL_CALIB_NO_HOOK": "1"}
     # where lm-eval discovers our entry points itself, our tasks are listed with the hook off too
-    assert ("calib_mmlu_anatomy" in _ls_tasks(env=off)) == _lm_eval_discovers_plugins()
+    assert ("calib_mmlu_anatomy" in _ls_tasks(env=off)) == _lm_eval_discovers_tasks()
     assert "calib_mmlu_anatomy" in _ls_tasks(env=off, extra=["--include_path", str(task_dir())])
 
 
@@ -98,7 +105,7 @@ def test_models_are_registered_lazily():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split("\n")[:2] == ["False", "lm_eval_calib.models.hf_calib HFCalibLM HFLM"]
     off = _python(code, env={"LM_EVAL_CALIB_NO_HOOK": "1"})
-    if _lm_eval_discovers_plugins():  # lm-eval registered our entry points: same lazy resolution, hook or not
+    if _lm_eval_discovers_models():  # lm-eval registered our entry points: same lazy resolution, hook or not
         assert off.returncode == 0 and off.stdout == proc.stdout
     else:
         assert off.returncode != 0 and "hf-calib" in off.stderr
@@ -180,7 +187,7 @@ def test_hook_keeps_user_include_paths(tmp_path: Path):
     proc = _python(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # ours is added only where lm-eval does not discover it itself
-    ours = [] if _lm_eval_discovers_plugins() else [str(task_dir())]
+    ours = [] if _lm_eval_discovers_tasks() else [str(task_dir())]
     assert proc.stdout.strip().splitlines() == [str([str(tmp_path), *ours]), "True True"]
 
 
