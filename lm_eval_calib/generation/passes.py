@@ -6,6 +6,14 @@ Every estimator question is asked once per document, all documents of a task tog
 to lm-eval's ``CachingLM`` in front of it: the cache keys on the request, so K identical sampling requests
 would all get the first sample back.
 
+The K samples of the sampling estimators go, where the model offers it (``provides_engine_sampling``:
+``hf-calib``, ``vllm-calib``), to its ``generate_samples``: ONE seeded engine request per document that
+returns K answers (vLLM ``SamplingParams(n=K, seed=...)``, one prefill; transformers
+``generate(num_return_sequences=K)``), with the document's own seed
+(:func:`~lm_eval_calib.generation.estimators.doc_sample_seed`), so the same ``sample_seed`` reproduces the
+same samples. Other models get K separate unseeded ``generate_until`` requests. Neither route goes through
+lm-eval's request cache (docs/generation.md, "Sampling at the engine, seeds and the request cache").
+
 Every log-likelihood they read must be finite: a model with NaN weights (or a half-precision overflow)
 stops the run with :class:`~lm_eval_calib.generation.text.NonFiniteLogprobsError`, naming the task, the
 document and the fix, instead of a NaN or a confidence of 1.0 in the metrics. Such a model usually generates
@@ -35,6 +43,11 @@ logger = logging.getLogger("lm_eval_calib")
 ANSWER_MARK = "\x00lm-eval-calib answer\x00"
 QUESTION_MARK = "\x00lm-eval-calib question\x00"
 PROVIDES_GENERATION_LOGPROBS_ATTR = "provides_generation_logprobs"
+PROVIDES_ENGINE_SAMPLING_ATTR = "provides_engine_sampling"
+"""A model that sets it True has ``generate_samples(requests, n, seeds) -> list[list[str]]``: for each
+request, ``n`` samples drawn in one engine call seeded with ``seeds[i]`` (see the module docstring)."""
+DEFAULT_SAMPLE_SEED = 1234
+"""``CalibrationOptions.sample_seed``'s default (a test checks that they agree)."""
 MESSAGES = "messages"
 """The glue of a model that takes the conversation as JSON messages (chat endpoints, ``chat-calib``): the
 follow-up questions become new messages, and P(True) asks for a one-token Yes / No reply."""
@@ -45,6 +58,10 @@ EMPTY_PROBE = " "
 
 class MissingLoglikelihoodError(ValueError):
     """An estimator needs log-likelihoods (or token counts) that the chosen model does not give."""
+
+
+class CachedRepeatsError(ValueError):
+    """The task's own ``repeats`` would be read back from lm-eval's request cache as copies of one answer."""
 
 
 @dataclass
@@ -67,12 +84,22 @@ class Generation:
 
 
 def unwrap(lm: Any) -> Any:
-    """The model behind lm-eval's request cache (see the module docstring)."""
-    return lm.lm if isinstance(lm, CachingLM) else lm
+    """The model behind lm-eval's request cache (see the module docstring), however many caches wrap it."""
+    while isinstance(lm, CachingLM):
+        lm = lm.lm
+    return lm
 
 
 def provides_generation_logprobs(lm: Any) -> bool:
     return getattr(unwrap(lm), PROVIDES_GENERATION_LOGPROBS_ATTR, False) is True
+
+
+def provides_engine_sampling(lm: Any) -> bool:
+    """Whether the model draws a prompt's K samples in one seeded call (``generate_samples``)."""
+    model = unwrap(lm)
+    return getattr(model, PROVIDES_ENGINE_SAMPLING_ATTR, False) is True and callable(
+        getattr(model, "generate_samples", None)
+    )
 
 
 def supports_loglikelihood(lm: Any) -> bool:
@@ -86,8 +113,46 @@ def supports_loglikelihood(lm: Any) -> bool:
     return True
 
 
-def check_model(lm: Any, estimators: Sequence[str], task: str) -> None:
-    """Refuse, before any generation, estimators that the model cannot serve (by what each needs)."""
+def cached_repeats_refusal(lm: Any, generation_kwargs: dict | None, repeats: int, task: str) -> str | None:
+    """Why the task's own generation would score copies of one cached answer, or None.
+
+    lm-eval 0.4.13's ``CachingLM`` keys a request on its arguments, so the ``repeats`` copies of a request
+    share one key (upstream issue #3046), and it skips the cache only for ``do_sample: true``. A task that
+    samples by temperature alone (``temperature > 0`` without ``do_sample: true``) and repeats its
+    requests therefore gets, on any run after the first with the same ``--use_cache`` file, one cached
+    answer ``repeats`` times. (Our own sampling passes never read the cache: they call the model behind it.)
+    """
+    kwargs = dict(generation_kwargs or {})
+    if not isinstance(lm, CachingLM) or int(repeats or 1) <= 1 or kwargs.get("do_sample") is True:
+        return None
+    try:
+        temperature = float(kwargs.get("temperature") or 0.0)
+    except (TypeError, ValueError):
+        return None
+    if temperature <= 0.0:
+        return None  # greedy repeats are copies with or without the cache
+    return (
+        f"{task}: repeats={repeats} samples at temperature {temperature} without do_sample: true, and "
+        "lm-eval's request cache (--use_cache) reads such requests back: every run after the first would "
+        f"score {repeats} copies of one cached answer (lm-eval issue #3046). Add do_sample: true to the "
+        "task's generation_kwargs (or --gen_kwargs do_sample=true): the cache then skips them; or run "
+        "without --use_cache"
+    )
+
+
+def check_model(
+    lm: Any,
+    estimators: Sequence[str],
+    task: str,
+    generation_kwargs: dict | None = None,
+    repeats: int = 1,
+) -> None:
+    """Refuse, before any generation, estimators that the model cannot serve (by what each needs), and a
+    task whose repeated sampled answers lm-eval's request cache would collapse
+    (:func:`cached_repeats_refusal`; ``generation_kwargs`` and ``repeats`` are the task's own)."""
+    refusal = cached_repeats_refusal(lm, generation_kwargs, repeats, task)
+    if refusal is not None:
+        raise CachedRepeatsError(refusal)
     needs_ll = [e for e in estimators if any(n.loglikelihood for n in est.ESTIMATORS[e].needs)]
     if needs_ll and not supports_loglikelihood(lm):
         working = [
@@ -160,9 +225,11 @@ def run_passes(
     estimators: Sequence[str],
     n_samples: int,
     glue: Glue,
+    seed: int = DEFAULT_SAMPLE_SEED,
 ) -> None:
     """Fill ``seq``, ``ptrue``, ``verbal`` and ``samples`` of every item, as far as the chosen estimators
-    need them; each need is served once, whichever and however many estimators share it."""
+    need them; each need is served once, whichever and however many estimators share it. ``seed`` is the
+    run-level ``sample_seed`` (each document samples from its own seed derived from it)."""
     model = unwrap(lm)
     needs = est.needs_of(estimators)
     ll_requests: list[Instance] = []
@@ -200,6 +267,7 @@ def run_passes(
 
     gen_requests: list[Instance] = []
     gen_targets: list[tuple[Generation, str]] = []
+    at_engine = est.Need.SAMPLES in needs and provides_engine_sampling(model)
     for item in items:
         if est.Need.VERBAL in needs:
             prompt = followup_prompt(item, est.VERBAL_QUESTION, est.VERBAL_TEXT_SUFFIX, glue)
@@ -211,8 +279,8 @@ def run_passes(
             }
             gen_requests.append(_instance("generate_until", item, (prompt, kwargs), 0))
             gen_targets.append((item, "verbal"))
-        if est.Need.SAMPLES in needs:
-            kwargs = copy.deepcopy(item.gen_kwargs) | {"do_sample": True, "temperature": 1.0}
+        if est.Need.SAMPLES in needs and not at_engine:
+            kwargs = sampling_kwargs(item.gen_kwargs)
             for k in range(n_samples):
                 gen_requests.append(_instance("generate_until", item, (item.context, kwargs), k))
                 gen_targets.append((item, "sample"))
@@ -237,7 +305,42 @@ def run_passes(
             if what == "verbal":
                 item.verbal = str(reply)
             else:
-                item.samples.append(str(reply))
+                item.samples.append(est.SampledText(str(reply), None, est.SAMPLED_AS_REQUESTS))
+    if at_engine:
+        _sample_at_engine(model, items, n_samples, seed)
+
+
+def sampling_kwargs(gen_kwargs: dict) -> dict:
+    """The task's generation settings with sampling at temperature 1 (the sampling estimators' setting).
+
+    A ``seed`` among the task's settings is dropped: sent with each of K separate requests (``vllm`` passes it
+    to ``SamplingParams``) it would give K copies of one answer; the engine route seeds per document instead.
+    """
+    kwargs = copy.deepcopy(dict(gen_kwargs or {}))
+    if kwargs.pop("seed", None) is not None:
+        logger.info("the task's generation seed is not used for the sampling estimators' samples")
+    return kwargs | {"do_sample": True, "temperature": 1.0}
+
+
+def _sample_at_engine(model: Any, items: Sequence[Generation], n_samples: int, seed: int) -> None:
+    """K samples per document from the model's ``generate_samples``: one seeded request per document."""
+    requests = [
+        _instance("generate_until", item, (item.context, sampling_kwargs(item.gen_kwargs)), 0)
+        for item in items
+    ]
+    seeds = [est.doc_sample_seed(seed, item.task, item.doc_id) for item in items]
+    replies = model.generate_samples(requests, n_samples, seeds)
+    if len(replies) != len(items):
+        raise RuntimeError(
+            f"{type(model).__name__}.generate_samples returned {len(replies)} lists for {len(items)} requests"
+        )
+    for item, doc_seed, texts in zip(items, seeds, replies, strict=True):
+        if len(texts) != n_samples:
+            raise RuntimeError(
+                f"{item.task}: document {item.doc_id}: {type(model).__name__}.generate_samples returned "
+                f"{len(texts)} samples, {n_samples} were asked for"
+            )
+        item.samples = [est.SampledText(str(t), doc_seed, est.SAMPLED_AT_ENGINE) for t in texts]
 
 
 def _rescore(model: Any, items: list[Generation], ll_requests: list, ll_targets: list) -> None:

