@@ -83,6 +83,7 @@ def _report(args: argparse.Namespace) -> int:
             labels=args.label,
             n_folds=args.folds,
             seed=args.seed,
+            held_out=[Path(p) for p in args.held_out],
             log=(lambda message: None) if args.quiet else print,
         )
     except (ReportInputError, LabelError) as exc:
@@ -187,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="RUN_DIR=NAME",
         help="name the model(s) of RUN_DIR in tables and figures (repeatable)",
+    )
+    report.add_argument(
+        "--held-out",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="a run used only to fit recalibration maps and conformal thresholds, never scored: "
+        "calib_mmlu_val for calib_mmlu, another run of the same task otherwise (repeatable)",
     )
     report.add_argument("--folds", type=int, default=5, help="folds of cross-fitted recalibration (5)")
     report.add_argument("--seed", type=int, default=0, help="seed of the cross-fitting folds (0)")

@@ -15,15 +15,17 @@ import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+import numpy as np
+
 from lm_eval_calib.metrics import (
     CalibrationData,
-    bootstrap_stderr,
     compute_metric,
     degenerate_confidence,
     small_sample_warning,
 )
+from lm_eval_calib.metrics.cluster_bootstrap import cluster_bootstrap_stderr, document_groups
 from lm_eval_calib.options import CalibrationOptions
-from lm_eval_calib.records import records_to_data
+from lm_eval_calib.records import record_of, records_to_data
 
 logger = logging.getLogger("lm_eval_calib")
 
@@ -41,6 +43,17 @@ def mean_stderr(values: Sequence[float]) -> float:
     shows a plain task's ``acc_stderr`` as lm-eval reports it without importing lm-eval."""
     mu = sum(values) / len(values)
     return math.sqrt(sum([(x - mu) ** 2 for x in values]) / (len(values) - 1)) / math.sqrt(len(values))
+
+
+def record_groups(records: Sequence) -> np.ndarray:
+    """The document of each item :func:`~lm_eval_calib.records.records_to_data` pools from ``records``: its
+    record's position (one record per lm-eval document; a token record holds all of its document's tokens).
+
+    This is what the stderr resamples: whole documents, so the correlated tokens of one document come and go
+    together (:mod:`lm_eval_calib.metrics.cluster_bootstrap`); with one item per record it is the item
+    bootstrap, draw for draw."""
+    sizes = [np.atleast_1d(np.asarray(record_of(r)["confidence"])).shape[0] for r in records]
+    return document_groups(np.asarray(sizes, dtype=np.int64))
 
 
 def _failed(task_name: str, key: str, what: str, exc: Exception, logged: list[str]) -> float:
@@ -82,6 +95,9 @@ def make_aggregation(
 ) -> Callable[[Sequence], float]:
     """An lm-eval aggregation for metric ``key`` that also knows its own bootstrap stderr.
 
+    The stderr resamples documents (records), not items: a token task's tokens of one document are
+    correlated, and resampling them one by one would understate the stderr (:func:`record_groups`).
+
     ``warned`` is shared by a task's aggregations so the small-sample warning is logged once per task and
     sample size, not once per binned metric; so are the warnings about degenerate confidences (all below
     1e-6, all equal, every answer correct or wrong: :mod:`lm_eval_calib.metrics.degenerate`), which say why
@@ -114,9 +130,10 @@ def make_aggregation(
         if options.max_bootstrap == 0:
             return "N/A"  # what lm-eval writes for a metric without a stderr
         try:
-            return bootstrap_stderr(
+            return cluster_bootstrap_stderr(
                 key,
                 records_to_data(records),
+                record_groups(records),
                 n_resamples=min(n_resamples, options.max_bootstrap),
                 seed=options.bootstrap_seed,
                 n_bins=options.n_bins,

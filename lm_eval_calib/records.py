@@ -12,7 +12,11 @@ Option record (one item: a question with options, written by :func:`make_record`
     {"confidence": 0.61, "correct": 1, "brier": 0.21, "nll": 0.49,   # top-label values of the item
      "target": 2, "prediction": 2,                                    # gold and argmax option index
      "probs": [...], "loglik": [...],                                 # per option: softmax, log-likelihood
-     "category": "anatomy"}
+     "category": "anatomy",
+     "conformal_sets": {"alpha": 0.1, "folds": 5, "seed": 0, "lac": [2], "aps": [2, 0]}}  # see below
+
+``conformal_sets`` (:data:`CONFORMAL_SETS_FIELD`) is added at aggregation, once every document is scored,
+to the records of tasks that report the conformal keys.
 
 Token record (many items: the scored tokens of a document, written by :func:`token_record`)::
 
@@ -54,6 +58,12 @@ RECORD_LOG_KEY = "ece"
 """The metric key under which lm-eval logs a document's full record in ``--log_samples`` output; every
 other calibration metric key logs a :class:`RecordRef` (printed as ``"see 'ece'"``)."""
 
+CONFORMAL_SETS_FIELD = "conformal_sets"
+"""Field of a multiple-choice record that holds the document's cross-fitted conformal answer sets, added when
+the task aggregates (they depend on every document): ``{"alpha": 0.1, "folds": 5, "seed": 0, "lac": [0, 2],
+"aps": [0, 1, 2]}``, option indices per score. lm-eval logs the record object itself in one process, so the
+samples file carries the field; gathered across processes the logged copies do not (the report recomputes
+the same sets from ``loglik`` and ``target``)."""
 NORM_SUFFIX = "_norm"
 """Result-key suffix of the calibration of lm-eval's ``acc_norm`` prediction rule (``ece_norm``, ...); its
 record is logged under ``RECORD_LOG_KEY + NORM_SUFFIX``."""

@@ -8,7 +8,8 @@ with any other model before inference.
 Two shapes share this class: ``loglikelihood`` requests scored at their FIRST continuation token
 (open-vocabulary fact completion: is the model's top guess the object's first token?) and
 ``loglikelihood_rolling`` requests scored at EVERY token (next-token calibration on running text). Every
-token is one item of the pooled metrics.
+token is one item of the pooled metrics; their bootstrap stderrs resample whole documents (a record), since
+the tokens of one document are correlated (:func:`lm_eval_calib.record_metrics.record_groups`).
 """
 
 from __future__ import annotations

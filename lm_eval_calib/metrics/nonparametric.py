@@ -104,6 +104,21 @@ def fit_isotonic(confidence: np.ndarray, correct: np.ndarray) -> IsotonicFit:
     return IsotonicFit(x=x, y=pool_adjacent_violators(mean_correct, counts.astype(np.float64)))
 
 
+def fit_isotonic_sorted(confidence: np.ndarray, correct: np.ndarray) -> IsotonicFit:
+    """:func:`fit_isotonic` of items already in ascending order of confidence (no sort).
+
+    Cross-fitting sorts all items once and reads each fold's training items off that order, instead of sorting
+    every fold again. Correctness is 0/1, so the per-confidence sums are whole numbers and equal the
+    ``bincount`` of :func:`fit_isotonic` exactly, in any order of addition: the same fit to the bit.
+    """
+    starts = np.flatnonzero(np.concatenate(([True], confidence[1:] != confidence[:-1])))
+    counts = np.diff(np.append(starts, confidence.shape[0]))
+    mean_correct = np.add.reduceat(correct, starts) / counts
+    return IsotonicFit(
+        x=confidence[starts], y=pool_adjacent_violators(mean_correct, counts.astype(np.float64))
+    )
+
+
 def isotonic_map(fit: IsotonicFit, confidence: np.ndarray) -> np.ndarray:
     """Recalibrated confidences: linear interpolation between the fitted points, clipped at both ends."""
     return np.interp(confidence, fit.x, fit.y)

@@ -26,10 +26,11 @@ from pathlib import Path
 from lm_eval_calib.atomic import publish_folder
 from lm_eval_calib.metrics import (
     CalibrationInputError,
-    bootstrap_interval,
+    ConformalSets,
     compute_metric,
     degenerate_confidence,
 )
+from lm_eval_calib.metrics.cluster_bootstrap import cluster_bootstrap_interval
 from lm_eval_calib.report import breakdown, html, leaderboard
 from lm_eval_calib.report.figures import (
     Curve,
@@ -42,6 +43,7 @@ from lm_eval_calib.report.integrity import compare_bins
 from lm_eval_calib.report.labels import parse_label_overrides
 from lm_eval_calib.report.recalibrate import (
     RecalRow,
+    check_held_out,
     conformal_fitted_on,
     conformal_markdown,
     conformal_rows,
@@ -160,8 +162,13 @@ def _interval(run: TaskRun) -> tuple[float, float]:
     )
     if n_resamples < 1:  # max_bootstrap: 0 turned the stderrs off; the interval goes with them
         return float("nan"), float("nan")
-    return bootstrap_interval(
-        "ece", run.data, n_resamples=n_resamples, seed=opts.bootstrap_seed, n_bins=opts.n_bins
+    return cluster_bootstrap_interval(  # over documents, as the stderr (record_metrics.record_groups)
+        "ece",
+        run.data,
+        run.item_groups,
+        n_resamples=n_resamples,
+        seed=opts.bootstrap_seed,
+        n_bins=opts.n_bins,
     )
 
 
@@ -299,6 +306,7 @@ def build_report(
     n_folds: int = 5,
     seed: int = 0,
     stages: Mapping[str | Path, str] | None = None,
+    held_out: Sequence[Path] = (),
 ) -> list[TaskRun]:
     """Write the report for ``run_dirs`` into ``out``; return the runs it shows.
 
@@ -306,7 +314,9 @@ def build_report(
     ``RUN_DIR=NAME`` strings; each RUN_DIR must be one of ``run_dirs``. Raises :class:`ReportInputError`
     when nothing is reportable (then nothing is written). ``stages`` (``{RUN_DIR: STAGE}``) gives the stage
     column for runs whose model has no training manifest (a study's "pretrained" base model); a manifest's
-    stage wins.
+    stage wins. ``held_out`` folders hold runs used only to fit recalibration maps and conformal thresholds
+    (``calib_mmlu_val`` for ``calib_mmlu``, another run of the same task for any other); a held-out run whose
+    task fits no scored task is a :class:`ReportInputError` before any work.
     """
     started = time.perf_counter()
     run_dirs = [Path(d) for d in run_dirs]
@@ -343,6 +353,15 @@ def build_report(
             "no calibration task with logged samples in " + ", ".join(map(str, run_dirs)) + "; run lm_eval "
             "with --tasks calib_... --log_samples and pass its --output_path folder"
         )
+    held_out_runs: list[TaskRun] = []
+    for folder in [
+        Path(d) for d in held_out
+    ]:  # a held-out folder that cannot be read is an error, not a note
+        found, notes = load_run(folder, overrides.get(folder.resolve()), log=log)
+        held_out_runs.extend(found)
+        for note in notes:
+            say(note)
+    check_held_out(held_out_runs, runs)
     for message in assign_groups(runs) + disambiguate(runs) + compare_bins(runs):
         say(message)
 
@@ -360,13 +379,13 @@ def build_report(
             if problem:
                 say(problem)
             try:
-                rows, notes = recalibrate_run(run, runs, n_folds, seed)
+                rows, notes = recalibrate_run(run, runs, n_folds, seed, held_out_runs)
             except CalibrationInputError as exc:  # e.g. degenerate records; the rest of the row still stands
                 rows, notes = [], [f"warning: {run.label} / {run.group}: no recalibration ({exc})"]
             for note in notes:
                 say(note)
             recal_rows += rows
-            rows_of_run, sets_of_run = _conformal(run, runs, seed, say)
+            rows_of_run, sets_of_run, conformal_of_run = _conformal(run, runs, seed, say, held_out_runs)
             conformal_table += rows_of_run
             conformal_sets += sets_of_run
             selective_table += _selective(run, say)
@@ -385,7 +404,7 @@ def build_report(
             images["risk"] = f"figures/{name}__risk.png"
             diagrams.append(html.Diagram(run.label, run.group, images))
             if breakdown.has_breakdown(run):
-                breakdowns.append((run, breakdown.breakdown_rows(run)))
+                breakdowns.append((run, breakdown.breakdown_rows(run, conformal_of_run)))
             log(
                 "      diagrams, recalibration, conformal sets, selective prediction, breakdown: "
                 f"{time.perf_counter() - t0:.1f} s"
@@ -529,16 +548,21 @@ NO_SELECTIVE = "No selective-prediction numbers (no run could be scored).\n"
 
 
 def _conformal(
-    run: TaskRun, runs: list[TaskRun], seed: int, say: Callable[[str], None]
-) -> tuple[list[dict], list[dict]]:
+    run: TaskRun,
+    runs: list[TaskRun],
+    seed: int,
+    say: Callable[[str], None],
+    held_out: Sequence[TaskRun] = (),
+) -> tuple[list[dict], list[dict], list[ConformalSets]]:
     """The conformal-set rows of one run (none for token-level runs), held out on its val run when there is
-    one, and each document's set (one line per document and score, in record order, with lm-eval's doc_id);
-    a run whose records cannot give sets gets a warning instead, and the rest of the report stands."""
+    one, each document's set (one line per document and score, in record order, with lm-eval's doc_id) and
+    the sets themselves (for the per-category breakdown); a run whose records cannot give sets gets a
+    warning instead, and the rest of the report stands."""
     try:
         # the run's own alpha and folds, so the report's numbers are the run's conformal_* result keys
         opts = run.options
-        sets, notes = conformal_run(run, runs, opts.conformal_folds, seed, opts.conformal_alpha)
-        rows = conformal_rows(run, sets, conformal_fitted_on(run, runs, sets))
+        sets, notes = conformal_run(run, runs, opts.conformal_folds, seed, opts.conformal_alpha, held_out)
+        rows = conformal_rows(run, sets, conformal_fitted_on(run, runs, sets, held_out))
     except CalibrationInputError as exc:
         notes, rows, sets = [f"warning: {run.label} / {run.group}: no conformal sets ({exc})"], [], []
     for note in notes:
@@ -557,7 +581,7 @@ def _conformal(
         for result in sets
         for i, members in enumerate(result.sets())
     ]
-    return rows, per_document
+    return rows, per_document, list(sets)
 
 
 def _selective(run: TaskRun, say: Callable[[str], None]) -> list[dict]:

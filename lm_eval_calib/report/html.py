@@ -124,7 +124,7 @@ def _leaderboard(rows: list[dict], table: list[dict]) -> list[str]:
 
 
 def _recalibration(rows: list[dict]) -> list[str]:
-    def after(r: dict, key: str) -> str:  # ± the bootstrap stderr over the scored items
+    def after(r: dict, key: str) -> str:  # ± the bootstrap stderr over the scored documents
         return _with_stderr(r[f"{key}_after"], r.get(f"{key}_after_stderr"))
 
     main = [
@@ -299,9 +299,18 @@ def render(page: PageContent) -> str:
         scores = ("acc", "confidence", "ece", "brier", "nll")
         for label, rows in breakdowns:
             body = [[r["category"], str(r["n"]), *(fmt(r[key]) for key in scores)] for r in rows]
+            conformal = [s for s in ("lac", "aps") if rows and f"coverage_{s}" in rows[0]]
+            for score in conformal:  # per-category conformal coverage; "!" = more than 2 stderrs below target
+                for r, cells in zip(rows, body, strict=True):
+                    flag = " !" if r[f"coverage_{score}_below"] else ""
+                    cells += [
+                        f"{fmt(r[f'coverage_{score}'])} ± {fmt(r[f'coverage_{score}_stderr'])}{flag}",
+                        f"{fmt(r[f'set_size_{score}'])} ± {fmt(r[f'set_size_{score}_stderr'])}",
+                    ]
+            head_of_run = head + [f"{q} {s.upper()}" for s in conformal for q in ("coverage", "set size")]
             parts.append(
                 f"<details><summary>{escape(label)} ({len(rows)} categories)</summary>"
-                f"{_table(head, body, 1)}</details>"
+                f"{_table(head_of_run, body, 1)}</details>"
             )
         parts.append('<p class="top"><a href="#top">↑ contents</a></p></section>')
     parts.append('<section id="reading"><h2>How to read the numbers</h2>')
@@ -310,7 +319,8 @@ def render(page: PageContent) -> str:
         parts.append(
             '<p class="note">Recalibration is fitted on held-out items only (the validation split, or the '
             "other folds of a cross-fit); before and after are the same scored items; \u00b1 after a value "
-            "is its bootstrap stderr over the scored items, the fitted map held fixed. For the top-label "
+            "is its bootstrap stderr over the scored documents (a document's tokens resampled together), the "
+            "fitted map held fixed. For the top-label "
             "methods (Platt scaling, isotonic regression, histogram binning) NLL is the binary log loss of "
             "correctness and Brier the top-label Brier. "
             "\u201cT at bound\u201d: the best temperature lies outside the range searched (relative to the "

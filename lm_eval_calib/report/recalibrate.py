@@ -8,9 +8,10 @@
   the same number of shots is among the inputs; every other task, or MMLU without such a run, is
   cross-fitted (K seeded folds, tokens of one document kept in one fold). The fitted map is never scored on
   the items it was fitted on.
-* Each method's ECE, Brier and NLL after recalibration carry bootstrap stderrs over the scored items (the
-  fitted map held fixed), and :func:`decomposition_rows` splits the run's Brier and NLL into the part the
-  best of these maps removes (calibration) and the rest (refinement).
+* Each method's ECE, Brier and NLL after recalibration carry bootstrap stderrs over the scored documents
+  (the fitted map held fixed; a token task's tokens are resampled with their document), and
+  :func:`decomposition_rows` splits the run's Brier and NLL into the part the best of these maps removes
+  (calibration) and the rest (refinement).
 * Multiple-choice runs also get conformal answer sets (LAC and APS, held out on the same val run or
   cross-fitted over documents, :func:`conformal_rows`) and every run its selective-prediction numbers
   (:func:`selective_row`), all post hoc from the logged records.
@@ -27,7 +28,6 @@ from lm_eval_calib.metrics import (
     ConformalSets,
     Recalibration,
     TopLabel,
-    bootstrap_stderr,
     calibration_refinement,
     compute_metric,
     conformal_cross_fitted,
@@ -36,12 +36,40 @@ from lm_eval_calib.metrics import (
     recalibrate_held_out,
     selective_accuracies,
 )
+from lm_eval_calib.metrics.cluster_bootstrap import cluster_bootstrap_stderr
 from lm_eval_calib.metrics.conformal import DEFAULT_ALPHA, SCORES
 from lm_eval_calib.metrics.recalibration import TOP_LABEL_METHODS
-from lm_eval_calib.report.runs import TaskRun
+from lm_eval_calib.report.runs import ReportInputError, TaskRun
 
 HELD_OUT_SPLITS = {"calib_mmlu": "calib_mmlu_val"}
 """Evaluation task -> the task on the same model whose items are the held-out fitting split."""
+
+
+def fitted_task(held_out_task: str) -> str:
+    """The task a held-out run recalibrates: ``calib_mmlu`` for ``calib_mmlu_val``, else its own task (a
+    held-out run of ``calib_facts`` on other documents fits ``calib_facts``)."""
+    return {split: task for task, split in HELD_OUT_SPLITS.items()}.get(held_out_task, held_out_task)
+
+
+def check_held_out(held_out: Sequence[TaskRun], runs: Sequence[TaskRun]) -> None:
+    """Every held-out run (``--held-out``) fits a task that is scored: else a clear error, before any work.
+
+    A map fitted on one task's items and applied to another's measures nothing (a temperature of MMLU says
+    nothing about LAMA facts), so a held-out run of another task is refused rather than ignored."""
+    scored = sorted({r.task for r in runs})
+    for fit in held_out:
+        target = fitted_task(fit.task)
+        if target not in scored:
+            needed = ", ".join(HELD_OUT_SPLITS.get(task, task) for task in scored)
+            raise ReportInputError(
+                f"held-out run {fit.source} is task {fit.task}, which can only recalibrate {target}, but the "
+                f"scored task(s) are {', '.join(scored)}: a held-out run must be of the task it recalibrates "
+                f"({'; '.join(f'{HELD_OUT_SPLITS.get(t, t)} for {t}' for t in scored)}). Pass a run of "
+                f"{needed} with --held-out (build_report(held_out=...)), or leave it out to cross-fit "
+                "within each run"
+            )
+
+
 STDERR_RESAMPLES = 200
 """Bootstrap resamples behind each after-recalibration stderr (200: the stderr to about 5%, at a fifth of the
 time of the headline's 1,000; a report has a dozen of them per run)."""
@@ -79,6 +107,7 @@ class RecalRow:
 
     def summary(self) -> dict:
         before, after, n_bins = self.result.before, self.result.after, self.run.options.n_bins
+        groups = self.run.item_groups if len(after) == len(self.run.data) else np.arange(len(after))
         row = {
             "model": self.run.label,
             "task": self.run.group,
@@ -92,8 +121,8 @@ class RecalRow:
         for key in ("ece", "nll", "brier"):
             row[f"{key}_before"] = compute_metric(key, before, n_bins=n_bins)
             row[f"{key}_after"] = compute_metric(key, after, n_bins=n_bins)
-            row[f"{key}_after_stderr"] = bootstrap_stderr(
-                key, after, n_resamples=STDERR_RESAMPLES, seed=STDERR_SEED, n_bins=n_bins
+            row[f"{key}_after_stderr"] = cluster_bootstrap_stderr(  # over the run's documents
+                key, after, groups, n_resamples=STDERR_RESAMPLES, seed=STDERR_SEED, n_bins=n_bins
             )
         return row
 
@@ -102,12 +131,19 @@ def _top_label(run: TaskRun) -> TopLabel:
     return TopLabel(run.data.confidence, run.data.correct)
 
 
-def held_out_partner(run: TaskRun, runs: Sequence[TaskRun]) -> tuple[TaskRun | None, str | None]:
-    """The val-split run to fit ``run`` on, or ``None`` and (when one was near) why it was not used."""
+def held_out_partner(
+    run: TaskRun, runs: Sequence[TaskRun], held_out: Sequence[TaskRun] = ()
+) -> tuple[TaskRun | None, str | None]:
+    """The val-split run to fit ``run`` on, or ``None`` and (when one was near) why it was not used.
+
+    ``held_out``: runs given as fitting splits only (``--held-out``), each fitting :func:`fitted_task`."""
     split = HELD_OUT_SPLITS.get(run.task)
-    if split is None:
+    given = [r for r in held_out if fitted_task(r.task) == run.task and r.base_label == run.base_label]
+    found = [] if split is None else [r for r in runs if r.task == split and r.base_label == run.base_label]
+    if not found and not given:
         return None, None
-    same_model = [r for r in runs if r.task == split and r.base_label == run.base_label]
+    split = split or run.task
+    same_model = found + [r for r in given if all(r is not f for f in found)]
     matching = [r for r in same_model if r.n_shot == run.n_shot and r.scores is not None]
     if len(matching) > 1:
         matching = [r for r in matching if r.folder == run.folder] or matching
@@ -128,11 +164,11 @@ def held_out_partner(run: TaskRun, runs: Sequence[TaskRun]) -> tuple[TaskRun | N
 
 
 def recalibrate_run(
-    run: TaskRun, runs: Sequence[TaskRun], n_folds: int, seed: int
+    run: TaskRun, runs: Sequence[TaskRun], n_folds: int, seed: int, held_out: Sequence[TaskRun] = ()
 ) -> tuple[list[RecalRow], list[str]]:
     """Temperature (option records) and Platt recalibrations of ``run``; messages for what was not done."""
     messages: list[str] = []
-    partner, why_not = held_out_partner(run, runs)
+    partner, why_not = held_out_partner(run, runs, held_out)
     if why_not:
         messages.append(f"note: {why_not}")
     methods = list(TOP_LABEL_METHODS)
@@ -217,6 +253,7 @@ def conformal_run(
     n_folds: int,
     seed: int,
     alpha: float = DEFAULT_ALPHA,
+    held_out: Sequence[TaskRun] = (),
 ) -> tuple[list[ConformalSets], list[str]]:
     """LAC and APS answer sets of a multiple-choice run: held out on its val run, else cross-fitted.
 
@@ -225,7 +262,7 @@ def conformal_run(
     """
     if run.scores is None:
         return [], []
-    partner, _ = held_out_partner(run, runs)
+    partner, _ = held_out_partner(run, runs, held_out)
     if partner is not None and partner.scores is not None:
         return [conformal_held_out(partner.scores, run.scores, s, alpha, seed) for s in SCORES], []
     if len(run.scores) < n_folds:
@@ -270,12 +307,14 @@ def conformal_rows(run: TaskRun, sets: Sequence[ConformalSets], fitted_on: str) 
     return rows
 
 
-def conformal_fitted_on(run: TaskRun, runs: Sequence[TaskRun], sets: Sequence[ConformalSets]) -> str:
+def conformal_fitted_on(
+    run: TaskRun, runs: Sequence[TaskRun], sets: Sequence[ConformalSets], held_out: Sequence[TaskRun] = ()
+) -> str:
     """``calib_mmlu_val (1531 documents)`` or ``5-fold cross-fit over documents (seed 0)``."""
     if not sets:
         return ""
     if sets[0].scheme == "held-out":
-        partner, _ = held_out_partner(run, runs)
+        partner, _ = held_out_partner(run, runs, held_out)
         return f"{partner.task if partner else 'held out'} ({sets[0].n_calibration} documents)"
     return f"{len(sets[0].thresholds)}-fold cross-fit over documents"
 
@@ -291,7 +330,9 @@ def selective_row(run: TaskRun, coverages: Sequence[float] = (0.5, 0.8, 0.9)) ->
         "n": len(data),
         "acc": compute_metric("acc", data),
         "prr": prr,
-        "prr_stderr": bootstrap_stderr("prr", data, STDERR_RESAMPLES, STDERR_SEED, n_bins),
+        "prr_stderr": cluster_bootstrap_stderr(
+            "prr", data, run.item_groups, STDERR_RESAMPLES, STDERR_SEED, n_bins
+        ),
         "aurc": compute_metric("aurc", data),
     }
     for coverage, value in selective_accuracies(data.confidence, data.correct, coverages).items():
@@ -315,8 +356,9 @@ def recalibration_markdown(rows: Sequence[dict]) -> str:
         return "No recalibration (too few items).\n"
     lines = [
         "Fitted on held-out items only; before/after are the same scored items; ± is a bootstrap stderr over "
-        "the scored items with the fitted map held fixed. For the top-label methods (Platt, isotonic, "
-        "histogram) NLL is the binary log loss of correctness and Brier the top-label Brier.\n",
+        "the scored documents (a document's tokens resampled together) with the fitted map held fixed. "
+        "For the top-label methods (Platt, isotonic, histogram) NLL is the binary log loss of correctness "
+        "and Brier the top-label Brier.\n",
         "| model | task | method | fitted on | n scored | parameters | ECE before | ECE after | "
         "Brier before | Brier after | NLL before | NLL after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

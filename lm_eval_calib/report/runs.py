@@ -86,6 +86,13 @@ class TaskRun:
         self.group = self.group or self.task
 
     @property
+    def item_groups(self) -> np.ndarray:
+        """Each item's document, what a stderr resamples (one item per document when unknown)."""
+        if self.item_record is not None and len(self.item_record) == len(self.data):
+            return self.item_record
+        return np.arange(len(self.data), dtype=np.int64)
+
+    @property
     def n_records(self) -> int:
         return (
             int(self.item_record.max()) + 1 if self.item_record is not None and len(self.item_record) else 0

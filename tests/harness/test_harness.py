@@ -234,10 +234,10 @@ def test_a_failing_metric_loses_nothing_in_a_real_run(
 ):
     """A real lm-eval run (tiny Llama, calib_mmlu_anatomy) in which one metric's aggregation and stderr fail.
 
-    Failure injection: our own ``compute_metric`` / ``bootstrap_stderr``, as the aggregation module calls
-    them, raise the MemoryError that ``n_bins: 1000000`` used to provoke, for ``ece_em`` only. Everything
-    else is real, and the results and samples are written by lm-eval's own EvaluationTracker, as the CLI
-    does.
+    Failure injection: our own ``compute_metric`` / ``cluster_bootstrap_stderr``, as the aggregation module
+    calls them, raise the MemoryError that ``n_bins: 1000000`` used to provoke, for ``ece_em`` only.
+    Everything else is real, and the results and samples are written by lm-eval's own EvaluationTracker, as
+    the CLI does.
     """
     import lm_eval
     from helpers import read_run
@@ -255,7 +255,11 @@ def test_a_failing_metric_loses_nothing_in_a_real_run(
         return injected
 
     monkeypatch.setattr(aggregation, "compute_metric", fail_for_ece_em(aggregation.compute_metric))
-    monkeypatch.setattr(aggregation, "bootstrap_stderr", fail_for_ece_em(aggregation.bootstrap_stderr))
+    monkeypatch.setattr(
+        aggregation,
+        "cluster_bootstrap_stderr",
+        fail_for_ece_em(aggregation.cluster_bootstrap_stderr),
+    )
     manager = TaskManager(  # only this package's tasks: indexing lm-eval's thousands of YAMLs costs ~15 s
         include_defaults=False, metadata={"data_dir": str(data_root), "calibration": {"max_bootstrap": 20}}
     )
