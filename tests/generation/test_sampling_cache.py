@@ -28,12 +28,21 @@ TASK = "calib_gsm8k_test"
 ESTIMATORS = ["consistency", "semantic_entropy"]
 
 
-def _run(include: Path, out: Path, model: str, model_args: str, cache: Path, data_root: Path) -> list[dict]:
+def _run(
+    include: Path,
+    out: Path,
+    model: str,
+    model_args: str,
+    cache: Path,
+    data_root: Path,
+    seed: int | None = None,
+) -> list[dict]:
+    calibration = {"confidence": ESTIMATORS, "samples": 3} | ({} if seed is None else {"sample_seed": seed})
     run_lm_eval(
         ["--model", model, "--model_args", model_args, "--include_path", str(include), "--tasks", TASK,
          "--limit", "2", "--num_fewshot", "0", "--device", "cpu", "--log_samples", "--use_cache", str(cache),
          "--gen_kwargs", "max_gen_toks=16", "--output_path", str(out),
-         "--metadata", json.dumps({"calibration": {"confidence": ESTIMATORS, "samples": 3}})],
+         "--metadata", json.dumps({"calibration": calibration})],
         env={"LM_EVAL_CALIB_DATA": str(data_root)},
     )  # fmt: skip
     return read_run(out)[1][TASK]
@@ -52,6 +61,8 @@ def test_use_cache_neither_collapses_nor_changes_the_samples(tmp_path, data_root
     first = _run(include, tmp_path / "a", "hf-calib", smollm2_model_args, cache, data_root)
     again = _run(include, tmp_path / "b", "hf-calib", smollm2_model_args, cache, data_root)
     plain = _run(include, tmp_path / "c", "hf", smollm2_model_args, cache, data_root)
+    other_seed = _run(include, tmp_path / "d", "hf-calib", smollm2_model_args, cache, data_root, seed=7)
+    reseeded = _samples(other_seed)
     assert list(cache.parent.glob("lm*.db"))  # the runs did use lm-eval's request cache
 
     seeded, rerun, unseeded = _samples(first), _samples(again), _samples(plain)
@@ -61,6 +72,9 @@ def test_use_cache_neither_collapses_nor_changes_the_samples(tmp_path, data_root
         assert record["sample_seed"] == doc_sample_seed(passes.DEFAULT_SAMPLE_SEED, TASK, doc_id)
         assert len(set(record["texts"])) > 1, record["texts"]  # K draws, not K copies
         assert rerun[doc_id]["texts"] == record["texts"]  # same seed, same samples, cache or not
+        # the user's sample_seed reaches the engine and the record: other seed, other samples
+        assert reseeded[doc_id]["sample_seed"] == doc_sample_seed(7, TASK, doc_id) != record["sample_seed"]
+        assert reseeded[doc_id]["texts"] != record["texts"]
         other = unseeded[doc_id]
         assert (other["sampled_by"], other["sample_seed"]) == (SAMPLED_AS_REQUESTS, None)
         assert len(other["texts"]) == 3 and len(set(other["texts"])) > 1, other["texts"]
