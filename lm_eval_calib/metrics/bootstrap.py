@@ -97,9 +97,29 @@ def bootstrap_stderr(
     key: str, data: CalibrationData, n_resamples: int = 1000, seed: int = 1234, n_bins: int = 10
 ) -> float:
     """Bootstrap standard error: sample std (ddof=1) of the metric over resamples."""
-    values = bootstrap_values(key, data, n_resamples, seed, n_bins)
+    return stderr_of(bootstrap_values(key, data, n_resamples, seed, n_bins))
+
+
+def stderr_of(values: np.ndarray) -> float:
+    """The stderr of a metric from its resample values: sample std (ddof=1) of the defined ones (a resample
+    on which the metric is undefined is NaN and left out); NaN with fewer than two."""
     values = values[~np.isnan(values)]
     return float(np.std(values, ddof=1)) if values.shape[0] >= 2 else float("nan")
+
+
+def check_level(level: object) -> None:
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
+        raise CalibrationInputError(f"level must be in (0, 1), got {level!r}; e.g. 0.95")
+
+
+def percentile_interval_of(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the defined resample values at the given coverage level (NaN, NaN if none)."""
+    values = values[~np.isnan(values)]
+    if values.shape[0] == 0:
+        return float("nan"), float("nan")
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
 
 
 def bootstrap_interval(
@@ -111,12 +131,5 @@ def bootstrap_interval(
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval at the given coverage level."""
-    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
-        raise CalibrationInputError(f"level must be in (0, 1), got {level!r}; e.g. 0.95")
-    values = bootstrap_values(key, data, n_resamples, seed, n_bins)
-    values = values[~np.isnan(values)]
-    if values.shape[0] == 0:
-        return float("nan"), float("nan")
-    tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
+    check_level(level)
+    return percentile_interval_of(bootstrap_values(key, data, n_resamples, seed, n_bins), level)

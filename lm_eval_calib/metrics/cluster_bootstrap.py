@@ -48,7 +48,10 @@ from .bootstrap import (
     SMECE_MAX_RESAMPLES,
     _check_n_resamples,
     bootstrap_values,
+    check_level,
+    percentile_interval_of,
     resample_multiplicities,
+    stderr_of,
 )
 from .calibration_error import smooth_calibration_error
 from .cells import MAX_GROUPS
@@ -285,9 +288,7 @@ def cluster_bootstrap_stderr(
     n_bins: int = 10,
 ) -> float:
     """Document-bootstrap standard error: sample std (ddof=1) of the metric over document resamples."""
-    values = cluster_bootstrap_values(key, data, groups, n_resamples, seed, n_bins)
-    values = values[~np.isnan(values)]
-    return float(np.std(values, ddof=1)) if values.shape[0] >= 2 else float("nan")
+    return stderr_of(cluster_bootstrap_values(key, data, groups, n_resamples, seed, n_bins))
 
 
 def cluster_bootstrap_interval(
@@ -300,12 +301,6 @@ def cluster_bootstrap_interval(
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile interval over document resamples (the same resamples as the stderr)."""
-    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
-        raise CalibrationInputError(f"level must be in (0, 1), got {level!r}; e.g. 0.95")
+    check_level(level)
     values = cluster_bootstrap_values(key, data, groups, n_resamples, seed, n_bins)
-    values = values[~np.isnan(values)]
-    if values.shape[0] == 0:
-        return float("nan"), float("nan")
-    tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
+    return percentile_interval_of(values, level)
