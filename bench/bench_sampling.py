@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_mmlu_backends import export_model  # bench/ is on sys.path when a script here runs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -66,15 +68,6 @@ def make_model(backend: str, folder: Path, batch_size: int):
 
         return VLLMCalibLM(pretrained=str(folder), batch_size="auto", **VLLM_ARGS)
     raise ValueError(f"unknown backend {backend!r}: hf-calib or vllm-calib")
-
-
-def export_model(folder: Path) -> Path:
-    from lm_eval_calib.models.vllm_export import export_bundled_model
-
-    if not (folder / "config.json").is_file():
-        print(f"exporting SmolLM2 to {folder} (float32) ...", flush=True)
-        export_bundled_model(folder)
-    return folder
 
 
 def main() -> None:

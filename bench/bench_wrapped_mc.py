@@ -49,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_mmlu_backends import export_model  # bench/ is on sys.path when a script here runs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -172,15 +174,6 @@ class _NoIndex:
 
     def load(self, tasks):
         return {"tasks": {task.config.task: task for task in tasks}, "groups": {}, "group_map": {}}
-
-
-def export_model(folder: Path) -> Path:
-    from lm_eval_calib.models.vllm_export import export_bundled_model
-
-    if not (folder / "config.json").is_file():
-        print(f"exporting SmolLM2 to {folder} (float32) ...", flush=True)
-        export_bundled_model(folder)
-    return folder
 
 
 def main() -> None:
