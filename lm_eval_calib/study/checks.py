@@ -219,7 +219,8 @@ def _cell_model_args(config: StudyConfig) -> dict[str, dict[str, Any]]:
     merged = {}
     for name in config.evaluated():
         model = config.models.get(name)
-        for task, settings in config.tasks.items():
+        for task in config.tasks_of(name):
+            settings = config.tasks[task]
             args = {**(model.model_args if model else {}), **settings.model_args}
             merged[f"evaluation of {name} on {task}"] = {"args": args, "settings": settings}
     return merged

@@ -27,10 +27,17 @@ Schema (see ``examples/offline_mini.yaml``)::
       gemma3-sft-lora-alpaca: {kind: sft, from: gemma3-270m, method: lora, data: ..., max_steps: 50,
                                args: {lora_r: 16, learning_rate: 1.0e-4}}   # any `train sft` setting
       gemma3-rm: {kind: reward, from: gemma3-270m, data: ..., max_steps: 50}
-      gemma3-ppo: {kind: ppo, policy: gemma3-sft-lora-alpaca, reward_model: gemma3-rm, data: ...}
+      gemma3-ppo: {kind: ppo, policy: gemma3-sft-lora-alpaca, reward_model: gemma3-rm, data: ...,
+                   launcher: .venv-train-ppo/bin/python}       # optional: the stage's own interpreter
+      gemma3-sft-lora-alpaca-seed1:      # the same stage with another seed (the findings' seed spread)
+        {replicate_of: gemma3-sft-lora-alpaca, args: {seed: 1}, tasks: [calib_mmlu]}  # tasks: a subset
     findings:                            # claims checked with a paired bootstrap
       - {claim: "SFT hurts calibration", task: calib_mmlu, metric: ece,
          baseline: gemma3-270m, treatment: gemma3-sft-lora-alpaca, expect: higher}
+      # a generation task: which confidence estimator (and lm-eval filter) the claim reads
+      - {claim: ..., task: calib_gsm8k, metric: ece, estimator: seqprob, filter: strict-match, ...}
+
+A model or stage may carry ``tasks: [names]`` (default: every task of the study).
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ class ModelSpec:
     model_args: dict[str, Any] = field(default_factory=dict)
     stage: str = "model"
     evaluate: bool = True
+    tasks: tuple[str, ...] | None = None
+    """The study's tasks this model is evaluated on (``tasks: [calib_mmlu]``); None: every task."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,14 @@ class TrainSpec:
     reward_model: str | None = None  # rloo / ppo
     args: dict[str, Any] = field(default_factory=dict)
     evaluate: bool = True
+    tasks: tuple[str, ...] | None = None
+    """The study's tasks this stage is evaluated on; None: every task. Not part of the stage's fingerprint."""
+    replicate_of: str | None = None
+    """The stage this one repeats with another seed (``replicate_of: <stage>``, ``args: {seed: N}``): same
+    settings otherwise, so their paired difference is the seed-to-seed spread the findings show."""
+    launcher: tuple[str, ...] = ()
+    """The interpreter (or launcher prefix) that runs ``-m lm_eval_calib.cli train <kind>``, for a stage that
+    needs an environment of its own (PPO: trl 1.12); empty: the study's own interpreter."""
 
     def parents(self) -> list[str]:
         return [p for p in (self.source, self.policy, self.reward_model) if p]
@@ -114,6 +131,8 @@ class FindingSpec:
     treatment: str
     expect: str  # higher | lower | same (treatment vs baseline)
     margin: float | None = None  # for "same": the largest difference that still counts as the same
+    estimator: str | None = None  # generation tasks: the confidence estimator read (seqprob, ptrue, ...)
+    filter: str | None = None  # generation tasks: the lm-eval filter read (default: none, else the first)
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,18 @@ class StudyConfig:
         return [m.name for m in self.models.values() if m.evaluate] + [
             t.name for t in self.train.values() if t.evaluate
         ]
+
+    def tasks_of(self, name: str) -> list[str]:
+        """The tasks model or stage ``name`` is evaluated on, in the study's task order (its ``tasks:``,
+        else all of them); empty for one that is not evaluated."""
+        spec = self.models.get(name) or self.train.get(name)
+        if spec is None or not spec.evaluate:
+            return []
+        return [task for task in self.tasks if spec.tasks is None or task in spec.tasks]
+
+    def replicates_of(self, name: str) -> list[str]:
+        """The stages that repeat stage ``name`` with another seed (``replicate_of: name``), in file order."""
+        return [t.name for t in self.train.values() if t.replicate_of == name]
 
 
 def _expand(value: Any, where: str) -> Any:
@@ -380,8 +411,8 @@ def _launcher(value: Any, where: str) -> tuple[str, ...]:
     return words
 
 
-def _model(name: str, raw: dict, where: str) -> ModelSpec:
-    _check_keys(raw, {"bundled", "pretrained", "model_args", "stage", "evaluate"}, where)
+def _model(name: str, raw: dict, where: str, tasks: dict) -> ModelSpec:
+    _check_keys(raw, {"bundled", "pretrained", "model_args", "stage", "evaluate", "tasks"}, where)
     if ("bundled" in raw) == ("pretrained" in raw):
         raise StudyConfigError(
             f"{where}: give exactly one of `bundled:` (smollm2, gemma3) or `pretrained:` (a folder or hub id)"
@@ -393,10 +424,36 @@ def _model(name: str, raw: dict, where: str) -> ModelSpec:
         model_args=_arguments(raw.get("model_args"), f"{where}.model_args"),
         stage=_text(raw.get("stage", "model"), f"{where}.stage", "a stage label"),
         evaluate=_flag(raw, "evaluate", True, where),
+        tasks=_task_list(raw, tasks, where),
     )
 
 
-def _train(name: str, raw: dict, where: str) -> TrainSpec:
+def _task_list(raw: dict, tasks: dict, where: str) -> tuple[str, ...] | None:
+    """``tasks: [calib_mmlu, calib_facts]`` of a model or stage: names of the study's tasks, each once."""
+    if "tasks" not in raw or raw["tasks"] is None:
+        return None
+    value = raw["tasks"]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise StudyConfigError(
+            f"{where}.tasks must be a non-empty list of the study's task names, e.g. [{', '.join(tasks)}]; "
+            f"got {value!r} (drop the key to evaluate on every task)"
+        )
+    unknown = [t for t in value if t not in tasks]
+    if unknown:
+        raise StudyConfigError(
+            f"{where}.tasks: {', '.join(map(repr, unknown))} not among the study's tasks; add it under "
+            f"`tasks:` or use one of {', '.join(tasks)}"
+        )
+    if len(set(value)) != len(value):
+        raise StudyConfigError(f"{where}.tasks names a task twice: {value}")
+    return tuple(value)
+
+
+def _train(name: str, raw: dict, where: str, tasks: dict, earlier: dict[str, TrainSpec]) -> TrainSpec:
+    if "replicate_of" in raw:
+        return _replicate(name, raw, where, tasks, earlier)
     kind = raw.get("kind")
     if not isinstance(kind, str) or kind not in TRAIN_KINDS:
         raise StudyConfigError(f"{where}.kind must be one of {', '.join(TRAIN_KINDS)}, got {kind!r}")
@@ -406,7 +463,7 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
         "rloo": ("policy", "reward_model", "data", "max_steps"),
         "ppo": ("policy", "reward_model", "data", "max_steps"),
     }[kind]
-    allowed = {"kind", "args", "evaluate", *required}
+    allowed = {"kind", "args", "evaluate", "tasks", "launcher", *required}
     _check_keys(raw, allowed, where)
     missing = [key for key in required if key not in raw]
     if missing:
@@ -433,6 +490,80 @@ def _train(name: str, raw: dict, where: str) -> TrainSpec:
         reward_model=parents["reward_model"],
         args=args,
         evaluate=_flag(raw, "evaluate", kind != "reward", where),  # a reward model is a classifier, not an LM
+        tasks=_task_list(raw, tasks, where),
+        launcher=_train_launcher(raw, where),
+    )
+
+
+def _train_launcher(raw: dict, where: str) -> tuple[str, ...]:
+    """``launcher: .venv-train-ppo/bin/python``: what runs ``-m lm_eval_calib.cli train ...`` instead of the
+    study's own interpreter (a stage whose trainer needs other packages, such as PPO on trl 1.12)."""
+    if raw.get("launcher") is None:
+        return ()
+    value = raw["launcher"]
+    if isinstance(value, str):
+        words = tuple(shlex.split(value))
+    elif isinstance(value, list) and all(isinstance(word, str) for word in value):
+        words = tuple(value)
+    else:
+        words = ()
+    if not words or "lm_eval_calib.cli" in words or words[-1] == "-m":
+        raise StudyConfigError(
+            f"{where}.launcher must be the interpreter of the stage's environment, e.g. "
+            f"'.venv-train-ppo/bin/python'; the study appends `-m lm_eval_calib.cli train ...` itself; "
+            f"got {value!r}"
+        )
+    return words
+
+
+_REPLICATE_KEYS = {"replicate_of", "args", "tasks", "evaluate"}
+
+
+def _replicate(name: str, raw: dict, where: str, tasks: dict, earlier: dict[str, TrainSpec]) -> TrainSpec:
+    """A stage that repeats an earlier one with another seed: ``replicate_of: <stage>``, ``args: {seed: 1}``.
+
+    Everything but the seed (and ``tasks:``/``evaluate:``) is the twin's, so the two differ by the seed alone
+    and their paired difference on the same documents is the seed-to-seed spread of that stage.
+    """
+    import dataclasses
+
+    extra = sorted(set(raw) - _REPLICATE_KEYS)
+    if extra:
+        raise StudyConfigError(
+            f"{where}: a replicate copies its twin's settings; drop {', '.join(extra)} (allowed: "
+            f"{', '.join(sorted(_REPLICATE_KEYS))}, e.g. args: {{seed: 1}})"
+        )
+    twin_name = _text(raw["replicate_of"], f"{where}.replicate_of", "the name of a stage listed above it")
+    twin = earlier.get(twin_name)
+    if twin is None:
+        raise StudyConfigError(
+            f"{where}.replicate_of: {twin_name!r} is not a training stage listed above it; name the stage "
+            "this one repeats with another seed"
+        )
+    if twin.replicate_of is not None:
+        raise StudyConfigError(
+            f"{where}.replicate_of: {twin_name!r} is itself a replicate of {twin.replicate_of!r}; name "
+            f"{twin.replicate_of!r}"
+        )
+    own = _mapping(raw.get("args"), f"{where}.args")
+    settings = {**twin.args, **own}
+    body = {"data": twin.data, "max_steps": twin.max_steps, "method": twin.method}
+    args = _stage_args(twin.kind, body, settings, f"{where}.args")
+    from lm_eval_calib_train.config import STAGES
+
+    default_seed = {f.name: f.default for f in dataclasses.fields(STAGES[twin.kind])}.get("seed", 0)
+    if args.get("seed", default_seed) == twin.args.get("seed", default_seed):
+        raise StudyConfigError(
+            f"{where}: a replicate of {twin_name} with its seed ({twin.args.get('seed', default_seed)}) is "
+            f"the same run; give another one, e.g. args: {{seed: {twin.args.get('seed', default_seed) + 1}}}"
+        )
+    return dataclasses.replace(
+        twin,
+        name=name,
+        args=args,
+        evaluate=_flag(raw, "evaluate", twin.evaluate, where),
+        tasks=_task_list(raw, tasks, where),
+        replicate_of=twin_name,
     )
 
 
@@ -494,10 +625,10 @@ def _stage_args(kind: str, raw: dict, args: dict, where: str) -> dict[str, Any]:
     return settings
 
 
-def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingSpec:
+def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str], config_tasks: Any = None) -> FindingSpec:
     raw = _mapping(raw, where)
     keys = ("claim", "task", "metric", "baseline", "treatment", "expect")
-    _check_keys(raw, {*keys, "margin"}, where)
+    _check_keys(raw, {*keys, "margin", "estimator", "filter"}, where)
     missing = [key for key in keys if key not in raw]
     if missing:
         raise StudyConfigError(f"{where}: a finding needs {', '.join(missing)}")
@@ -532,8 +663,42 @@ def _finding(raw: Any, where: str, tasks: dict, evaluated: set[str]) -> FindingS
             )
     elif margin is not None:
         raise StudyConfigError(f"{where}.margin only goes with expect: same; drop it or say expect: same")
+    if config_tasks is not None:
+        for key in ("baseline", "treatment"):
+            if raw["task"] not in config_tasks(raw[key]):
+                raise StudyConfigError(
+                    f"{where}.{key}: {raw[key]!r} is not evaluated on {raw['task']} (its `tasks:` are "
+                    f"{', '.join(config_tasks(raw[key]))}); add {raw['task']} to its `tasks:` or drop the "
+                    "claim"
+                )
+    estimator = _optional_text(raw, "estimator", where, "a confidence estimator (seqprob, ptrue, ...)")
+    estimators = _estimators(tasks[raw["task"]])
+    if estimator is None and len(estimators) > 1:
+        raise StudyConfigError(
+            f"{where}: {raw['task']} scores confidence with several estimators ({', '.join(estimators)}); "
+            "say which one the claim is about with estimator: <one of them>"
+        )
+    if estimator is not None and estimators and estimator not in estimators:
+        raise StudyConfigError(
+            f"{where}.estimator {estimator!r} is not among {raw['task']}'s estimators "
+            f"({', '.join(estimators)}); use one of them or add it to the task's metadata"
+        )
     fields = {key: str(raw[key]) for key in keys}
-    return FindingSpec(**fields, margin=float(margin) if margin is not None else None)
+    return FindingSpec(
+        **fields,
+        margin=float(margin) if margin is not None else None,
+        estimator=estimator,
+        filter=_optional_text(raw, "filter", where, "an lm-eval filter name (e.g. strict-match)"),
+    )
+
+
+def _estimators(settings: EvalSettings) -> list[str]:
+    """The confidence estimators a task's ``metadata: {calibration: {confidence: [...]}}`` asks for."""
+    calibration = settings.metadata.get("calibration")
+    confidence = calibration.get("confidence") if isinstance(calibration, dict) else None
+    if isinstance(confidence, str):
+        return [confidence]
+    return [str(c) for c in confidence] if isinstance(confidence, list) else []
 
 
 def parse_study(raw: Any, source: Path) -> StudyConfig:
@@ -555,7 +720,7 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
         for name, body in tasks_raw.items()
     }
     models = {
-        _check_name(n, f"models.{n}"): _model(n, _mapping(b, f"models.{n}"), f"models.{n}")
+        _check_name(n, f"models.{n}"): _model(n, _mapping(b, f"models.{n}"), f"models.{n}", tasks)
         for n, b in _mapping(raw.get("models"), "models").items()
     }
     train: dict[str, TrainSpec] = {}
@@ -563,7 +728,7 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
         _check_name(n, f"train.{n}")
         if n in models:
             raise StudyConfigError(f"train.{n}: the name is already used by a model; names must be unique")
-        spec = _train(n, _mapping(body, f"train.{n}"), f"train.{n}")
+        spec = _train(n, _mapping(body, f"train.{n}"), f"train.{n}", tasks, train)
         for parent in spec.parents():
             if parent not in models and parent not in train:
                 raise StudyConfigError(
@@ -583,7 +748,12 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
     findings_raw = raw.get("findings") or []
     if not isinstance(findings_raw, list):
         raise StudyConfigError(f"{where}: `findings:` must be a list")
-    findings = [_finding(f, f"findings[{i}]", tasks, evaluated) for i, f in enumerate(findings_raw)]
+
+    def tasks_of(name: str) -> list[str]:
+        spec = models.get(name) or train.get(name)
+        return [t for t in tasks if spec.tasks is None or t in spec.tasks]
+
+    findings = [_finding(f, f"findings[{i}]", tasks, evaluated, tasks_of) for i, f in enumerate(findings_raw)]
     name = source.stem if raw.get("name") is None else _text(raw["name"], "name", "a study name")
     return StudyConfig(
         name=_check_name(name, "name"),

@@ -3,18 +3,27 @@
 Both runs are read back from their ``--log_samples`` files (:mod:`lm_eval_calib.records_io`, the reader the
 report uses too) and paired by lm-eval's ``doc_id``: only documents scored for both models count, and a
 document's items (one question, or the tokens of an article) are resampled together
-(:mod:`lm_eval_calib.metrics.paired`).
+(:mod:`lm_eval_calib.metrics.paired`). A generation task is read for the claim's ``estimator`` (and
+``filter``). When a stage has a seed replicate (``replicate_of:``), the replicate's paired difference to its
+twin on the same documents is the claim's seed spread, shown beside its difference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.metrics.paired import PairedDifference, holm_adjust, paired_difference
-from lm_eval_calib.records_io import SamplesError, TaskRecords, read_folder_task
-from lm_eval_calib.study.config import FindingSpec
+from lm_eval_calib.records_io import (
+    SamplesError,
+    TaskRecords,
+    newest_samples,
+    read_task,
+    samples_name,
+)
+from lm_eval_calib.study.config import FindingSpec, StudyConfig
 
 MIN_DOCUMENTS = 10
 """Below this many shared documents a percentile bootstrap has too few distinct resamples to trust its
@@ -25,12 +34,28 @@ class FindingInputError(ValueError):
     """A finding cannot be checked: a run is missing or its samples were not logged."""
 
 
-def read_documents(folder: Path, task: str) -> TaskRecords:
-    """The newest logged run of exactly ``task`` under ``folder``, with that run's calibration options."""
+def read_documents(
+    folder: Path, task: str, estimator: str | None = None, filter_key: str | None = None
+) -> TaskRecords:
+    """The newest logged run of exactly ``task`` under ``folder``, with that run's calibration options (a
+    generation task: the records of one confidence ``estimator`` under one lm-eval filter)."""
     try:
-        return read_folder_task(folder, task)
+        samples = newest_samples(folder, task)
+        if samples is None:
+            raise SamplesError(
+                f"{folder}: no samples for {task}; the evaluation did not finish or lacked --log_samples"
+            )
+        stamp = samples_name(samples.name)[1]
+        results_file = samples.parent / f"results_{stamp}.json"
+        if not results_file.is_file():
+            raise SamplesError(
+                f"{samples} has no results_{stamp}.json beside it, so the run's calibration options are "
+                "unknown; keep lm-eval's output folder whole"
+            )
+        return read_task(results_file, task, estimator=estimator, filter_key=filter_key)
     except SamplesError as exc:
-        raise FindingInputError(str(exc)) from exc
+        hint = " (give the claim estimator: <one of them>)" if "estimator=" in str(exc) else ""
+        raise FindingInputError(f"{exc}{hint}") from exc
 
 
 def check_finding(
@@ -41,16 +66,31 @@ def check_finding(
     Bins and bootstrap seed are the runs' own (``--metadata '{"calibration": {...}}'``), so the values match
     the report and lm-eval's results; two runs with different options cannot be compared.
     """
-    side_a, side_b = read_documents(baseline, spec.task), read_documents(treatment, spec.task)
+    side_a, side_b = (
+        read_documents(folder, spec.task, spec.estimator, spec.filter) for folder in (baseline, treatment)
+    )
+    return compare_records(spec, side_a, side_b, str(baseline), str(treatment), n_resamples)
+
+
+def compare_records(
+    spec: FindingSpec,
+    side_a: TaskRecords,
+    side_b: TaskRecords,
+    name_a: str = "baseline",
+    name_b: str = "treatment",
+    n_resamples: int = 1000,
+) -> PairedDifference:
+    """``spec.metric`` of ``side_b`` minus that of ``side_a`` on their shared documents, with its paired
+    document-bootstrap interval (the runs' own bins and bootstrap seed)."""
     options = side_a.options
     if (options.n_bins, options.bootstrap_seed) != (side_b.options.n_bins, side_b.options.bootstrap_seed):
         raise FindingInputError(
-            f"{baseline} and {treatment} ran {spec.task} with different calibration options "
+            f"{name_a} and {name_b} ran {spec.task} with different calibration options "
             f"({options} vs {side_b.options}); rerun one with the other's --metadata calibration options"
         )
     shared = sorted(set(side_a.doc_ids) & set(side_b.doc_ids), key=str)
     if not shared:
-        raise FindingInputError(f"{baseline} and {treatment} share no {spec.task} documents")
+        raise FindingInputError(f"{name_a} and {name_b} share no {spec.task} documents")
     a, b = side_a.select(shared), side_b.select(shared)
     return paired_difference(
         spec.metric,
@@ -62,6 +102,42 @@ def check_finding(
         seed=options.bootstrap_seed,
         n_bins=options.n_bins,
     )
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """How far a stage moves when only its training seed changes: ``replicate`` minus ``twin`` (its stage
+    with the original seed) on the claim's task, metric and documents; ``result`` None when it could not be
+    computed (``note`` says why)."""
+
+    twin: str
+    replicate: str
+    result: PairedDifference | None
+    note: str = ""
+
+
+def seed_pairs(config: StudyConfig, spec: FindingSpec) -> list[tuple[str, str]]:
+    """``(twin, replicate)`` of every seed replicate of the claim's baseline or treatment (also when the
+    claim names the replicate itself), each pair once, in file order."""
+    pairs: list[tuple[str, str]] = []
+    for side in (spec.baseline, spec.treatment):
+        stage = config.train.get(side)
+        twin = stage.replicate_of if stage is not None and stage.replicate_of else side
+        for replicate in config.replicates_of(twin):
+            if (twin, replicate) not in pairs:
+                pairs.append((twin, replicate))
+    return pairs
+
+
+def compare_to_spread(difference: float, spreads: Sequence[float]) -> str:
+    """Whether a claim's difference is larger (in size) than every seed-to-seed difference of its stages:
+    ``exceeds``, ``within``, or "" with no spread. One replicate is one draw of the seed spread, so this is
+    a reading aid beside the interval, not a test."""
+    if not spreads:
+        return ""
+    largest = max(abs(s) for s in spreads)
+    word = "exceeds" if abs(difference) > largest else "within"
+    return f"{word} (size {abs(difference):.4f} vs {largest:.4f})"  # no "|": it is a table cell
 
 
 @dataclass(frozen=True)
@@ -79,6 +155,7 @@ class FindingResult:
     p_value: float | None = None  # PairedDifference.p_value: where the interval becomes decisive
     p_holm: float | None = None  # Holm-adjusted over the claims that were checked
     holm_verdict: str = ""  # the verdict at the family-wise level; "" when not checked
+    spreads: tuple[SeedSpread, ...] = field(default_factory=tuple)  # seed replicates of its stages
 
 
 def judge(spec: FindingSpec, result: PairedDifference) -> FindingResult:
@@ -123,14 +200,18 @@ def findings_markdown(results: list[FindingResult]) -> str:
     after that correction (side by side, so a reader sees which verdicts survive ten claims at once)."""
     results = with_holm(results)
     family = sum(item.p_holm is not None for item in results)
+    seeds = any(item.spreads for item in results)  # the seed columns only in a study with replicates
     lines = [
         "| claim | task | metric | baseline | treatment | expected | baseline value | treatment value "
-        f"| difference [95% CI] | documents | verdict | p | p (Holm, {family} claims) | verdict after Holm |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| difference [95% CI] | documents | verdict | p | p (Holm, {family} claims) | verdict after Holm |"
+        + (" seed spread [95% CI] | difference vs seed spread |" if seeds else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if seeds else ""),
     ]
     for item in results:
         s, r = item.spec, item.result
         name = METRICS[s.metric].display_name
+        if s.estimator or s.filter:
+            name += f" ({', '.join(part for part in (s.estimator, s.filter) if part)})"
         if r is None:
             values = ["", "", "", ""]
         else:
@@ -143,8 +224,35 @@ def findings_markdown(results: list[FindingResult]) -> str:
             "" if item.p_holm is None else f"{item.p_holm:.3f}",
             item.holm_verdict,
         ]
-        lines.append(
+        row = (
             f"| {s.claim} | {s.task} | {name} | {s.baseline} | {s.treatment} | {expected} | "
             f"{' | '.join(values)} | {verdict} | {' | '.join(holm)} |"
         )
+        if seeds:
+            row += f" {spread_cell(item.spreads)} | {spread_verdict(item)} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+def spread_cell(spreads: Sequence[SeedSpread]) -> str:
+    """``replicate - twin: +0.0100 [-0.0050, +0.0230]`` per seed pair (``; ``-separated)."""
+    parts = []
+    for spread in spreads:
+        r = spread.result
+        value = (
+            f"{r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]"
+            if r is not None
+            else f"not run ({spread.note})"
+        )
+        parts.append(f"{spread.replicate} - {spread.twin}: {value}")
+    return "; ".join(parts)
+
+
+def spread_verdict(item: FindingResult) -> str:
+    """The claim's difference against its seed spreads (:func:`compare_to_spread`); "" when either is
+    missing."""
+    if item.result is None:
+        return ""
+    return compare_to_spread(
+        item.result.difference, [s.result.difference for s in item.spreads if s.result is not None]
+    )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,11 @@ def train_command(config: StudyConfig, spec: TrainSpec) -> list[str]:
             )
         return model.bundled or str(model.pretrained)  # the train CLI resolves bundled names itself
 
-    command = _cli("train", spec.kind)
+    if spec.launcher:
+        _check_launcher(spec)
+        command = [*spec.launcher, "-m", "lm_eval_calib.cli", "train", spec.kind]
+    else:
+        command = _cli("train", spec.kind)
     if spec.kind in ("rloo", "ppo"):
         command += ["--policy", weights(spec.policy), "--reward-model", weights(spec.reward_model)]
     else:
@@ -238,6 +243,31 @@ def train_command(config: StudyConfig, spec: TrainSpec) -> list[str]:
     for key, value in spec.args.items():
         command += [f"--{key.replace('_', '-')}", _flag_value(value)]
     return command + ["--output", str(checkpoint_folder(config, spec.name))]
+
+
+def _check_launcher(spec: TrainSpec) -> None:
+    """A stage's own interpreter must exist here; else its cell is blocked (the rest of the study runs) with
+    the command that builds the environment."""
+    program = spec.launcher[0]
+    if shutil.which(program) is None and not path_is(local_path(program), "is_file"):
+        extra = "train-ppo" if spec.kind == "ppo" else "train"
+        raise FileNotFoundError(
+            f"train.{spec.name}.launcher: {program} does not exist; build the stage's environment "
+            f"(`python -m venv {Path(program).parent.parent} && {Path(program).parent}/pip install "
+            f"'.[{extra}]'`), then rerun the study"
+        )
+
+
+def train_payload(spec: TrainSpec, data: str) -> dict:
+    """What of a stage's settings decides its weights: everything but where it is evaluated and which stage
+    it replicates (left out, so a stage written before those keys existed keeps its fingerprint); its
+    launcher only when it has one."""
+    settings = {**spec.__dict__, "data": data}
+    for key in ("tasks", "replicate_of"):
+        settings.pop(key)
+    if not spec.launcher:
+        settings.pop("launcher")
+    return settings
 
 
 def _flag_value(value: object) -> str:
@@ -303,7 +333,7 @@ def build_plan(config: StudyConfig) -> list[Cell]:
         for parent in spec.parents():
             inputs.update(folders.get(parent, {}))
         # the data enter by content (the path string is left out: the same bytes elsewhere are the same data)
-        payload = {"spec": {**spec.__dict__, "data": data}, "parents": [prints[p] for p in spec.parents()]}
+        payload = {"spec": train_payload(spec, data), "parents": [prints[p] for p in spec.parents()]}
         prints[spec.name] = _fingerprint(payload)
         cell = Cell(
             name=f"train/{spec.name}",
@@ -325,7 +355,8 @@ def build_plan(config: StudyConfig) -> list[Cell]:
         path = eval_data(task, settings)
         task_data[task] = {} if path is None else {str(path): content_digest(path, hashes)}
     for name in config.evaluated():
-        for task, settings in config.tasks.items():
+        for task in config.tasks_of(name):
+            settings = config.tasks[task]
             folder = eval_folder(config, name, task)
             data = list(task_data[task].values())[0] if task_data[task] else "hub"
             payload = {"weights": prints[name], "task": task, "settings": settings.__dict__, "data": data}

@@ -14,17 +14,20 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from lm_eval_calib.atomic import replace_folder
 from lm_eval_calib.study.checks import check_study
-from lm_eval_calib.study.config import StudyConfig
+from lm_eval_calib.study.config import FindingSpec, StudyConfig
 from lm_eval_calib.study.findings import (
     FindingInputError,
     FindingResult,
+    SeedSpread,
     check_finding,
     findings_markdown,
     judge,
+    seed_pairs,
 )
 from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder, run_file
 
@@ -162,6 +165,35 @@ def write_outputs(
             results.append(FindingResult(spec, None, "not run", str(exc)))
             continue
         results.append(judge(spec, result))
+    results = [replace(item, spreads=_spreads(config, item.spec, finished, n_resamples)) for item in results]
     table = findings_markdown(results)
     (config.output / "findings.md").write_text(table)
     log("findings:\n" + table)
+
+
+def _spreads(
+    config: StudyConfig, spec: FindingSpec, finished: set[tuple[str, str]], n_resamples: int
+) -> tuple[SeedSpread, ...]:
+    """The seed spread of each seed replicate of the claim's stages on the claim's task, metric and documents
+    (replicate minus twin, paired like the claim itself)."""
+    spreads = []
+    for twin, replicate in seed_pairs(config, spec):
+        absent = [name for name in (twin, replicate) if spec.task not in config.tasks_of(name)]
+        if absent:
+            note = (
+                f"{' and '.join(absent)} {'is' if len(absent) == 1 else 'are'} not evaluated on {spec.task}"
+            )
+            spreads.append(SeedSpread(twin, replicate, None, note))
+            continue
+        if not {(twin, spec.task), (replicate, spec.task)} <= finished:
+            spreads.append(SeedSpread(twin, replicate, None, "an evaluation it needs did not finish"))
+            continue
+        pair = replace(spec, baseline=twin, treatment=replicate)
+        folders = [eval_folder(config, model, spec.task) for model in (twin, replicate)]
+        try:
+            spreads.append(
+                SeedSpread(twin, replicate, check_finding(pair, *folders, n_resamples=n_resamples))
+            )
+        except FindingInputError as exc:
+            spreads.append(SeedSpread(twin, replicate, None, str(exc)))
+    return tuple(spreads)
