@@ -96,23 +96,23 @@ def _report(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from lm_eval_calib.study.checks import check_study
     from lm_eval_calib.study.config import StudyConfigError, load_study
-    from lm_eval_calib.study.plan import build_plan, describe
+    from lm_eval_calib.study.plan import build_plan, describe, select_cells
     from lm_eval_calib.study.runner import run_study
 
     try:
         config = load_study(args.study)
         check_study(config)  # tasks, backends, files: everything that would fail after the first cell
-    except StudyConfigError as exc:
+        cells = select_cells(build_plan(config), args.only)  # a pattern matching nothing: before any cell
+    except (StudyConfigError, ValueError) as exc:
         print(f"lm-eval-calib: error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        cells = build_plan(config)
         print(describe(cells))
         if args.commands:
             for cell in cells:
                 print(f"\n# {cell.name}\n" + " ".join(cell.command))
         return 0
-    return run_study(config)
+    return run_study(config, only=args.only)
 
 
 # -- help as plain text --------------------------------------------------------------------------------------
@@ -210,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument(
         "--commands", action="store_true", help="with --dry-run: also print each cell's command"
+    )
+    study.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="run only the cells whose name matches a shell pattern (e.g. 'eval/*/calib_mmlu' 'train/*'): "
+        "a long study in steps; the report and findings still cover every cell done",
     )
     study.set_defaults(run=_study)
     # the training add-on (train/lm_eval_calib_train); its flags come from light dataclasses, no torch here

@@ -27,7 +27,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from lm_eval_calib.data.root import chosen_data_root  # the cells' lm_eval inherits the same environment
@@ -453,6 +455,19 @@ def _propagate(cells: list[Cell]) -> None:
                 cell.status, cell.reason = "blocked", f"needs {need}, which is blocked"
             elif parent.status in ("missing", "stale") and cell.status == "done":
                 cell.status, cell.reason = "stale", f"{need} will be (re)trained"
+
+
+def select_cells(cells: list[Cell], only: Sequence[str]) -> list[Cell]:
+    """The cells whose name matches one of the shell patterns ``only`` (``eval/qwen-1.5b-*/calib_mmlu``,
+    ``train/*``), in plan order; all cells when ``only`` is empty. A study that takes hours on a small machine
+    runs in steps that each fit it; a pattern that matches no cell is an error naming the cells there are."""
+    if not only:
+        return list(cells)
+    unmatched = [pattern for pattern in only if not any(fnmatchcase(c.name, pattern) for c in cells)]
+    if unmatched:
+        names = ", ".join(c.name for c in cells)
+        raise ValueError(f"--only {' '.join(unmatched)} matches no cell of this study; its cells: {names}")
+    return [c for c in cells if any(fnmatchcase(c.name, pattern) for pattern in only)]
 
 
 def describe(cells: list[Cell]) -> str:

@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from lm_eval_calib.study.findings import (
     judge,
     seed_pairs,
 )
-from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder, run_file
+from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder, run_file, select_cells
 
 LOG_TAIL_LINES = 25
 
@@ -94,8 +94,17 @@ def _tail(path: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def run_study(config: StudyConfig, log: Callable[[str], None] = print, n_resamples: int = 1000) -> int:
+def run_study(
+    config: StudyConfig,
+    log: Callable[[str], None] = print,
+    n_resamples: int = 1000,
+    only: Sequence[str] = (),
+) -> int:
     """Run what is missing, then report; returns 0 when every cell is done at the end, else 1.
+
+    ``only`` (shell patterns of cell names, ``--only``) runs just those cells, a step of a study too long for
+    one sitting: a chosen cell whose training stage is neither done nor chosen is skipped, naming it; the
+    report and findings still cover every cell done so far, and 0 means every chosen cell is done.
 
     Raises :class:`~lm_eval_calib.study.config.StudyConfigError` before any cell runs when the study names a
     task or backend lm_eval does not know, or a file that is missing (:func:`check_study`).
@@ -103,10 +112,19 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print, n_resampl
     check_study(config)
     config.output.mkdir(parents=True, exist_ok=True)  # so build_plan keeps the file hashes it computes
     cells = build_plan(config)
-    todo = [c for c in cells if c.status in ("missing", "stale")]
-    log(f"study {config.name}: {len(cells)} cells, {len(todo)} to run, the rest done or blocked")
+    chosen = select_cells(cells, only)
+    todo = [c for c in chosen if c.status in ("missing", "stale")]
+    step = f" ({len(chosen)} chosen by --only)" if only else ""
+    log(f"study {config.name}: {len(cells)} cells{step}, {len(todo)} to run, the rest done or blocked")
+    status = {c.name: c.status for c in cells}
+    todo_names = {c.name for c in todo}
     failed: set[str] = set()
     for number, cell in enumerate(todo, 1):
+        unchosen = [n for n in cell.needs if status.get(n) != "done" and n not in todo_names]
+        if unchosen:
+            failed.add(cell.name)
+            log(f"[{number}/{len(todo)}] {cell.name}: skipped, needs {', '.join(unchosen)}: add it to --only")
+            continue
         blocked_by = [n for n in cell.needs if n in failed]
         if blocked_by:
             failed.add(cell.name)
@@ -121,13 +139,13 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print, n_resampl
             failed.add(cell.name)
             tail = _tail(log_file)
             log(f"[{number}/{len(todo)}] {cell.name}: FAILED after {seconds:.0f} s; log {log_file}:\n{tail}")
-    for cell in cells:
+    for cell in chosen:
         if cell.status == "blocked":
             log(f"{cell.name}: blocked: {cell.reason}")
     done = [c for c in cells if c.status == "done" and c.kind == "eval"]
     if done:
         write_outputs(config, done, log, n_resamples)
-    return 0 if all(c.status == "done" for c in cells) else 1
+    return 0 if all(c.status == "done" for c in chosen) else 1
 
 
 def write_outputs(
