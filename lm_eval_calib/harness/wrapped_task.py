@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from lm_eval.api.metrics import mean
-from lm_eval.api.task import Task
 from lm_eval.config.task import TaskConfig
 
 from lm_eval_calib.harness.base import (
@@ -24,6 +22,7 @@ from lm_eval_calib.harness.base import (
     build_record_aggregations,
     result_table,
 )
+from lm_eval_calib.harness.compat.pooled import PooledTaskBase
 from lm_eval_calib.harness.results import option_logliks
 from lm_eval_calib.harness.wrap_refusal import (
     PREFIX,
@@ -176,7 +175,7 @@ class WrappedMultipleChoiceTask(CalibrationTaskBase):
 
 
 # -- a group or tag as one task ------------------------------------------------------------------------------
-class PooledCalibrationTask(Task):
+class PooledCalibrationTask(PooledTaskBase):
     """ONE lm-eval task over the documents of every subtask of a group or tag (subtasks in lm-eval's order).
 
     Each document keeps its own subtask's prompt, few-shot examples, requests, filters and scoring (its
@@ -184,6 +183,8 @@ class PooledCalibrationTask(Task):
     aggregated over all documents (``acc``: the size-weighted mean, as lm-eval's ``mmlu`` group reports it).
     ``--limit N`` takes the first N documents of the pooled list, as for ``calib_mmlu``; ``--samples`` indexes
     it. ``--num_fewshot`` reaches every subtask by lm-eval's rule (a subtask configured with 0 shots keeps 0).
+    What differs between lm-eval lines (filters, per-document scoring) is in its base,
+    :mod:`lm_eval_calib.harness.compat.pooled`.
     """
 
     OUTPUT_TYPE = "multiple_choice"
@@ -196,7 +197,7 @@ class PooledCalibrationTask(Task):
         self._training_docs = None
         self._fewshot_docs = None
         self.fewshot_rnd = None
-        filters = {tuple(f.name for f in sub._filters) for sub in subtasks}
+        filters = {tuple(f.name for f in sub.filter_ensembles()) for sub in subtasks}
         if len(filters) > 1:
             raise WrapRefusal(
                 refusal_message(
@@ -213,7 +214,7 @@ class PooledCalibrationTask(Task):
         spans: dict[str, list[int]] = {}
         for sub in subtasks:
             start = len(self._docs)
-            for doc in sub.task_docs:
+            for doc in self.subtask_docs(sub):
                 self._docs.append(doc)
                 self._owner[id(doc)] = sub
             spans[sub.config.task] = [start, len(self._docs)]
@@ -239,7 +240,7 @@ class PooledCalibrationTask(Task):
         self.VERSION = versions.pop() if len(versions) == 1 else "mixed"
         self.calibration = CalibrationOptions.from_metadata(metadata)
         self._aggregations, self._higher_is_better = self._pooled_aggregations()
-        self._metric_fn_list = {key: fn for sub in subtasks for key, fn in sub._metric_fn_list.items()}
+        self.pool_own_metrics()
         self.UNSAFE_CODE = any(getattr(sub, "UNSAFE_CODE", False) for sub in subtasks)
         self.MULTIMODAL = any(getattr(sub, "MULTIMODAL", False) for sub in subtasks)
 
@@ -317,14 +318,6 @@ class PooledCalibrationTask(Task):
         # requests are told apart by their document object (cached ones are copies): never from the cache
         super().build_all_requests(**{**kwargs, "cache_requests": False, "rewrite_requests_cache": False})
 
-    def apply_filters(self) -> None:
-        by_subtask: dict[int, list] = defaultdict(list)
-        for instance in self._instances:
-            by_subtask[id(self.subtask(instance.doc))].append(instance)
-        for sub in self.subtasks:
-            for ensemble in sub._filters if by_subtask.get(id(sub)) else ():
-                ensemble.apply(by_subtask[id(sub)])
-
     def set_fewshot_seed(self, seed: int | None = None) -> None:
         super().set_fewshot_seed(seed)
         for sub in self.subtasks:
@@ -340,6 +333,7 @@ class PooledCalibrationTask(Task):
     def override_metric(self, metric_name: str) -> None:
         for sub in self.subtasks:
             sub.override_metric(metric_name)
+        self.after_override_metric()
         self._aggregations, self._higher_is_better = self._pooled_aggregations()
 
     def aggregation(self) -> dict:

@@ -111,3 +111,26 @@ def test_on_0_5_our_class_is_composed_with_the_class_of_its_output_type():
         assert issubclass(cls, Task._registry[output_type]) and issubclass(cls, TokenCalibrationTask)
         assert cls.__mro__[1] is TokenCalibrationTask  # our methods first
         assert concrete_class(TokenCalibrationTask, output_type) is cls  # made once
+
+
+def test_everything_the_chosen_pooled_task_adapter_relies_on_exists():
+    from lm_eval_calib.harness.compat import pooled
+
+    assert pooled.RELIES_ON
+    for internal in pooled.RELIES_ON:
+        _resolve(internal)  # raises, naming it, when this lm-eval lacks it
+
+
+def test_calib_facts_gen_builds_with_its_own_acc_on_both_lines(data_root, monkeypatch):
+    """Its YAML's ``metric: acc`` (values from its process_results) on a generate_until task: 0.5 registers
+    ``acc`` for log-likelihood output types only and refused the task when it built its scorers."""
+    from lm_eval.api.metrics import mean
+    from lm_eval.tasks import TaskManager
+
+    import lm_eval_calib  # noqa: F401  (registers our tasks)
+
+    monkeypatch.setenv("LM_EVAL_CALIB_DATA", str(data_root))
+    task = TaskManager().load(["calib_facts_gen"])["tasks"]["calib_facts_gen"]
+    assert task.own_metric_names() == ["acc"]
+    assert task.own_higher_is_better()["acc"] is True
+    assert task.aggregation()["acc"] is mean

@@ -34,12 +34,15 @@ TASKS = (
     "calib_facts_open",
     "calib_clm",
     "calib_mmlu_anatomy_continuation",
+    "calib_mmlu_social_sciences_continuation",
 )
-"""Our multiple-choice tasks (MMLU with 5 shots; LAMA facts), token tasks (first token; rolling text) and a
-wrapped multiple-choice task of lm-eval's (its own acc and acc_norm, plus ece_norm, ...): 4 documents each."""
+"""Our multiple-choice tasks (MMLU with 5 shots; LAMA facts), token tasks (first token; rolling text), a
+wrapped multiple-choice task of lm-eval's (its own acc and acc_norm, plus ece_norm, ...) and a tag of 12 of
+them pooled as one task (``PooledCalibrationTask``; its first documents): 4 documents each."""
 LIMIT = 4
-GENERATION_TASKS = ("calib_gsm8k",)
-"""A wrapped generate_until task (two filters, its own exact_match, each estimator's records): 2 documents."""
+GENERATION_TASKS = ("calib_gsm8k", "calib_facts_gen")
+"""A wrapped generate_until task (two filters, its own exact_match, each estimator's records) and ours (its
+YAML's ``metric: acc``, which 0.5 registers for log-likelihood tasks only): 2 documents each."""
 GENERATION_LIMIT = 2
 TOLERANCE = 1e-9
 REFERENCE_ENV = "LM_EVAL_CALIB_REFERENCE_PYTHON"

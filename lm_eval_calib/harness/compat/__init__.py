@@ -6,6 +6,8 @@ that contract on 0.5, each naming the upstream internals it relies on (``RELIES_
 
 - task classes: :mod:`.tasks` chooses, once at import, :mod:`.tasks_v04` or :mod:`.tasks_v05`
   (``TaskBase``, the base of :class:`~lm_eval_calib.harness.base.CalibrationTaskBase`);
+- the pooled task (``calib_<group or tag>``): :mod:`.pooled` chooses :mod:`.pooled_v04` or :mod:`.pooled_v05`
+  (``PooledTaskBase``, the base of :class:`~lm_eval_calib.harness.wrapped_task.PooledCalibrationTask`);
 - stderrs: :mod:`.stderr_v05` (0.5's scorers bootstrap every aggregation that is not ``mean``; inside our
   tasks the stderrs are 0.4.13's), applied by the "stderr (lm-eval 0.5)" patch of
   :mod:`lm_eval_calib.lm_eval_patches`; 0.4.13's is that module's "stderr" patch.

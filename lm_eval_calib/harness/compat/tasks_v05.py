@@ -15,6 +15,11 @@ are written against one contract (:mod:`lm_eval_calib.harness.compat`); here it 
 - **Aggregation.** 0.5's ``Scorer.aggregate`` prefers a metric's own aggregation over the task's
   ``aggregation()``; a calibration key that shares a name with a default metric (``acc`` of the token tasks,
   computed from token records) would be averaged as plain numbers. Ours take precedence here.
+- **Metrics by name.** 0.5 types each registered metric by output type and refuses, when it builds a task's
+  scorers, a ``metric_list`` entry of another type (``acc`` of ``calib_facts_gen``, a ``generate_until``
+  task). Where the config has its own ``process_results`` (which gives every value; the metric's function is
+  never called), such an entry keeps its name, aggregation and direction and is typed as this task's output,
+  as 0.4.13 reads it.
 - **Rolling requests.** 0.5's ``LoglikelihoodRollingTask`` sends ``("", text)``; our models (``hf-calib``,
   ``vllm-calib``) read 0.4.13's ``(text,)``, which is what they receive from our rolling tasks here.
 
@@ -29,13 +34,20 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lm_eval.api.metrics import Metric
+from lm_eval.api.registry import metric_registry
 from lm_eval.api.task import Task
-from lm_eval.scorers import ScoredDoc
+from lm_eval.scorers import ScoredDoc, build_scorer
 
 from lm_eval_calib.harness.compat.stderr_v05 import our_task_aggregating
 
 RELIES_ON: tuple[str, ...] = (
     "lm_eval.api.task.Task._registry",  # output_type -> the class that builds its requests
+    "lm_eval.api.task.Task._build_scorers",  # () -> one Scorer per config.filter_list entry (in __init__)
+    "lm_eval.api.task.Task._build_scorer_context",  # the kwargs a scorer hands its metrics (Scorer.context)
+    "lm_eval.scorers.build_scorer",  # (cfg=, output_type=, scorer_type=); keeps Metric entries as they are
+    "lm_eval.api.metrics.Metric.from_dict",  # (cfg, output_type): no output_type -> no type check
+    "lm_eval.api.registry.metric_registry",  # name -> Metric (its output_type: the types it accepts)
     "lm_eval.api.task.Task._try_process_results",  # (instances by doc_id, filter key) -> {doc_id: ScoredDoc}
     "lm_eval.api.task.Task.process_instances",  # calls the above once per scorer
     "lm_eval.api.task.Task.process_results",  # the config's own process_results, else None
@@ -84,6 +96,35 @@ class TaskBase(Task):
 
     def __new__(cls, config: Any = None, *args: Any, **kwargs: Any) -> TaskBase:
         return super().__new__(concrete_class(cls, _output_type(config) or cls.OUTPUT_TYPE))
+
+    # -- scorers --------------------------------------------------------------------------------------------
+    def _build_scorers(self) -> list[Any]:
+        """0.5's scorers, one per filter pipeline; with the config's own ``process_results``, a metric that
+        0.5 registers for other output types is kept by name (see the module docstring)."""
+        if not callable(self.config.process_results):
+            return super()._build_scorers()
+        context = self._build_scorer_context()
+        scorers = []
+        for cfg in self.config.filter_list:
+            metrics = [self._metric_by_name(item) for item in cfg.get("metric_list") or []]
+            config = {**cfg, "metric_list": metrics}
+            scorer = build_scorer(cfg=config, output_type=self.OUTPUT_TYPE, scorer_type=self.config.scorer)
+            scorer.context = context
+            scorers.append(scorer)
+        return scorers
+
+    def _metric_by_name(self, item: Any) -> Any:
+        """``item`` of a ``metric_list`` as 0.5 builds it for this output type; a registered metric of other
+        types as a metric of this one (its name, aggregation and direction; ``process_results`` gives its
+        values)."""
+        if isinstance(item, Metric):
+            return item
+        name = item.get("metric") if isinstance(item, Mapping) else None
+        registered = metric_registry.get(name, None) if isinstance(name, str) else None
+        if registered is None or self.OUTPUT_TYPE in registered.output_type:
+            return Metric.from_dict(item, self.OUTPUT_TYPE)
+        metric = Metric.from_dict(item)  # no output type: no type check
+        return dataclasses.replace(metric, output_type={self.OUTPUT_TYPE})
 
     # -- what our classes read of the original task -------------------------------------------------------
     def own_metric_names(self) -> list[str]:
