@@ -11,7 +11,8 @@ and ONE loaded model, times on the same documents:
   ``num_return_sequences=K``).
 
 Sampling is at temperature 1 with the task's stop sequences and ``--max-gen-toks``. Each timing is the median
-of ``--repeats`` rounds after one warm-up round on two prompts; model loading is not timed. Prints a Markdown
+of ``--repeats`` rounds after one warm-up round on two prompts; model loading is not timed; vLLM's prefix
+cache is emptied before each timed run, so no run reads the prompts an earlier one computed. Prints a Markdown
 table. Run by hand, one backend per call (vLLM needs its own environment, e.g. ``.ci/run_vllm``'s)::
 
     .venv-vllm/bin/python bench/bench_sampling.py --backend vllm-calib --limit 32 --samples 5
@@ -108,8 +109,11 @@ def main() -> None:
     model.generate_until(separate[: 2 * k], disable_tqdm=True)
     times: dict[str, list[float]] = {name: [] for name in runs}
     texts: dict[str, list] = {}
+    engine = getattr(getattr(model, "engine", None), "llm", None)
     for _ in range(args.repeats):
         for name, fn in runs.items():
+            if hasattr(engine, "reset_prefix_cache"):  # no run reads the prompts an earlier one left cached
+                engine.reset_prefix_cache()
             start = time.perf_counter()
             texts[name] = fn()
             times[name].append(time.perf_counter() - start)

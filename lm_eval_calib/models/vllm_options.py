@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from lm_eval_calib.models.model_args import parse_bool, parse_float, parse_int, parse_optional
 
-__all__ = ["VLLM_0_32_ENGINE_ARGS", "VLLMCalibOptions", "default_max_num_batched_tokens"]
+__all__ = ["CPU_BLOCK_SIZE", "VLLM_0_32_ENGINE_ARGS", "VLLMCalibOptions", "default_max_num_batched_tokens"]
 
 eval_logger = logging.getLogger(__name__)
 
@@ -35,8 +35,13 @@ eval_logger = logging.getLogger(__name__)
 LOGITS_BUDGET = 2**31
 #: Tokens ``vllm-calib`` needs beyond what the model sees: the scored last token and one generated token.
 ENGINE_EXTRA_TOKENS = 2
-_BOOLS = ("trust_remote_code", "single_prefill", "prefix_caching")
-_OPTIONAL_BOOLS = ("add_bos_token", "enforce_eager")
+#: The KV-cache block on a CPU unless ``block_size`` is given (vLLM's CPU default is 128): a multi-token
+#: option read from the prefix cache recomputes its context's last, partial block, 16 tokens on average at 32
+#: instead of 64 (docs/benchmarks.md, P5). vLLM's CPU attention needs a multiple of 32; a GPU keeps vLLM's
+#: own default (16).
+CPU_BLOCK_SIZE = 32
+_BOOLS = ("trust_remote_code", "single_prefill")
+_OPTIONAL_BOOLS = ("add_bos_token", "enforce_eager", "prefix_caching")
 #: integer options and their smallest value (``None``: any)
 _INTS = {"tensor_parallel_size": 1, "data_parallel_size": 1, "max_gen_toks": 1, "seed": None}
 _OPTIONAL_INTS = {
@@ -104,8 +109,10 @@ class VLLMCalibOptions:
     """``None``: ``True`` on CPU (graph compilation costs a minute per start; scoring is prefill-bound)."""
     single_prefill: bool = True
     """Score single-token options from one prefill per context."""
-    prefix_caching: bool = False
-    """Let multi-token option requests reuse the context's cached KV."""
+    prefix_caching: bool | None = None
+    """Let multi-token option requests reuse the context's cached KV (exact: the same numbers). ``None`` (the
+    default): on wherever the engine caches prefixes; ``True``: on, an error where it cannot be;
+    ``False``: every option request computes its context again (the engine's cache stays on for the rest)."""
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Other keywords, passed to ``vllm.LLM`` unchanged."""
 
@@ -146,7 +153,7 @@ class VLLMCalibOptions:
                 f"vllm-calib: give max_length ({self.max_length}) or max_model_len ({self.max_model_len}), "
                 "not both: max_length (tokens the model sees, as in `hf`) is max_model_len - 2"
             )
-        if self.prefix_caching and extra.get("enable_prefix_caching") is False:
+        if self.prefix_caching is True and extra.get("enable_prefix_caching") is False:
             raise ValueError("vllm-calib: prefix_caching=True contradicts enable_prefix_caching=False")
         mode = extra.get("logprobs_mode", "raw_logprobs")
         if mode != "raw_logprobs":
@@ -217,7 +224,8 @@ class VLLMCalibOptions:
 
     def engine_args(self, vocab_size: int, on_cpu: bool) -> dict[str, Any]:
         """Keyword arguments of ``vllm.LLM``: the options, the defaults ``vllm-calib`` relies on (chunked
-        prefill with a logits-bounded step, eager mode on CPU), then the extra engine keywords."""
+        prefill with a logits-bounded step, eager mode and 32-token KV blocks on CPU, prefix caching), then
+        the extra engine keywords (which win: ``block_size=128`` keeps vLLM's CPU block)."""
         args: dict[str, Any] = {
             "model": self.pretrained,
             "revision": self.revision,
@@ -240,6 +248,11 @@ class VLLMCalibOptions:
             args["max_num_seqs"] = self.max_batch_size
         if self.prefix_caching:
             args["enable_prefix_caching"] = True
+        caching = (
+            self.prefix_caching is not False and self.engine_kwargs.get("enable_prefix_caching") is not False
+        )
+        if on_cpu and caching:
+            args["block_size"] = CPU_BLOCK_SIZE
         args.update(self.engine_kwargs)
         return args
 

@@ -34,14 +34,29 @@ K = 4
 
 
 class CountingEngine:
-    """Passes every call to the real engine and keeps the sampling parameters that went in."""
+    """Passes every call to the real engine and keeps the seeded sampling parameters that went in (the
+    unseeded one-token requests that fill the prefix cache before them apart, in ``warmups``) and the
+    outputs of every seeded call."""
 
     def __init__(self, engine) -> None:
-        self.engine, self.info, self.params = engine, engine.info, []
+        self.engine, self.info = engine, engine.info
+        self.params: list = []
+        self.warmups: list[list[list[int]]] = []
+        self.seeded_calls: list[list] = []
 
     def generate(self, prompts, params):
-        self.params.extend(params)
-        return self.engine.generate(prompts, params)
+        outputs = self.engine.generate(prompts, params)
+        if all(p.seed is None and p.max_tokens == 1 for p in params):
+            self.warmups.append([list(p) for p in prompts])
+        else:
+            self.params.extend(params)
+            self.seeded_calls.append(outputs)
+        return outputs
+
+    def clear(self) -> None:
+        self.params.clear()
+        self.warmups.clear()
+        self.seeded_calls.clear()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +73,7 @@ def _requests(prompts=PROMPTS) -> list[Instance]:
 
 
 def test_k_distinct_draws_in_one_request_reproduced_by_the_seed(lm):
-    lm.engine.params.clear()
+    lm.engine.clear()
     first = lm.generate_samples(_requests(), K, [11, 22])
     assert [(p.n, p.seed) for p in lm.engine.params] == [(K, 11), (K, 22)]  # one request per prompt
     assert [len(texts) for texts in first] == [K, K]
@@ -81,7 +96,7 @@ def test_passes_sample_at_the_engine(lm):
         passes.Generation(doc_id=i, doc={}, context=p, gen_kwargs=dict(greedy), text="", task="t")
         for i, p in enumerate(PROMPTS)
     ]
-    lm.engine.params.clear()
+    lm.engine.clear()
     passes.run_passes(lm, items, ["semantic_entropy"], 3, None)
     seeds = [doc_sample_seed(passes.DEFAULT_SAMPLE_SEED, "t", i) for i in range(2)]
     assert [(p.n, p.seed) for p in lm.engine.params] == [(3, s) for s in seeds]
@@ -96,18 +111,41 @@ def _long_prompt(i: int, sentences: int = 90) -> str:
 
 def test_long_prompts_are_sampled_without_a_chunked_seeded_prefill(lm):
     """vLLM's CPU build crashes on a seeded request whose prefill is chunked ("CPU Generator does not use
-    offset"); many long prompts at once must not trigger it, and a request too large for one step goes as
-    its n children (seed + i), which draw exactly what n=K draws."""
+    offset"); many long prompts at once must not trigger it. Their prompts are prefilled first (unseeded,
+    once each), so the seeded requests read them from the prefix cache and share one engine call instead of
+    a call per prompt (P8); the samples are those of the prompts sampled one by one."""
+    from vllm.platforms import current_platform
+
     requests = [Instance("generate_until", {}, (_long_prompt(i), dict(SAMPLE)), i) for i in range(6)]
-    assert all(len(lm.tok_encode(r.args[0])) > 900 for r in requests)
+    budget = lm.engine_args["max_num_batched_tokens"]
+    lengths = [len(lm.tok_encode(r.args[0])) for r in requests]
+    assert all(n > 900 for n in lengths) and 2 * 3 * min(lengths) > budget  # uncached: one prompt a call
+    lm.engine.clear()
     texts = lm.generate_samples(requests, 3, list(range(100, 106)))
     assert [len(t) for t in texts] == [3] * 6
-    one = requests[:1]
-    budget = lm.engine_args["max_num_batched_tokens"]
-    k_fits = budget // len(lm.tok_encode(one[0].args[0]))
-    lm.engine.params.clear()
-    whole = lm.generate_samples(one, k_fits, [7])[0]
-    split = lm.generate_samples(one, k_fits + 1, [7])[0]
-    children = [(1, 7 + i) for i in range(k_fits + 1)]
-    assert [(p.n, p.seed) for p in lm.engine.params] == [(k_fits, 7), *children]
-    assert split[:k_fits] == whole
+    if current_platform.is_cpu():
+        assert lm.info.prefix_caching and len(lm.engine.seeded_calls) == 1  # was 6 before the warm-up
+        assert lm.engine.warmups == [[lm.tok_encode(r.args[0]) for r in requests]]
+        # every seeded sequence read its prompt's full blocks from the cache
+        block = lm.info.block_size
+        for output, n in zip(lm.engine.seeded_calls[0], lengths, strict=True):
+            assert output.num_cached_tokens == (n - 1) // block * block
+    one_by_one = [lm.generate_samples([r], 3, [100 + i])[0] for i, r in enumerate(requests)]
+    assert one_by_one == texts
+
+
+def test_a_request_of_more_sequences_than_a_step_holds_goes_as_its_children(lm):
+    """``n`` above ``max_num_seqs`` cannot start in one step on vLLM's CPU build; it goes as ``n`` requests of
+    one sequence seeded ``seed + i``, which draw exactly what ``n`` children of one request draw."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the waves are the CPU build's")
+    max_seqs = int(lm.engine_args.get("max_num_seqs") or 128)
+    one = _requests()[:1]
+    lm.engine.clear()
+    whole = lm.generate_samples(one, max_seqs, [7])[0]
+    split = lm.generate_samples(one, max_seqs + 1, [7])[0]
+    children = [(1, 7 + i) for i in range(max_seqs + 1)]
+    assert [(p.n, p.seed) for p in lm.engine.params] == [(max_seqs, 7), *children]
+    assert split[:max_seqs] == whole

@@ -244,39 +244,50 @@ def test_results_do_not_depend_on_order_or_batch_size(tiny_vllm, requests):
 
 
 def test_prefix_caching_gives_the_same_results(vllm_tiny_dir, tiny_vllm, requests):
-    """Options as whole answer texts (multi-token) after 5-shot prompts of several 128-token cache blocks."""
+    """Options as whole answer texts (multi-token) after 5-shot prompts of several KV-cache blocks: the
+    default (prefix caching on, 32-token blocks on a CPU) gives the numbers of ``prefix_caching=False``."""
     from lm_eval.api.instance import Instance
+    from vllm.platforms import current_platform
 
     reqs = []
     for name in MMLU_TASKS:
         for r in requests[name][::4]:  # one per question
             doc = r.doc
             reqs += [Instance("loglikelihood", doc, (r.args[0], " " + c), 0) for c in doc["choices"]]
-    cached = _vllm(vllm_tiny_dir, prefix_caching=True)
+    cached, uncached = tiny_vllm, _vllm(vllm_tiny_dir, prefix_caching=False)
+    assert cached.options.prefix_caching is None and cached.prefix_caching is True  # the default: on
+    assert uncached.prefix_caching is False
+    if current_platform.is_cpu():  # vllm-calib's CPU block (vLLM's own is 128); a GPU keeps vLLM's
+        assert cached.info.block_size == 32 and uncached.info.block_size == 128
+    cached.engine.llm.reset_prefix_cache()
     spy = _counting(cached)
-    first = cached.loglikelihood(reqs, disable_tqdm=True)
-    hits = [
-        o.num_cached_tokens
-        for _, params, outputs in spy.calls
-        for p, o in zip(params, outputs, strict=True)
-        if p.prompt_logprobs
-    ]
-    assert any(h >= 128 for h in hits), hits  # the options really read the context's cached blocks
-    assert_same_results(
-        first, tiny_vllm.loglikelihood(reqs, disable_tqdm=True), SAME_ENGINE_ATOL, "prefix cache"
-    )
+    try:
+        first = cached.loglikelihood(reqs, disable_tqdm=True)
+        hits = [
+            o.num_cached_tokens
+            for _, params, outputs in spy.calls
+            for p, o in zip(params, outputs, strict=True)
+            if p.prompt_logprobs
+        ]
+        block = cached.info.block_size
+        assert any(h >= 4 * block for h in hits), hits  # the options really read the context's cached blocks
+        assert_same_results(
+            first, uncached.loglikelihood(reqs, disable_tqdm=True), SAME_ENGINE_ATOL, "prefix cache"
+        )
 
-    # the same requests again: now the cache holds whole options, beyond the context, so those rows are not
-    # real log-probs; they must be scored again without the cache and give the same numbers
-    n_calls = len(spy.calls)
-    again = cached.loglikelihood(reqs, disable_tqdm=True)
-    retried = [
-        p
-        for _, params, _ in spy.calls[n_calls:]
-        for p in params
-        if p.prompt_logprobs and p.skip_reading_prefix_cache
-    ]
-    assert retried, "expected options scored again without the cache"
+        # the same requests again: now the cache holds whole options, beyond the context, so those rows are
+        # not real log-probs; they must be scored again without the cache and give the same numbers
+        n_calls = len(spy.calls)
+        again = cached.loglikelihood(reqs, disable_tqdm=True)
+        retried = [
+            p
+            for _, params, _ in spy.calls[n_calls:]
+            for p in params
+            if p.prompt_logprobs and p.skip_reading_prefix_cache
+        ]
+        assert retried, "expected options scored again without the cache"
+    finally:
+        cached.engine = spy.engine
     assert_same_results(again, first, SAME_ENGINE_ATOL, "prefix cache, second pass")
 
 

@@ -38,16 +38,18 @@ def test_model_args_string_becomes_typed_fields_and_engine_arguments():
         "enforce_eager": True,
         "max_model_len": 128,
         "enable_prefix_caching": True,
+        "block_size": 32,  # on a CPU: the options' cached contexts recompute less (docs/benchmarks.md, P5)
         "kv_cache_memory_bytes": 67108864,
     }
 
 
 def test_defaults_and_python_values():
     options = VLLMCalibOptions(pretrained="m")
-    assert options.batch_size == "auto" and options.single_prefill is True and options.prefix_caching is False
+    assert options.batch_size == "auto" and options.single_prefill is True and options.prefix_caching is None
     args = options.engine_args(vocab_size=128256, on_cpu=False)
     assert args["enforce_eager"] is False and args["max_num_batched_tokens"] == 2048
-    assert "max_model_len" not in args and "enable_prefix_caching" not in args
+    # on a GPU: vLLM's own prefix-caching default (on where the model supports it) and block size
+    assert "max_model_len" not in args and "enable_prefix_caching" not in args and "block_size" not in args
     # lm-eval's own parsing gives bools and ints; code may pass strings: the same typed result
     assert VLLMCalibOptions(pretrained="m", batch_size="auto:4").batch_size == "auto"
     same = VLLMCalibOptions(pretrained="m", batch_size="8", max_model_len=130.0, enforce_eager="off")
@@ -61,6 +63,28 @@ def test_defaults_and_python_values():
     assert VLLMCalibOptions.from_model_args({"pretrained": "m", "anything": 1}).engine_kwargs == {
         "anything": 1
     }
+
+
+def test_prefix_caching_is_on_by_default_with_32_token_blocks_on_a_cpu_and_can_be_turned_off():
+    def engine(on_cpu: bool, **model_args) -> dict:
+        options = VLLMCalibOptions.from_model_args(
+            {"pretrained": "m", **model_args}, ENGINE_ARG_NAMES | {"block_size"}
+        )
+        return options.engine_args(vocab_size=49152, on_cpu=on_cpu)
+
+    on_cpu = engine(True)
+    assert on_cpu["block_size"] == 32 and "enable_prefix_caching" not in on_cpu  # vLLM's default: on
+    assert engine(True, prefix_caching=True)["enable_prefix_caching"] is True
+    assert engine(True, block_size=128)["block_size"] == 128  # the user's block wins
+    assert engine(False, prefix_caching=True)["enable_prefix_caching"] is True
+    assert "block_size" not in engine(False, prefix_caching=True)  # a GPU keeps vLLM's block (16)
+    # off: the engine arguments vllm-calib gave before prefix caching was its default
+    for off in ({"prefix_caching": "false"}, {"enable_prefix_caching": False}):
+        args = engine(True, **off)
+        assert "block_size" not in args and args.get("enable_prefix_caching") in (None, False), off
+    assert (
+        VLLMCalibOptions.from_model_args({"pretrained": "m", "prefix_caching": "no"}).prefix_caching is False
+    )
 
 
 @pytest.mark.parametrize(
