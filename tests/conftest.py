@@ -25,11 +25,57 @@ def data_root() -> Path:
     return DATA_ROOT
 
 
-@pytest.fixture(scope="session")
-def smollm2_model_args() -> str:
-    from lm_eval_calib.bundled_models import get_bundled_model
+def _shared_smollm2_folder(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct de-quantised once per pytest run into a float32 Hugging Face folder.
 
-    return get_bundled_model("smollm2").model_args() + ",dtype=float32"
+    Loading the bundled Q4_1 GGUF de-quantises it in every process (about 20 s on two cores); the exported
+    folder loads in about 3 s with the same weights and tokenizer. CI's pytest-xdist workers share one export:
+    it lives in the run's common temporary folder, written by the first worker under a file lock.
+    """
+    from filelock import FileLock
+
+    from lm_eval_calib.models.vllm_export import export_bundled_model
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    dest = root / "SmolLM2-135M-Instruct"
+    with FileLock(str(root / "SmolLM2-135M-Instruct.lock")):
+        if not (dest / "config.json").is_file():
+            export_bundled_model(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_args(tmp_path_factory) -> str:
+    """``--model_args`` for the real SmolLM2 (float32) from the exported folder (see above); the GGUF load
+    path itself is tested in tests/test_integration_smollm2.py and tests/train."""
+    return f"pretrained={_shared_smollm2_folder(tmp_path_factory)},dtype=float32"
+
+
+@pytest.fixture
+def gguf_parsed_once(monkeypatch):
+    """One read-only ``gguf.GGUFReader`` per file for the whole test.
+
+    transformers parses a GGUF file's metadata anew for the tokenizer, the config and the weights: Qwen's
+    151,665-token vocabulary and its merges make that about 16 s per parse on two cores, two thirds of the
+    load. The reader is only read (fields, tensor views of a read-only memory map), so the three loads get
+    the very same values from one parse; only the repeated parsing is skipped.
+    """
+    import gguf
+
+    parse = gguf.GGUFReader
+    readers: dict[str, gguf.GGUFReader] = {}
+
+    def shared(path, mode="r"):
+        if mode != "r":
+            return parse(path, mode)
+        key = os.path.realpath(path)
+        if key not in readers:
+            readers[key] = parse(path, mode)
+        return readers[key]
+
+    monkeypatch.setattr(gguf, "GGUFReader", shared)  # transformers imports it from gguf at each load
+    return readers
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +86,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
-    """The real SmolLM2-135M-Instruct, de-quantised from its GGUF file into a float32 folder vLLM loads
-    (once per test run: the vLLM engine tests and the endpoint server tests share it)."""
-    from lm_eval_calib.models.vllm_export import export_bundled_model
-
-    return export_bundled_model(tmp_path_factory.mktemp("smollm2-hf") / "model")
+    """The real SmolLM2-135M-Instruct as a float32 folder vLLM loads (the vLLM engine tests and the endpoint
+    server tests share it with the hf-calib runs)."""
+    return _shared_smollm2_folder(tmp_path_factory)
 
 
 # The slowest test files (CI's --durations), run first. CI runs the tests on two pytest-xdist workers that

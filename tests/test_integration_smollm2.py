@@ -19,10 +19,15 @@ SUBJECTS = ["anatomy", "high_school_geography", "marketing"]
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_model_args):
+def smollm2():
+    """lm-eval's own ``hf`` on the bundled GGUF file itself (what README command 1 loads); the other SmolLM2
+    tests load the same weights from a float32 folder exported once (tests/conftest.py)."""
     from lm_eval.models.huggingface import HFLM
 
-    args = dict(part.split("=", 1) for part in smollm2_model_args.split(","))
+    from lm_eval_calib.bundled_models import get_bundled_model
+
+    model_args = get_bundled_model("smollm2").model_args() + ",dtype=float32"
+    args = dict(part.split("=", 1) for part in model_args.split(","))
     return HFLM(**args, device="cpu", batch_size=8)
 
 

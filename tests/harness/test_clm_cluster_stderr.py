@@ -1,6 +1,10 @@
 """The real SmolLM2-135M on calib_clm (two WikiText documents, every token scored) through the lm_eval CLI:
 the stderrs lm-eval writes resample documents, and the report computes the same numbers from the logged
-records (its leaderboard, its ECE interval from the same resamples)."""
+records (its leaderboard, its ECE interval from the same resamples).
+
+The two documents are short ones picked with ``--samples`` (607 and 633 SmolLM2 tokens): the first two of
+the test split (1,407 and 5,349 tokens, the second in one 5k-token window) took two minutes to score on CPU.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,16 @@ from lm_eval_calib.report.runs import load_run
 
 pytestmark = pytest.mark.integration
 
+SHORT_DOCUMENTS = [14, 57]
+"""Two short WikiText-2 test documents (indices in calib_clm's test split), 1,240 tokens together."""
+
 
 @pytest.fixture(scope="module")
 def clm_run(smollm2_model_args, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("clm-smollm2")
     args = ["--model", "hf-calib", "--model_args", smollm2_model_args, "--tasks", "calib_clm"]
-    args += ["--device", "cpu", "--batch_size", "4", "--limit", "2", "--output_path", str(out / "run")]
+    args += ["--device", "cpu", "--batch_size", "4", "--output_path", str(out / "run")]
+    args += ["--samples", json.dumps({"calib_clm": SHORT_DOCUMENTS})]
     args += ["--log_samples", "--metadata", json.dumps({"data_dir": str(data_root)})]
     run_lm_eval(args)
     (results_file,) = (out / "run").rglob("results_*.json")

@@ -123,14 +123,16 @@ BATCHED = [k for k, info in METRICS.items() if info.batched is not None]
 
 
 def test_cell_bootstrap_matches_item_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Both are bootstrap estimates from 400 resamples: each standard error has a Monte-Carlo relative error
-    # of about 1/sqrt(2 * 400) = 3.5%, so their ratio has about 5%; 15% is three of those.
-    data = make_tokens(0, 200_000)
+    # Both are bootstrap estimates: a standard error from R resamples has a Monte-Carlo relative error of
+    # about 1/sqrt(2R), so their ratio has sqrt(1/(2 * 800) + 1/(2 * 270)) = 5.0% (as with 400 resamples
+    # each); 15% is three of those. An item resample costs ~15x a cell one, so the items get fewer.
+    # 110,000 items: above the threshold, and far more distinct confidences than cells (about 50 items each).
+    data = make_tokens(0, bootstrap_module.CELL_BOOTSTRAP_MIN_ITEMS + 10_000)
     assert len(data) > bootstrap_module.CELL_BOOTSTRAP_MIN_ITEMS
-    cells = {key: bootstrap_values(key, data, 400, seed=1) for key in BATCHED}
+    cells = {key: bootstrap_values(key, data, 800, seed=1) for key in BATCHED}
     monkeypatch.setattr(bootstrap_module, "CELL_BOOTSTRAP_MIN_ITEMS", 10**9)
     for key in BATCHED:
-        items = bootstrap_values(key, data, 400, seed=2)
+        items = bootstrap_values(key, data, 270, seed=2)
         assert np.std(cells[key], ddof=1) == pytest.approx(np.std(items, ddof=1), rel=0.15), key
         # Same centre too: the means of both bootstrap distributions agree within a standard error.
         assert abs(cells[key].mean() - items.mean()) < np.std(items, ddof=1), key

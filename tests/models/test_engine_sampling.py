@@ -23,7 +23,9 @@ PROMPTS = (
     "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
     "Question: A train travels 60 miles in 2 hours. What is its speed in miles per hour?\nAnswer:",
 )
-SAMPLE = {"until": ["Question:"], "max_gen_toks": 16, "do_sample": True, "temperature": 1.0}
+TOKENS = 8
+"""Tokens per sample: enough for K draws at temperature 1 to differ, few enough to keep the file fast."""
+SAMPLE = {"until": ["Question:"], "max_gen_toks": TOKENS, "do_sample": True, "temperature": 1.0}
 K = 4
 
 
@@ -100,7 +102,7 @@ def test_greedy_requests_are_refused(calib):
 
 
 def _items(task: str = "calib_test") -> list[passes.Generation]:
-    greedy = {"until": ["Question:"], "max_gen_toks": 16, "do_sample": False}
+    greedy = {"until": ["Question:"], "max_gen_toks": TOKENS, "do_sample": False}
     return [
         passes.Generation(doc_id=i, doc={}, context=p, gen_kwargs=dict(greedy), text="", task=task)
         for i, p in enumerate(PROMPTS)
@@ -115,7 +117,7 @@ def test_passes_sample_at_the_engine_past_the_request_cache(calib, tmp_path):
         passes.run_passes(cached, items, ["consistency", "semantic_entropy"], 3, None)
     assert [rows * k for rows, k in spy.calls] == [3, 3]
     seeds = [doc_sample_seed(passes.DEFAULT_SAMPLE_SEED, "calib_test", i) for i in range(2)]
-    direct = calib.generate_samples(_requests(kwargs=SAMPLE | {"max_gen_toks": 16}), 3, seeds)
+    direct = calib.generate_samples(_requests(), 3, seeds)  # the passes' sampling settings: SAMPLE
     for item, seed, texts in zip(items, seeds, direct, strict=True):
         assert item.samples == texts
         assert {(s.seed, s.sampled_by) for s in item.samples} == {(seed, SAMPLED_AT_ENGINE)}

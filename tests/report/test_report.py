@@ -124,9 +124,21 @@ def runs(tiny_model_dir, data_root, tmp_path_factory) -> Path:
     return base
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed ``lm-eval-calib`` command in a fresh interpreter, as a user runs it."""
     cli = Path(sys.executable).parent / "lm-eval-calib"
-    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=600)
+
+
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """The same command line through ``lm_eval_calib.cli.main`` in this process (the console script's
+    function, without a second interpreter's start-up): its exit status, stdout and stderr."""
+    from lm_eval_calib.cli import main
+
+    capsys.readouterr()
+    status = main(list(args))
+    said = capsys.readouterr()
+    return status, said.out, said.err
 
 
 @pytest.fixture(scope="session")
@@ -461,13 +473,13 @@ def test_html_page_loads_offline_in_a_real_browser(report, tmp_path):
     assert any("ERR_FILE_NOT_FOUND" in e and "overlay__calib_clm.png" in e for e in errors)
 
 
-def test_failures_write_nothing_and_a_rerun_replaces_the_report(runs, tmp_path):
+def test_failures_write_nothing_and_a_rerun_replaces_the_report(runs, tmp_path, capsys):
     out = tmp_path / "r"
-    proc = _cli("report", str(runs / "unlogged"), str(runs / "empty"), "--out", str(out))
-    assert proc.returncode == 2 and "no calibration task with logged samples" in proc.stderr
+    status, _, err = _main(capsys, "report", str(runs / "unlogged"), str(runs / "empty"), "--out", str(out))
+    assert status == 2 and "no calibration task with logged samples" in err
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written, no temp folder left
-    proc = _cli("report", str(runs / "sft"), "--out", str(out), "--label", "elsewhere=x")
-    assert proc.returncode == 2 and "--label 'elsewhere=x': expected RUN_DIR=NAME" in proc.stderr
+    status, _, err = _main(capsys, "report", str(runs / "sft"), "--out", str(out), "--label", "elsewhere=x")
+    assert status == 2 and "--label 'elsewhere=x': expected RUN_DIR=NAME" in err
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("mine")
@@ -484,18 +496,21 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_an_out_folder_that_holds_an_input_is_refused_and_nothing_is_deleted(runs, tmp_path):
+def test_an_out_folder_that_holds_an_input_is_refused_and_nothing_is_deleted(
+    runs, tmp_path, capsys, monkeypatch
+):
     """``report myrep/newrun --out myrep`` once replaced myrep as a whole, deleting the run it just read."""
     myrep = tmp_path / "myrep"
     build_report([runs / "sft"], myrep, log=lambda message: None)  # an earlier report, replaceable
     shutil.copytree(runs / "sft", myrep / "newrun")
     before = _tree(myrep)
-    proc = _cli("report", str(myrep / "newrun"), "--out", str(myrep))
-    assert proc.returncode == 2 and "--out" in proc.stderr and "contains the input folder" in proc.stderr
+    status, _, err = _main(capsys, "report", str(myrep / "newrun"), "--out", str(myrep))
+    assert status == 2 and "--out" in err and "contains the input folder" in err
     assert _tree(myrep) == before
     # The same through a relative path, and --out inside an input folder, or the input itself.
-    proc = _cli("report", "myrep/newrun", "--out", "myrep/.", cwd=tmp_path)
-    assert proc.returncode == 2 and "contains the input folder" in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    status, _, err = _main(capsys, "report", "myrep/newrun", "--out", "myrep/.")
+    assert status == 2 and "contains the input folder" in err
     with pytest.raises(ReportInputError, match="is inside the input folder"):
         build_report([myrep / "newrun"], myrep / "newrun" / "report", log=lambda message: None)
     with pytest.raises(ReportInputError, match="is the input folder"):
@@ -503,13 +518,16 @@ def test_an_out_folder_that_holds_an_input_is_refused_and_nothing_is_deleted(run
     assert _tree(myrep) == before and sorted(p.name for p in tmp_path.iterdir()) == ["myrep"]
 
 
-def test_out_dot_in_an_empty_folder_writes_the_report_there(runs, tmp_path):
+def test_out_dot_in_an_empty_folder_writes_the_report_there(runs, tmp_path, capsys, monkeypatch):
     """``report RUN --out .`` from an empty folder once built everything, then refused with a wrong reason."""
     here = tmp_path / "here"
     here.mkdir()
+    monkeypatch.chdir(here)
     for label in ("first", "second"):  # the second replaces the first, in place
-        proc = _cli("report", str(runs / "sft"), "--out", ".", "--label", f"{runs / 'sft'}={label}", cwd=here)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        status, out, err = _main(
+            capsys, "report", str(runs / "sft"), "--out", ".", "--label", f"{runs / 'sft'}={label}"
+        )
+        assert status == 0, out + err
         assert {r["model"] for r in _rows(here / "leaderboard.csv")} == {label}
     assert (here / "index.html").is_file() and (here / "figures").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # no temporary folder left next to it

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,20 +156,25 @@ def test_shipped_examples_are_valid_studies(example, monkeypatch):
     assert build_plan(config)
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lm_eval_calib.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=1200,
-    )
+def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """``lm-eval-calib ARGS``: the exit status and stdout of the CLI's ``main`` (what its console script
+    runs), called in this process. The study's cells still run as their own ``lm_eval`` processes; only the
+    study driver shares the test's interpreter, so lm_eval's task index (the up-front checks) is built once,
+    not once per call (about 15 s each on two busy cores)."""
+    from lm_eval_calib.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().out
 
 
-def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir, data_root, monkeypatch):
+def test_study_runs_resumes_and_reports_on_a_real_model(
+    tmp_path, tiny_model_dir, data_root, monkeypatch, capsys
+):
     """Two names for the tiny model (a finding between them must be exactly 0) and one model that cannot load:
     the good cells finish and are reported, the broken one fails alone, and a second run runs nothing."""
     monkeypatch.setenv("LM_EVAL_CALIB_DATA", str(data_root))
+    monkeypatch.chdir(tmp_path)
     body = {
         "name": "e2e",
         "output": str(tmp_path / "out"),
@@ -216,9 +219,9 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(body))
 
-    first = _cli("study", str(study), cwd=tmp_path)
-    assert first.returncode == 1, first.stdout + first.stderr
-    assert "eval/broken/calib_mmlu: FAILED" in first.stdout
+    code, stdout = _cli(capsys, "study", str(study))
+    assert code == 1, stdout
+    assert "eval/broken/calib_mmlu: FAILED" in stdout
     out = tmp_path / "out"
     for name in ("tiny-a", "tiny-b"):
         cell = json.loads((out / "evals" / name / "calib_mmlu" / CELL_FILE).read_text())
@@ -235,17 +238,17 @@ def test_study_runs_resumes_and_reports_on_a_real_model(tmp_path, tiny_model_dir
     assert "| tiny-a | pretrained | calib_mmlu |" in leaderboard  # the study file's stage: (no manifest)
     assert "| tiny-b |  | calib_mmlu |" in leaderboard
 
-    dry = _cli("study", str(study), "--dry-run", cwd=tmp_path)
-    assert dry.returncode == 0
-    assert "2 done, 1 missing of 3 cells" in dry.stdout
+    code, stdout = _cli(capsys, "study", str(study), "--dry-run")
+    assert code == 0, stdout
+    assert "2 done, 1 missing of 3 cells" in stdout
 
     body["models"].pop("broken")
     body["findings"].pop()
     study.write_text(yaml.safe_dump(body))
     stamp = (out / "evals" / "tiny-a" / "calib_mmlu" / CELL_FILE).stat().st_mtime_ns
-    second = _cli("study", str(study), cwd=tmp_path)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "0 to run" in second.stdout
+    code, stdout = _cli(capsys, "study", str(study))
+    assert code == 0, stdout
+    assert "0 to run" in stdout
     assert (out / "evals" / "tiny-a" / "calib_mmlu" / CELL_FILE).stat().st_mtime_ns == stamp
 
 
