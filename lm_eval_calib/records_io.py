@@ -494,8 +494,15 @@ def read_task(
     )
 
 
-def read_folder_task(folder: Path, task: str, rule: str = "acc") -> TaskRecords:
-    """The newest logged run of exactly ``task`` under ``folder`` (an lm-eval ``--output_path``)."""
+def read_folder_task(
+    folder: Path,
+    task: str,
+    rule: str = "acc",
+    estimator: str | None = None,
+    filter_key: str | None = None,
+) -> TaskRecords:
+    """The newest logged run of exactly ``task`` under ``folder`` (an lm-eval ``--output_path``); for a
+    generation task the records of one confidence ``estimator`` under one lm-eval filter."""
     samples = newest_samples(folder, task)
     if samples is None:
         raise SamplesError(
@@ -508,4 +515,4 @@ def read_folder_task(folder: Path, task: str, rule: str = "acc") -> TaskRecords:
             f"{samples} has no results_{stamp}.json beside it, so the run's calibration options are unknown; "
             "keep lm-eval's output folder whole"
         )
-    return read_task(results_file, task, rule=rule)
+    return read_task(results_file, task, rule=rule, estimator=estimator, filter_key=filter_key)

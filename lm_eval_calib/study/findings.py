@@ -16,13 +16,7 @@ from pathlib import Path
 
 from lm_eval_calib.metrics import METRICS
 from lm_eval_calib.metrics.paired import PairedDifference, holm_adjust, paired_difference
-from lm_eval_calib.records_io import (
-    SamplesError,
-    TaskRecords,
-    newest_samples,
-    read_task,
-    samples_name,
-)
+from lm_eval_calib.records_io import SamplesError, TaskRecords, read_folder_task
 from lm_eval_calib.study.config import FindingSpec, StudyConfig
 
 MIN_DOCUMENTS = 10
@@ -40,19 +34,7 @@ def read_documents(
     """The newest logged run of exactly ``task`` under ``folder``, with that run's calibration options (a
     generation task: the records of one confidence ``estimator`` under one lm-eval filter)."""
     try:
-        samples = newest_samples(folder, task)
-        if samples is None:
-            raise SamplesError(
-                f"{folder}: no samples for {task}; the evaluation did not finish or lacked --log_samples"
-            )
-        stamp = samples_name(samples.name)[1]
-        results_file = samples.parent / f"results_{stamp}.json"
-        if not results_file.is_file():
-            raise SamplesError(
-                f"{samples} has no results_{stamp}.json beside it, so the run's calibration options are "
-                "unknown; keep lm-eval's output folder whole"
-            )
-        return read_task(results_file, task, estimator=estimator, filter_key=filter_key)
+        return read_folder_task(folder, task, estimator=estimator, filter_key=filter_key)
     except SamplesError as exc:
         hint = " (give the claim estimator: <one of them>)" if "estimator=" in str(exc) else ""
         raise FindingInputError(f"{exc}{hint}") from exc
