@@ -102,17 +102,17 @@ def _study(args: argparse.Namespace) -> int:
     try:
         config = load_study(args.study)
         check_study(config)  # tasks, backends, files: everything that would fail after the first cell
-        cells = select_cells(build_plan(config), args.only)  # a pattern matching nothing: before any cell
-    except (StudyConfigError, ValueError) as exc:
+        if not args.dry_run:
+            return run_study(config, only=args.only)  # an --only matching nothing: refused before any cell
+        cells = select_cells(build_plan(config), args.only)
+    except StudyConfigError as exc:
         print(f"lm-eval-calib: error: {exc}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        print(describe(cells))
-        if args.commands:
-            for cell in cells:
-                print(f"\n# {cell.name}\n" + " ".join(cell.command))
-        return 0
-    return run_study(config, only=args.only)
+    print(describe(cells))
+    if args.commands:
+        for cell in cells:
+            print(f"\n# {cell.name}\n" + " ".join(cell.command))
+    return 0
 
 
 # -- help as plain text --------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from lm_eval_calib.data.root import chosen_data_root  # the cells' lm_eval inherits the same environment
 from lm_eval_calib.paths import looks_like_local_path
-from lm_eval_calib.study.config import EvalSettings, ModelSpec, StudyConfig, TrainSpec
+from lm_eval_calib.study.config import EvalSettings, ModelSpec, StudyConfig, StudyConfigError, TrainSpec
 
 CELL_FILE = "study_cell.json"
 RUN_FILE_SUFFIX = ".study_run.json"
@@ -466,7 +466,8 @@ def select_cells(cells: list[Cell], only: Sequence[str]) -> list[Cell]:
     unmatched = [pattern for pattern in only if not any(fnmatchcase(c.name, pattern) for c in cells)]
     if unmatched:
         names = ", ".join(c.name for c in cells)
-        raise ValueError(f"--only {' '.join(unmatched)} matches no cell of this study; its cells: {names}")
+        patterns = " ".join(unmatched)
+        raise StudyConfigError(f"--only {patterns} matches no cell of this study; its cells: {names}")
     return [c for c in cells if any(fnmatchcase(c.name, pattern) for pattern in only)]
 
 

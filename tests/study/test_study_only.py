@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lm_eval_calib.cli import main
-from lm_eval_calib.study.config import parse_study
+from lm_eval_calib.study.config import StudyConfigError, parse_study
 from lm_eval_calib.study.plan import build_plan, select_cells
 from lm_eval_calib.study.runner import run_study
 
@@ -32,7 +32,7 @@ def test_patterns_choose_cells_in_plan_order(tmp_path):
     assert [c.name for c in select_cells(cells, [])] == [c.name for c in cells]
     chosen = select_cells(cells, ["eval/*/calib_facts", "train/*"])
     assert [c.name for c in chosen] == ["train/sft", "eval/base/calib_facts", "eval/sft/calib_facts"]
-    with pytest.raises(ValueError, match=r"--only eval/nope matches no cell.*eval/base/calib_mmlu"):
+    with pytest.raises(StudyConfigError, match=r"--only eval/nope matches no cell.*eval/base/calib_mmlu"):
         select_cells(cells, ["eval/*/calib_facts", "eval/nope"])
 
 
