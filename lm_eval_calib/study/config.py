@@ -12,6 +12,8 @@ Schema (see ``examples/offline_mini.yaml``)::
 
     name: offline-mini
     output: runs/offline-mini            # relative to the working directory
+    archive: results/offline-mini        # optional: compact copies of finished evaluations, to commit and
+                                         # take back on another machine (lm_eval_calib.study.archive)
     eval:                                # defaults for every evaluation cell (a task may override)
       backend: hf                        # lm_eval --model
       model_args: {dtype: float32}
@@ -145,6 +147,7 @@ class StudyConfig:
     train: dict[str, TrainSpec]
     findings: list[FindingSpec]
     source: Path
+    archive: Path | None = None  # compact copies of finished evaluations (lm_eval_calib.study.archive)
 
     def evaluated(self) -> list[str]:
         """Names of every model and stage that gets evaluated, models first, then stages in file order."""
@@ -705,7 +708,7 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
     """Validate a loaded study mapping; ``source`` is the file it came from (for messages)."""
     where = str(source)
     raw = _expand(_mapping(raw, where), where)
-    _check_keys(raw, {"name", "output", "eval", "tasks", "models", "train", "findings"}, where)
+    _check_keys(raw, {"name", "output", "archive", "eval", "tasks", "models", "train", "findings"}, where)
     for key in ("output", "tasks"):
         if key not in raw:
             raise StudyConfigError(f"{where}: `{key}:` is required")
@@ -755,6 +758,13 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
 
     findings = [_finding(f, f"findings[{i}]", tasks, evaluated, tasks_of) for i, f in enumerate(findings_raw)]
     name = source.stem if raw.get("name") is None else _text(raw["name"], "name", "a study name")
+    archive = raw.get("archive")
+    if archive is not None:
+        archive = Path(_text(archive, f"{where}: archive", "a folder (relative to the working directory)"))
+        if archive.resolve() == Path(str(raw["output"])).resolve():
+            raise StudyConfigError(
+                f"{where}: `archive:` is the output folder; name a folder of its own (e.g. results/{name})"
+            )
     return StudyConfig(
         name=_check_name(name, "name"),
         # `output: null` ran into a folder named "None"
@@ -765,6 +775,7 @@ def parse_study(raw: Any, source: Path) -> StudyConfig:
         train=train,
         findings=findings,
         source=source,
+        archive=archive,
     )
 
 

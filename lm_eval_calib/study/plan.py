@@ -3,7 +3,11 @@ output folder and whether it is already done.
 
 A cell is done when its folder exists and holds ``study_cell.json`` with the cell's fingerprint: a hash of
 everything that decides its result (settings, data, and the fingerprints of the stages it starts from). Change
-a stage's steps and that stage and everything downstream is "stale" and runs again; nothing else does.
+a stage's steps and that stage and everything downstream is "stale" and runs again; nothing else does. An
+evaluation whose folder is absent but whose compact copy in the study's ``archive:`` has the same fingerprint
+is "archived": the runner restores it instead of running it (:mod:`lm_eval_calib.study.archive`). A training
+stage only exists to be evaluated or trained on: when every cell that needs it is done or archived, it is done
+too ("not needed"), so a study taken back from its archive on a new machine does not retrain it.
 Folders appear only complete (the runner builds them under a temporary name and renames), so a killed study
 resumes by re-running just the cells it had not finished.
 
@@ -51,7 +55,7 @@ class Cell:
     model: str  # the model or stage evaluated / trained
     task: str | None = None
     needs: list[str] = field(default_factory=list)  # cells that must finish first
-    status: str = "missing"  # done | missing | stale | blocked
+    status: str = "missing"  # done | archived | missing | stale | blocked
     reason: str = ""
     inputs: dict[str, str] = field(default_factory=dict)  # local data / folder it reads -> content digest
     restart: bool = False  # a training run was interrupted with another fingerprint: start over, not resume
@@ -210,6 +214,11 @@ def model_source(spec: ModelSpec) -> dict[str, str]:
 
 def checkpoint_folder(config: StudyConfig, stage: str) -> Path:
     return config.output / "checkpoints" / stage
+
+
+def archive_folder(config: StudyConfig, model: str, task: str) -> Path | None:
+    """Where the study's archive keeps the compact copy of an evaluation (``None``: the study has none)."""
+    return None if config.archive is None else config.archive / model / task
 
 
 def eval_folder(config: StudyConfig, model: str, task: str) -> Path:
@@ -397,8 +406,44 @@ def build_plan(config: StudyConfig) -> list[Cell]:
             cell.status, cell.reason = "stale", _why_stale(cell, recorded)
         elif cell.kind == "train":
             _check_interrupted(cell)
+        elif _is_archived(config, cell):
+            cell.status, cell.reason = (
+                "archived",
+                f"restored from {archive_folder(config, cell.model, cell.task)}",
+            )
+    _skip_unneeded_training(cells)
     _propagate(cells)
     return cells
+
+
+def _is_archived(config: StudyConfig, cell: Cell) -> bool:
+    folder = archive_folder(config, cell.model, str(cell.task))
+    recorded = None if folder is None else read_cell(folder)
+    return recorded is not None and recorded.get("fingerprint") == cell.fingerprint
+
+
+def _skip_unneeded_training(cells: list[Cell]) -> None:
+    """A stage not trained yet whose every user that can run (an evaluation of it, a stage trained from it;
+    a blocked one cannot) is done or archived is done: its checkpoint would only reproduce results the study
+    has. Last users first, so a chain of stages whose end is archived is skipped whole. A stage is known by
+    its fingerprint, so when a user appears later (a PPO stage whose environment was built) the stage is
+    trained then, and what was done from the same fingerprint stays done."""
+    for cell in reversed(cells):
+        if cell.kind != "train" or cell.status != "missing":
+            continue
+        users = [c for c in cells if cell.name in c.needs and c.status != "blocked"]
+        if users and all(c.status in ("done", "archived") for c in users):
+            cell.status, cell.reason = "done", "not needed: every cell that uses it is done or archived"
+
+
+def _propagate(cells: list[Cell]) -> None:
+    """A cell whose prerequisite is blocked is blocked. (One whose prerequisite is missing keeps its status:
+    cells are known by fingerprint, and a stage trained again with the same one is the same stage.)"""
+    by_name = {cell.name: cell for cell in cells}
+    for cell in cells:  # cells are in dependency order
+        for need in cell.needs:
+            if by_name[need].status == "blocked":
+                cell.status, cell.reason = "blocked", f"needs {need}, which is blocked"
 
 
 def run_file(folder: Path) -> Path:
@@ -445,18 +490,6 @@ def _why_stale(cell: Cell, recorded: dict | None) -> str:
     return "settings changed since it ran (or it was not made by a study)"
 
 
-def _propagate(cells: list[Cell]) -> None:
-    """A cell whose prerequisite must (re)run must run too; one whose prerequisite is blocked is blocked."""
-    by_name = {cell.name: cell for cell in cells}
-    for cell in cells:  # cells are in dependency order
-        for need in cell.needs:
-            parent = by_name[need]
-            if parent.status == "blocked":
-                cell.status, cell.reason = "blocked", f"needs {need}, which is blocked"
-            elif parent.status in ("missing", "stale") and cell.status == "done":
-                cell.status, cell.reason = "stale", f"{need} will be (re)trained"
-
-
 def select_cells(cells: list[Cell], only: Sequence[str]) -> list[Cell]:
     """The cells whose name matches one of the shell patterns ``only`` (``eval/qwen-1.5b-*/calib_mmlu``,
     ``train/*``), in plan order; all cells when ``only`` is empty. A study that takes hours on a small machine
@@ -478,6 +511,7 @@ def describe(cells: list[Cell]) -> str:
     for cell in cells:
         note = f"  ({cell.reason})" if cell.reason else ""
         lines.append(f"{cell.name.ljust(width)}  {cell.status.ljust(7)}  {cell.folder}{note}")
-    counts = {s: sum(c.status == s for c in cells) for s in ("done", "missing", "stale", "blocked")}
+    statuses = ("done", "archived", "missing", "stale", "blocked")
+    counts = {s: sum(c.status == s for c in cells) for s in statuses}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(cells)} cells")
     return "\n".join(lines)

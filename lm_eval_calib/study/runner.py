@@ -12,12 +12,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from lm_eval_calib.atomic import replace_folder
+from lm_eval_calib.data.root import chosen_data_root
+from lm_eval_calib.study.archive import archive_cell, restore_cell
 from lm_eval_calib.study.checks import check_study
 from lm_eval_calib.study.config import FindingSpec, StudyConfig
 from lm_eval_calib.study.findings import (
@@ -29,23 +34,77 @@ from lm_eval_calib.study.findings import (
     judge,
     seed_pairs,
 )
-from lm_eval_calib.study.plan import CELL_FILE, Cell, build_plan, eval_folder, run_file, select_cells
+from lm_eval_calib.study.plan import (
+    CELL_FILE,
+    Cell,
+    archive_folder,
+    build_plan,
+    eval_folder,
+    read_cell,
+    run_file,
+    select_cells,
+)
 
 LOG_TAIL_LINES = 25
 
 
-def _cell_body(cell: Cell, seconds: float | None = None) -> dict:
+class CellRun(NamedTuple):
+    """What running one cell gave: whether it succeeded, its wall time, its log, and the peak resident memory
+    of its largest process (the cell's command or anything it waited for), in MiB."""
+
+    ok: bool
+    seconds: float
+    log: Path
+    peak_rss_mib: float | None
+
+
+def _cell_body(cell: Cell, seconds: float | None = None, peak_rss_mib: float | None = None) -> dict:
     return {
         "cell": cell.name,
         "fingerprint": cell.fingerprint,
         "command": cell.command,
         "seconds": None if seconds is None else round(seconds, 1),
+        "peak_rss_mib": None if peak_rss_mib is None else round(peak_rss_mib, 1),
         "inputs": cell.inputs,  # the local data it read, by content digest: names what changed when stale
     }
 
 
-def _write_cell_file(folder: Path, cell: Cell, seconds: float) -> None:
-    (folder / CELL_FILE).write_text(json.dumps(_cell_body(cell, seconds), indent=2) + "\n")
+def _write_cell_file(folder: Path, cell: Cell, seconds: float, peak_rss_mib: float | None) -> None:
+    body = _cell_body(cell, seconds, peak_rss_mib)
+    (folder / CELL_FILE).write_text(json.dumps(body, indent=2) + "\n")
+
+
+MEASURE = """import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+"""Run a command, then write its peak resident memory (KiB) to a file. The cell runs under this small
+interpreter, not straight from the study: a child's peak counts the memory of the process it was forked from
+(Linux keeps the high-water mark across ``exec``), which is the study's own (hundreds of MB once lm_eval's
+task index is loaded) when the study forks it, and this interpreter's few MB here."""
+
+
+def _call(command: list[str], log: Path) -> tuple[int, float | None]:
+    """Run ``command`` with its output appended to ``log``; its exit status and peak resident memory in MiB.
+
+    ``os.wait4`` gives the command's own resource use, which Linux merges with that of the processes it waited
+    for, so the peak covers a cell's whole process tree (the train CLI, lm_eval and their workers) and no
+    other cell: the figure a user sizing a machine for one step needs."""
+    with tempfile.TemporaryDirectory() as folder, log.open("a") as handle:
+        peak_file = Path(folder) / "peak"
+        measured = [sys.executable, "-c", MEASURE, str(peak_file), *command]
+        process = subprocess.Popen(measured, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait()
+        except BaseException:  # Ctrl-C: stop the cell, never leave it running behind the study
+            process.kill()
+            process.wait()
+            raise
+        peak = float(peak_file.read_text()) / 1024 if peak_file.is_file() else None  # killed: unknown
+    return code, peak
 
 
 def _train_mode(cell: Cell) -> str:
@@ -55,8 +114,8 @@ def _train_mode(cell: Cell) -> str:
     return "--overwrite" if cell.status == "stale" or cell.restart else "--resume"
 
 
-def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
-    """Run one cell; returns (succeeded, seconds, log file)."""
+def run_cell(cell: Cell, log_dir: Path) -> CellRun:
+    """Run one cell: whether it succeeded, its seconds, its log file and its peak memory."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / (cell.name.replace("/", "__") + ".log")
     command = list(cell.command)
@@ -70,23 +129,21 @@ def run_cell(cell: Cell, log_dir: Path) -> tuple[bool, float, Path]:
     cell.folder.parent.mkdir(parents=True, exist_ok=True)
     if cell.kind == "train":  # what this run is, so that a later study resumes it only if it is the same
         run_file(cell.folder).write_text(json.dumps(_cell_body(cell), indent=2) + "\n")
+    log.write_text("$ " + " ".join(command) + "\n")
     start = time.perf_counter()
-    with log.open("w") as handle:
-        handle.write("$ " + " ".join(command) + "\n")
-        handle.flush()
-        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT)
+    code, peak = _call(command, log)
     seconds = time.perf_counter() - start
     if code != 0:
         if cell.kind == "eval":
             shutil.rmtree(work, ignore_errors=True)
-        return False, seconds, log
+        return CellRun(False, seconds, log, peak)
     if cell.kind == "eval":
-        _write_cell_file(work, cell, seconds)
+        _write_cell_file(work, cell, seconds, peak)
         replace_folder(work, cell.folder)
     else:
-        _write_cell_file(cell.folder, cell, seconds)
+        _write_cell_file(cell.folder, cell, seconds, peak)
         run_file(cell.folder).unlink(missing_ok=True)
-    return True, seconds, log
+    return CellRun(True, seconds, log, peak)
 
 
 def _tail(path: Path) -> str:
@@ -112,6 +169,8 @@ def run_study(
     check_study(config)
     config.output.mkdir(parents=True, exist_ok=True)  # so build_plan keeps the file hashes it computes
     cells = build_plan(config)
+    restore_archived(config, cells, log)
+    archive_done(config, cells, log)
     chosen = select_cells(cells, only)
     todo = [c for c in chosen if c.status in ("missing", "stale")]
     step = f" ({len(chosen)} chosen by --only)" if only else ""
@@ -131,14 +190,18 @@ def run_study(
             log(f"[{number}/{len(todo)}] {cell.name}: skipped, needs {', '.join(blocked_by)} which failed")
             continue
         log(f"[{number}/{len(todo)}] {cell.name}: running")
-        ok, seconds, log_file = run_cell(cell, config.output / "logs")
-        if ok:
+        run = run_cell(cell, config.output / "logs")
+        if run.ok:
             cell.status = "done"
-            log(f"[{number}/{len(todo)}] {cell.name}: done in {seconds:.0f} s")
+            archive_done(config, [cell], log)
+            peak = run.peak_rss_mib / 1024
+            log(
+                f"[{number}/{len(todo)}] {cell.name}: done in {run.seconds:.0f} s, peak memory {peak:.1f} GiB"
+            )
         else:
             failed.add(cell.name)
-            tail = _tail(log_file)
-            log(f"[{number}/{len(todo)}] {cell.name}: FAILED after {seconds:.0f} s; log {log_file}:\n{tail}")
+            head = f"[{number}/{len(todo)}] {cell.name}: FAILED after {run.seconds:.0f} s"
+            log(f"{head}; log {run.log}:\n{_tail(run.log)}")
     for cell in chosen:
         if cell.status == "blocked":
             log(f"{cell.name}: blocked: {cell.reason}")
@@ -146,6 +209,34 @@ def run_study(
     if done:
         write_outputs(config, done, log, n_resamples)
     return 0 if all(c.status == "done" for c in chosen) else 1
+
+
+def restore_archived(config: StudyConfig, cells: list[Cell], log: Callable[[str], None]) -> None:
+    """Put every archived evaluation back into the output folder (all of them, chosen or not: the report and
+    findings cover every cell the study has); each becomes done."""
+    restored = [cell for cell in cells if cell.status == "archived"]
+    for cell in restored:
+        restore_cell(archive_folder(config, cell.model, str(cell.task)), cell.folder)
+        cell.status, cell.reason = "done", ""
+    if restored:
+        log(f"restored {len(restored)} finished evaluations from {config.archive}")
+
+
+def archive_done(config: StudyConfig, cells: list[Cell], log: Callable[[str], None]) -> None:
+    """Copy each done evaluation whose archived copy is missing or of another fingerprint into the archive
+    (nothing without ``archive:``)."""
+    if config.archive is None:
+        return
+    data_root, _ = chosen_data_root()
+    for cell in cells:
+        if cell.kind != "eval" or cell.status != "done" or not (cell.folder / CELL_FILE).is_file():
+            continue
+        target = archive_folder(config, cell.model, str(cell.task))
+        recorded = read_cell(target)
+        if recorded is not None and recorded.get("fingerprint") == cell.fingerprint:
+            continue
+        archive_cell(cell.folder, target, None if data_root is None else str(data_root))
+        log(f"{cell.name}: archived in {target}")
 
 
 def write_outputs(
@@ -157,10 +248,13 @@ def write_outputs(
 
     report_dir = config.output / "report"
     labels = {cell.folder: cell.model for cell in done}
-    stages = {  # the study file's `stage:` of a model that has no training manifest to say it
+    stages = {  # the study file's `stage:` of a model, or a stage's kind, where no training manifest says it
+        # (a restored evaluation's checkpoint may not exist on this machine)
         cell.folder: config.models[cell.model].stage
+        if cell.model in config.models
+        else config.train[cell.model].kind
         for cell in done
-        if cell.model in config.models and config.models[cell.model].stage != "model"
+        if cell.model in config.train or config.models[cell.model].stage != "model"
     }
     try:
         build_report(list(labels), report_dir, log=log, labels=labels, stages=stages)

@@ -178,6 +178,7 @@ def test_study_runs_resumes_and_reports_on_a_real_model(
     body = {
         "name": "e2e",
         "output": str(tmp_path / "out"),
+        "archive": "archive",  # relative to the working directory, like a repository's results folder
         "eval": {"backend": "hf", "model_args": {"dtype": "float32"}, "device": "cpu", "batch_size": 8},
         "tasks": {"calib_mmlu": {"limit": 10, "num_fewshot": 0}},
         "models": {
@@ -250,6 +251,17 @@ def test_study_runs_resumes_and_reports_on_a_real_model(
     assert code == 0, stdout
     assert "0 to run" in stdout
     assert (out / "evals" / "tiny-a" / "calib_mmlu" / CELL_FILE).stat().st_mtime_ns == stamp
+
+    # on a fresh machine: the output folder is gone, the archive (committed) is there; nothing runs again
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["tiny-a", "tiny-b"]
+    out.rename(tmp_path / "first-machine")
+    code, stdout = _cli(capsys, "study", str(study), "--dry-run")
+    assert "2 archived of 2 cells" in stdout, stdout
+    code, stdout = _cli(capsys, "study", str(study))
+    assert code == 0, stdout
+    assert "restored 2 finished evaluations from archive" in stdout and "0 to run" in stdout
+    assert (out / "findings.md").read_text() == (tmp_path / "first-machine" / "findings.md").read_text()
+    assert "| tiny-a | pretrained | calib_mmlu |" in (out / "report" / "leaderboard.md").read_text()
 
 
 def test_a_verdict_is_withheld_when_too_few_documents_back_the_interval():
@@ -417,3 +429,98 @@ def test_shipped_examples_pass_the_full_check(example, data_root, monkeypatch):
 
     monkeypatch.setenv("LM_EVAL_CALIB_DATA", str(data_root))
     check_study(load_study(example))
+
+
+# --- the archive: finished evaluations without documents, prompts or machine paths ------------------------
+
+
+def test_an_archived_run_holds_no_document_or_machine_path_and_restores_to_the_same_report(
+    finding_runs, data_root, tmp_path, monkeypatch
+):
+    """What a study commits to carry its results to the next machine: every record, nothing of the data's
+    text or of this machine, and a restored copy that reports exactly like the run it came from."""
+    import gzip
+
+    from lm_eval_calib.records_io import read_folder_task
+    from lm_eval_calib.report.build import build_report
+    from lm_eval_calib.study.archive import archive_cell, restore_cell
+
+    monkeypatch.chdir(finding_runs)  # the model folder lies in the working directory, as a study's would
+    archive_cell(finding_runs / "a", tmp_path / "archive", str(data_root))
+    archived = sorted(p for p in (tmp_path / "archive").rglob("*") if p.is_file())
+    assert [p.name.split("_")[0] for p in archived] == ["results", "samples", "samples"]
+    assert archived[0].parent.name == "CWD__sharp-model"  # lm-eval's folder named after the model's path
+    text = "\n".join(
+        gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text() for p in archived
+    )
+    for machine in (str(finding_runs), str(data_root), str(tmp_path), "pretty_env_info"):
+        assert machine not in text
+    assert "$CWD/sharp-model" in text and "$LM_EVAL_CALIB_DATA" in text
+    with next((finding_runs / "a").rglob("samples_calib_mmlu_2*")).open() as handle:
+        original_rows = [json.loads(line) for line in handle]
+    with gzip.open(next((tmp_path / "archive").rglob("samples_calib_mmlu_2*"))) as handle:
+        rows = [json.loads(line) for line in handle]
+    text_fields = {"doc", "arguments", "resps", "filtered_resps", "target", "doc_hash", "prompt_hash"}
+    assert text_fields <= set(original_rows[0]) and not text_fields & set(rows[0])
+    assert {"doc_id", "filter", "acc", "ece"} <= set(rows[0])
+    assert [r["ece"] for r in rows] == [r["ece"] for r in original_rows]
+
+    restore_cell(tmp_path / "archive", tmp_path / "restored")
+    with pytest.raises(FileExistsError, match="restored only where none is"):
+        restore_cell(tmp_path / "archive", tmp_path / "restored")
+    for task in ("calib_mmlu", "calib_mmlu_anatomy"):
+        before, after = (read_folder_task(f, task) for f in (finding_runs / "a", tmp_path / "restored"))
+        assert after.doc_ids == before.doc_ids and after.options == before.options
+        assert np.array_equal(after.data.confidence, before.data.confidence)
+    for source, out in ((finding_runs / "a", tmp_path / "r1"), (tmp_path / "restored", tmp_path / "r2")):
+        build_report([source], out, log=lambda _: None, labels={source: "m"})
+    tables = sorted(p.name for p in (tmp_path / "r1").glob("*.csv"))
+    assert "leaderboard.csv" in tables and "recalibration.csv" in tables
+    for name in tables:  # every number of the report; only the source file's path differs
+        r1, r2 = (_without_source(tmp_path / run / name) for run in ("r1", "r2"))
+        assert r2 == r1, name
+
+
+def _without_source(path: Path) -> list[dict]:
+    import csv
+
+    with path.open() as handle:
+        return [{k: v for k, v in row.items() if k != "source"} for row in csv.DictReader(handle)]
+
+
+def _archive_everything(config) -> None:
+    """Pretend every evaluation ran on another machine and was archived there."""
+    from lm_eval_calib.study.plan import archive_folder
+
+    for cell in build_plan(config):
+        if cell.kind == "eval":
+            folder = archive_folder(config, cell.model, cell.task)
+            folder.mkdir(parents=True)
+            (folder / CELL_FILE).write_text(json.dumps({"fingerprint": cell.fingerprint}))
+
+
+def test_archived_evaluations_are_restored_and_their_stages_not_trained_again(tmp_path):
+    config = parse_study(_study(tmp_path, archive=str(tmp_path / "archive")), tmp_path / "study.yaml")
+    _archive_everything(config)
+    status = {c.name: (c.status, c.reason) for c in build_plan(config)}
+    assert {s for s, _ in status.values()} == {"archived", "done"}
+    not_needed = {n for n, (s, r) in status.items() if s == "done" and r.startswith("not needed")}
+    assert not_needed == {"train/sft", "train/rm", "train/ppo"}  # ppo's evaluations, then its parents
+    assert "archived" in describe(build_plan(config)).splitlines()[-1]
+
+    (tmp_path / "archive" / "ppo" / "calib_facts" / CELL_FILE).unlink()  # one evaluation of ppo is missing
+    status = {c.name: c.status for c in build_plan(config)}
+    assert [status[f"train/{s}"] for s in ("sft", "rm", "ppo")] == ["missing"] * 3
+    assert status["eval/ppo/calib_mmlu"] == status["eval/sft/calib_mmlu"] == "archived"  # same fingerprints
+
+    settings = _study(tmp_path, archive=str(tmp_path / "archive"))
+    settings["tasks"]["calib_mmlu"]["limit"] = 5  # an archived cell of other settings is not this one
+    status = {c.name: c.status for c in build_plan(parse_study(settings, tmp_path / "study.yaml"))}
+    assert {status[f"eval/{m}/calib_mmlu"] for m in ("base", "sft", "ppo")} == {"missing"}
+    assert status["eval/base/calib_facts"] == "archived"
+
+
+def test_the_archive_cannot_be_the_output_folder(tmp_path):
+    body = _study(tmp_path, archive=str(tmp_path / "out"))
+    with pytest.raises(StudyConfigError, match="`archive:` is the output folder"):
+        parse_study(body, tmp_path / "study.yaml")

@@ -50,8 +50,7 @@ def _run(cell, tmp_path: Path, outcome: str) -> list[str]:
     """Run ``cell`` with the fake trainer in place of its command; the flags the trainer got."""
     seen = tmp_path / "argv.json"
     cell.command = [sys.executable, "-c", FAKE_TRAIN, str(seen), outcome, "--output", str(cell.folder)]
-    ok, _, _ = run_cell(cell, tmp_path / "logs")
-    assert ok == (outcome == "ok")
+    assert run_cell(cell, tmp_path / "logs").ok == (outcome == "ok")
     return json.loads(seen.read_text())
 
 
@@ -92,3 +91,25 @@ def test_an_interrupted_stage_the_study_did_not_record_starts_over(tmp_path):
     cell = _train_cell(tmp_path)
     assert _run(cell, tmp_path, "ok")[-1] == "--overwrite"
     assert cell.reason == "an interrupted run the study did not record is started over"
+
+
+# Stands in for a cell whose real work happens in a process it starts (lm_eval's workers, the train CLI):
+# the grandchild holds ~300 MiB of touched memory, the fake itself little, then the checkpoint folder appears.
+FAKE_TRAIN_WITH_A_WORKER = """import pathlib, subprocess, sys
+touch = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+subprocess.run([sys.executable, "-c", touch], check=True)
+pathlib.Path(sys.argv[-2]).mkdir(parents=True)  # the folder after --output, before --resume
+"""
+
+
+def test_a_cell_records_the_peak_memory_of_its_whole_process_tree(tmp_path):
+    """A study step's peak memory is known: the cell file keeps it, measured over the cell's processes (a
+    worker's 300 MiB counts), not the study's own."""
+    cell = _train_cell(tmp_path)
+    cell.command = [sys.executable, "-c", FAKE_TRAIN_WITH_A_WORKER, "--output", str(cell.folder)]
+    run = run_cell(cell, tmp_path / "logs")
+    assert run.ok
+    assert 300 <= run.peak_rss_mib < 1000
+    recorded = json.loads((cell.folder / "study_cell.json").read_text())
+    assert recorded["peak_rss_mib"] == round(run.peak_rss_mib, 1)
+    assert recorded["seconds"] == round(run.seconds, 1)

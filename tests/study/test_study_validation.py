@@ -98,7 +98,7 @@ def _finish_all(config) -> None:
 
     for cell in build_plan(config):
         cell.folder.mkdir(parents=True)
-        _write_cell_file(cell.folder, cell, 1.0)
+        _write_cell_file(cell.folder, cell, 1.0, 100.0)
 
 
 def _stale(body: dict, tmp_path: Path) -> dict[str, str]:
