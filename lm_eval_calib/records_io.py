@@ -10,6 +10,8 @@ calibration options are decided once:
 * **Which records.** A calibration task logs its record under :data:`~lm_eval_calib.records.RECORD_LOG_KEY`
   (and the ``acc_norm`` rule's under ``RECORD_LOG_KEY + NORM_SUFFIX``); a plain lm-eval multiple-choice task
   logs its option log-likelihoods, from which :mod:`lm_eval_calib.plain_records` builds the same records.
+  They come back in ``doc_id`` order, whatever the file's order (a run of several processes logs rank by
+  rank), so every number drawn in item order is the same for the same documents.
 * **Which estimator and filter.** A generation calibration task logs one record per confidence estimator
   under ``ece_<estimator>``, once per filter of the task (lm-eval logs each document once per filter);
   :func:`generation_views` lists the ``(filter, estimator)`` pairs of a file and ``read_samples(...,
@@ -337,6 +339,13 @@ def _check_doc_id(path: Path, number: int, row: Mapping[str, Any]) -> None:
         raise _field_error(path, number, "doc_id", doc_id, "an integer (lm-eval's document index)")
 
 
+def _document_key(doc_id: int | str) -> tuple[int, int | str]:
+    """Records are read in document order, not file order: lm-eval logs a run of several processes rank by
+    rank, and whatever draws folds or resamples in item order (cross-fitted recalibration, conformal sets)
+    must give the same numbers for the same documents however many processes ran them."""
+    return (0, doc_id) if isinstance(doc_id, int) else (1, str(doc_id))
+
+
 def read_samples(
     path: Path,
     task: str | None = None,
@@ -444,6 +453,8 @@ def read_samples(
         raise SamplesError(
             f"{path}: doc_id {repeated[0]} is logged {Counter(map(str, doc_ids))[repeated[0]]} times"
         )
+    order = sorted(range(len(doc_ids)), key=lambda i: _document_key(doc_ids[i]))
+    records, doc_ids = [records[i] for i in order], [doc_ids[i] for i in order]
     return TaskRecords.build(
         task,
         records,
