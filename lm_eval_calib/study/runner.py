@@ -193,11 +193,9 @@ def run_study(
         run = run_cell(cell, config.output / "logs")
         if run.ok:
             cell.status = "done"
+            peak = "" if run.peak_rss_mib is None else f", peak memory {run.peak_rss_mib / 1024:.1f} GiB"
+            log(f"[{number}/{len(todo)}] {cell.name}: done in {run.seconds:.0f} s{peak}")
             archive_done(config, [cell], log)
-            peak = run.peak_rss_mib / 1024
-            log(
-                f"[{number}/{len(todo)}] {cell.name}: done in {run.seconds:.0f} s, peak memory {peak:.1f} GiB"
-            )
         else:
             failed.add(cell.name)
             head = f"[{number}/{len(todo)}] {cell.name}: FAILED after {run.seconds:.0f} s"
