@@ -103,8 +103,14 @@ def _work_folder(final: Path) -> Path:
 
 
 def archive_cell(cell_folder: Path, archived: Path, data_root: str | None = None) -> None:
-    """Write the compact copy of the finished evaluation in ``cell_folder`` to ``archived`` (replacing one
-    there), keeping the folder layout lm-eval wrote (``<model name>/results_*.json`` and samples)."""
+    """Write the compact copy of the finished evaluation in ``cell_folder`` to ``archived`` (replacing an
+    archived cell there, never a folder of anything else), keeping the folder layout lm-eval wrote (``<model
+    name>/results_*.json`` and samples)."""
+    if archived.exists() and not (archived / "study_cell.json").is_file():
+        raise FileExistsError(
+            f"{archived} exists and is not an archived study cell (no study_cell.json); it is left as it is: "
+            "point the study's `archive:` at a folder of its own"
+        )
     paths = machine_paths(data_root)
     work = _work_folder(archived)
     try:

@@ -481,6 +481,23 @@ def test_an_archived_run_holds_no_document_or_machine_path_and_restores_to_the_s
         assert r2 == r1, name
 
 
+def test_archiving_never_replaces_a_folder_that_is_not_an_archived_cell(tmp_path):
+    from lm_eval_calib.study.archive import archive_cell
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "study_cell.json").write_text('{"fingerprint": "f"}')
+    mine = tmp_path / "archive" / "model" / "task"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("a user's file")
+    with pytest.raises(FileExistsError, match="is not an archived study cell"):
+        archive_cell(cell, mine)
+    assert (mine / "notes.txt").read_text() == "a user's file"
+    archive_cell(cell, tmp_path / "archive" / "model" / "other")  # a new folder, then replaced by a new copy
+    archive_cell(cell, tmp_path / "archive" / "model" / "other")
+    assert (tmp_path / "archive" / "model" / "other" / "study_cell.json").is_file()
+
+
 def _without_source(path: Path) -> list[dict]:
     import csv
 
