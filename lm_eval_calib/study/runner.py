@@ -233,7 +233,11 @@ def archive_done(config: StudyConfig, cells: list[Cell], log: Callable[[str], No
         recorded = read_cell(target)
         if recorded is not None and recorded.get("fingerprint") == cell.fingerprint:
             continue
-        archive_cell(cell.folder, target, None if data_root is None else str(data_root))
+        try:
+            archive_cell(cell.folder, target, None if data_root is None else str(data_root))
+        except OSError as exc:  # the cell stays done in the output folder; the study goes on
+            log(f"{cell.name}: not archived: {exc}")
+            continue
         log(f"{cell.name}: archived in {target}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,14 @@ def test_study_runs_resumes_and_reports_on_a_real_model(
 
     # on a fresh machine: the output folder is gone, the archive (committed) is there; nothing runs again
     assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["tiny-a", "tiny-b"]
+    shutil.rmtree(tmp_path / "archive" / "tiny-b")
+    (tmp_path / "archive" / "tiny-b" / "calib_mmlu").mkdir(parents=True)  # a folder of the user's there
+    code, stdout = _cli(capsys, "study", str(study))
+    assert code == 0 and "eval/tiny-b/calib_mmlu: not archived:" in stdout, stdout  # named, the rest goes on
+    assert not any((tmp_path / "archive" / "tiny-b" / "calib_mmlu").iterdir())
+    (tmp_path / "archive" / "tiny-b" / "calib_mmlu").rmdir()
+    code, stdout = _cli(capsys, "study", str(study))
+    assert "eval/tiny-b/calib_mmlu: archived in" in stdout, stdout
     out.rename(tmp_path / "first-machine")
     code, stdout = _cli(capsys, "study", str(study), "--dry-run")
     assert "2 archived of 2 cells" in stdout, stdout
