@@ -406,7 +406,7 @@ def build_plan(config: StudyConfig) -> list[Cell]:
             cell.status, cell.reason = "stale", _why_stale(cell, recorded)
         elif cell.kind == "train":
             _check_interrupted(cell)
-        elif _is_archived(config, cell):
+        elif is_archived(config, cell):
             cell.status, cell.reason = (
                 "archived",
                 f"restored from {archive_folder(config, cell.model, cell.task)}",
@@ -416,7 +416,8 @@ def build_plan(config: StudyConfig) -> list[Cell]:
     return cells
 
 
-def _is_archived(config: StudyConfig, cell: Cell) -> bool:
+def is_archived(config: StudyConfig, cell: Cell) -> bool:
+    """Whether the study's archive holds this very cell (its fingerprint)."""
     folder = archive_folder(config, cell.model, str(cell.task))
     recorded = None if folder is None else read_cell(folder)
     return recorded is not None and recorded.get("fingerprint") == cell.fingerprint

@@ -40,7 +40,7 @@ from lm_eval_calib.study.plan import (
     archive_folder,
     build_plan,
     eval_folder,
-    read_cell,
+    is_archived,
     run_file,
     select_cells,
 )
@@ -229,10 +229,9 @@ def archive_done(config: StudyConfig, cells: list[Cell], log: Callable[[str], No
     for cell in cells:
         if cell.kind != "eval" or cell.status != "done" or not (cell.folder / CELL_FILE).is_file():
             continue
-        target = archive_folder(config, cell.model, str(cell.task))
-        recorded = read_cell(target)
-        if recorded is not None and recorded.get("fingerprint") == cell.fingerprint:
+        if is_archived(config, cell):
             continue
+        target = archive_folder(config, cell.model, str(cell.task))
         try:
             archive_cell(cell.folder, target, None if data_root is None else str(data_root))
         except OSError as exc:  # the cell stays done in the output folder; the study goes on
